@@ -1,0 +1,270 @@
+"""Identity-bound Noise XX handshake and the encrypted frame stream after it, sans-IO.
+
+Wire format, in order on one byte stream:
+  1. three handshake messages, each with a 2-byte big-endian length prefix
+     (``encode_handshake_message`` / ``HandshakeReader``);
+  2. frames: 4-byte big-endian ciphertext length, then ChaCha20-Poly1305 ciphertext under the
+     Noise transport keys (``FrameChannel``).
+
+Noise authenticates X25519 static keys, but a gpunet peer is named by its Ed25519 identity. As in
+libp2p's Noise handshake, each side therefore sends, inside the encrypted payload of its static-key
+message (message 2 for the responder, 3 for the initiator), its Ed25519 public key and a signature
+over its Noise static key. The static keys are fresh per handshake rather than converted from the
+identity key, so one key never serves two algorithms and a leaked session key is not the identity.
+
+Local misuse (calling start() on a responder, channel() too early) raises RuntimeError; anything
+the peer did raises HandshakeFailed or FrameError, never anything else.
+"""
+
+from __future__ import annotations
+
+from crypto.identity import (
+    PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
+    Identity,
+    peer_id_from_public_key,
+    public_key_from_peer_id,
+    verify_signature,
+)
+from crypto.noise import TAGLEN, CipherState, HandshakeState, NoiseError, x25519_keypair
+
+PROLOGUE = b"gpunet/1 noise"
+# Hard maximum plaintext per frame. Big enough for a batch of activations or a chunk of tokens
+# in one frame, small enough that a peer cannot make us buffer more than ~1 MiB per connection
+# before a frame is authenticated. Frames are deliberately larger than Noise's 65535-byte
+# transport messages (our length prefix is 4 bytes, not 2); ChaCha20-Poly1305 IETF is safe for
+# messages up to 256 GiB, so only the nonce-per-frame rule of Noise is kept.
+MAX_FRAME_PLAINTEXT = 1 << 20
+_MAX_FRAME_CIPHERTEXT = MAX_FRAME_PLAINTEXT + TAGLEN
+_FRAME_HEADER = 4
+_HANDSHAKE_HEADER = 2
+_MAX_HANDSHAKE_MESSAGE = 65535  # what a 2-byte length can say; also Noise's own limit
+_STATIC_KEY_DOMAIN = "noise-static"
+_IDENTITY_PAYLOAD_LEN = PUBLIC_KEY_LEN + SIGNATURE_LEN
+
+
+class HandshakeFailed(Exception):
+    """The peer sent garbage or is not who it should be; str(e) is one line."""
+
+
+class FrameError(Exception):
+    """A frame was oversize, truncated or failed authentication; the channel is unusable."""
+
+
+def encode_handshake_message(msg: bytes) -> bytes:
+    """Prefix a handshake message with its 2-byte big-endian length."""
+    if not 0 < len(msg) <= _MAX_HANDSHAKE_MESSAGE:
+        raise ValueError(f"handshake message must be 1..{_MAX_HANDSHAKE_MESSAGE} bytes")
+    return len(msg).to_bytes(_HANDSHAKE_HEADER, "big") + msg
+
+
+class HandshakeReader:
+    """Splits a byte stream into length-prefixed handshake messages.
+
+    Bytes after the last handshake message belong to the frame stream (a peer may send its first
+    frame in the same packet as message 3): hand them on with take_remaining().
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_message(self) -> bytes | None:
+        if len(self._buffer) < _HANDSHAKE_HEADER:
+            return None
+        length = int.from_bytes(self._buffer[:_HANDSHAKE_HEADER], "big")
+        if length == 0:  # 2 bytes cannot announce more than 65535, but 0 is never valid
+            raise HandshakeFailed("peer sent an empty handshake message")
+        end = _HANDSHAKE_HEADER + length
+        if len(self._buffer) < end:
+            return None
+        message = bytes(self._buffer[_HANDSHAKE_HEADER:end])
+        del self._buffer[:end]
+        return message
+
+    def take_remaining(self) -> bytes:
+        """Return and forget everything buffered but not returned as a message."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+
+class FrameChannel:
+    """Encrypted frames after the handshake.
+
+    Wire frame: 4-byte big-endian ciphertext length, then the ChaChaPoly ciphertext (Noise
+    transport CipherState, counter nonce, empty associated data). Every header is checked as soon
+    as its 4 bytes arrive, so a length over MAX_FRAME_PLAINTEXT+16 is refused before any of its
+    body is buffered. After a FrameError the receiving side stays broken: the stream is out of
+    sync and nothing after it can be trusted.
+    """
+
+    def __init__(self, send: CipherState, receive: CipherState) -> None:
+        self._send = send
+        self._receive = receive
+        self._buffer = bytearray()
+        self._unchecked = 0  # offset in _buffer of the first frame header not yet checked
+        self._error: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        if len(plaintext) > MAX_FRAME_PLAINTEXT:
+            raise FrameError(f"frame of {len(plaintext)} bytes is over {MAX_FRAME_PLAINTEXT}")
+        try:
+            ciphertext = self._send.encrypt_with_ad(b"", plaintext)
+        except NoiseError as exc:
+            raise FrameError(str(exc)) from exc
+        return len(ciphertext).to_bytes(_FRAME_HEADER, "big") + ciphertext
+
+    def _fail(self, message: str) -> FrameError:
+        self._error = message
+        return FrameError(message)
+
+    def receive_data(self, data: bytes) -> None:
+        if self._error is not None:
+            raise FrameError(self._error)
+        self._buffer += data
+        while self._unchecked + _FRAME_HEADER <= len(self._buffer):
+            start = self._unchecked
+            length = int.from_bytes(self._buffer[start : start + _FRAME_HEADER], "big")
+            if length > _MAX_FRAME_CIPHERTEXT:
+                raise self._fail(
+                    f"peer announced a frame of {length} bytes (max {_MAX_FRAME_CIPHERTEXT})"
+                )
+            if length < TAGLEN:
+                raise self._fail(f"peer announced a frame of {length} bytes, shorter than a tag")
+            self._unchecked = start + _FRAME_HEADER + length
+
+    def next_frame(self) -> bytes | None:
+        if self._error is not None:
+            raise FrameError(self._error)
+        if len(self._buffer) < _FRAME_HEADER:
+            return None
+        length = int.from_bytes(self._buffer[:_FRAME_HEADER], "big")
+        end = _FRAME_HEADER + length
+        if len(self._buffer) < end:
+            return None
+        ciphertext = bytes(self._buffer[_FRAME_HEADER:end])
+        del self._buffer[:end]
+        self._unchecked -= end
+        try:
+            return self._receive.decrypt_with_ad(b"", ciphertext)
+        except NoiseError as exc:
+            raise self._fail(f"frame failed authentication: {exc}") from exc
+
+
+class SecureHandshake:
+    """XX with identity binding like libp2p: the payload of message 2 (responder) and message 3
+    (initiator) carries the Ed25519 identity public key (32 B) + Ed25519 signature (domain
+    "noise-static") over the sender's Noise static public key. Message 1 carries no payload.
+
+    Static X25519 keys are fresh per SecureHandshake (not derived from the identity).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        initiator: bool,
+        expected_peer_id: str | None = None,
+        prologue: bytes = PROLOGUE,
+    ) -> None:
+        if expected_peer_id is not None:
+            public_key_from_peer_id(expected_peer_id)  # ValueError now rather than a puzzle later
+        self._identity = identity
+        self._initiator = initiator
+        self._expected_peer_id = expected_peer_id
+        static_private, self._static_public = x25519_keypair()
+        self._noise = HandshakeState(
+            initiator=initiator, static_private=static_private, prologue=prologue
+        )
+        self._started = False
+        self._remote_public_key: bytes | None = None
+        self._channel: FrameChannel | None = None
+        self._error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self._channel is not None
+
+    @property
+    def remote_public_key(self) -> bytes | None:
+        return self._remote_public_key
+
+    @property
+    def remote_peer_id(self) -> str | None:
+        if self._remote_public_key is None:
+            return None
+        return peer_id_from_public_key(self._remote_public_key)
+
+    def start(self) -> bytes:
+        """Initiator only: the first wire message (without length prefix)."""
+        if not self._initiator:
+            raise RuntimeError("start() is for the initiator; a responder only receives")
+        if self._started:
+            raise RuntimeError("start() called twice")
+        self._started = True
+        return self._noise.write_message(b"")
+
+    def _identity_payload(self) -> bytes:
+        signature = self._identity.sign(_STATIC_KEY_DOMAIN, self._static_public)
+        return self._identity.public_key + signature
+
+    def _check_identity_payload(self, payload: bytes) -> None:
+        role = "responder" if self._initiator else "initiator"
+        if len(payload) != _IDENTITY_PAYLOAD_LEN:
+            raise HandshakeFailed(f"{role} sent an identity payload of {len(payload)} bytes")
+        public_key, signature = payload[:PUBLIC_KEY_LEN], payload[PUBLIC_KEY_LEN:]
+        remote_static = self._noise.remote_static
+        if remote_static is None or not verify_signature(
+            public_key, _STATIC_KEY_DOMAIN, remote_static, signature
+        ):
+            raise HandshakeFailed(f"{role}'s identity signature over its Noise key is invalid")
+        peer_id = peer_id_from_public_key(public_key)
+        if self._expected_peer_id is not None and peer_id != self._expected_peer_id:
+            raise HandshakeFailed(f"{role} is {peer_id}, expected {self._expected_peer_id}")
+        self._remote_public_key = public_key
+
+    def receive(self, message: bytes) -> bytes | None:
+        """Feed one handshake message (without length prefix); returns the reply, if any."""
+        if self._initiator and not self._started:
+            raise RuntimeError("initiator must call start() before receive()")
+        if self._error is not None:
+            raise HandshakeFailed(self._error)
+        if self.complete:
+            raise self._fail("peer sent a handshake message after the handshake completed")
+        try:
+            payload = self._noise.read_message(message)
+            if self._initiator:  # message 2 read: check the responder, answer with message 3
+                self._check_identity_payload(payload)
+                reply: bytes | None = self._noise.write_message(self._identity_payload())
+            elif self._noise.complete:  # message 3 read
+                self._check_identity_payload(payload)
+                reply = None
+            else:  # message 1 read; writing message 2 does DH with the peer's ephemeral key
+                if payload:
+                    raise HandshakeFailed("initiator sent a payload in message 1")
+                reply = self._noise.write_message(self._identity_payload())
+        except NoiseError as exc:
+            raise self._fail(f"handshake failed: {exc}") from exc
+        except HandshakeFailed as exc:
+            self._remote_public_key = None
+            raise self._fail(str(exc)) from None
+        if self._noise.complete:
+            self._channel = FrameChannel(*self._noise.split())
+        return reply
+
+    def _fail(self, message: str) -> HandshakeFailed:
+        self._error = message
+        return HandshakeFailed(message)
+
+    def channel(self) -> FrameChannel:
+        """The frame channel; the same object on every call, so nonces are never reused."""
+        if self._channel is None:
+            raise RuntimeError("channel() before the handshake is complete")
+        return self._channel

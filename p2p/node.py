@@ -1,0 +1,325 @@
+"""The volunteer node: load models, join the DHT, publish a signed record, answer sessions."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from crypto.identity import Identity, load_or_create_identity
+from inference.gpu import GpuInfo, cpu_summary, probe_gpus
+from inference.model_file import ModelInfo
+from inference.worker import (
+    GenerationDone,
+    GenerationError,
+    GenerationRequest,
+    ModelWorker,
+    WorkerBusy,
+)
+from p2p import wire
+from p2p.dht import Dht, open_dht
+from p2p.records import (
+    DEFAULT_TTL_S,
+    CapabilityRecord,
+    CpuEntry,
+    GpuEntry,
+    LoadEntry,
+    ModelEntry,
+    sign_record,
+)
+from p2p.session import SecureConnection, SessionError, serve_sessions
+from p2p.version import SOFTWARE_VERSION
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS_PER_CONNECTION = 16
+
+
+class NodeError(Exception):
+    """The node cannot start or keep running; one-line message for the user."""
+
+
+@attrs.frozen
+class NodeConfig:
+    data_dir: Path
+    models: tuple[ModelInfo, ...]
+    host: str = "127.0.0.1"
+    dht_port: int = 8468
+    port: int = 8469
+    bootstrap: tuple[tuple[str, int], ...] = ()
+    ttl_s: float = DEFAULT_TTL_S
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    max_queue: int = 8
+
+
+@attrs.frozen
+class NodeReady:
+    peer_id: str
+    dht_address: str
+    session_address: str
+    models: tuple[ModelInfo, ...]
+
+
+@attrs.define
+class ServedModel:
+    info: ModelInfo
+    worker: ModelWorker
+
+
+def advertised_host(host: str) -> str:
+    """The address peers should dial: the bind address, unless it is a wildcard."""
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    return host
+
+
+def _int_or_zero(value: object) -> int:
+    return value if isinstance(value, int) else 0
+
+
+class Node:
+    def __init__(self, config: NodeConfig, identity: Identity) -> None:
+        self.config = config
+        self.identity = identity
+        self.served: list[ServedModel] = []
+        self.gpus: list[GpuInfo] = []
+        self.active_requests = 0
+        self._seq = 0
+
+    def find_model(self, wanted: str) -> ServedModel | None:
+        wanted_l = wanted.lower()
+        for m in self.served:
+            if wanted_l in (m.info.sha256, m.info.name.lower()):
+                return m
+        return None
+
+    def build_record(self, session_address: str) -> CapabilityRecord:
+        now = time.time()
+        # Milliseconds since the epoch: a restarted node's records still sort after its old ones.
+        self._seq = max(self._seq + 1, int(now * 1000))
+        cpu = cpu_summary()
+        return CapabilityRecord(
+            peer_id=self.identity.peer_id,
+            public_key=self.identity.public_key,
+            addresses=(session_address,),
+            software_version=SOFTWARE_VERSION,
+            seq=self._seq,
+            issued_at=now,
+            expires_at=now + self.config.ttl_s,
+            gpus=tuple(
+                GpuEntry(
+                    name=g.name[:200],
+                    vram_total=g.vram_total,
+                    vram_free=g.vram_free,
+                    compute_capability=g.compute_capability,
+                    driver_version=g.driver_version,
+                    cuda_version=g.cuda_version,
+                    utilization_pct=g.utilization_pct,
+                )
+                for g in self.gpus
+            ),
+            cpu=CpuEntry(
+                cores=_int_or_zero(cpu.get("cores")), ram_bytes=_int_or_zero(cpu.get("ram_bytes"))
+            ),
+            models=tuple(
+                ModelEntry(
+                    sha256=m.info.sha256,
+                    name=m.info.name,
+                    architecture=m.info.architecture[:200],
+                    parameter_count=m.info.parameter_count,
+                    quantization=m.info.quantization,
+                    context_length=m.info.context_length,
+                    layers_offloaded=min(m.worker.n_gpu_layers, m.info.layer_count),
+                    layers_total=m.info.layer_count,
+                )
+                for m in self.served
+            ),
+            load=LoadEntry(
+                active_requests=self.active_requests,
+                free_slots=max(0, len(self.served) - self.active_requests),
+                queue_depth=0,
+            ),
+        )
+
+    async def handle_connection(self, conn: SecureConnection) -> None:
+        scopes: dict[int, trio.CancelScope] = {}
+        async with trio.open_nursery() as nursery:
+            while True:
+                msg = await conn.receive()
+                if msg is None:
+                    break
+                if isinstance(msg, wire.Generate):
+                    if msg.id in scopes or len(scopes) >= MAX_REQUESTS_PER_CONNECTION:
+                        await conn.send(
+                            wire.Error(
+                                msg.id,
+                                wire.ErrorCode.BAD_REQUEST,
+                                "duplicate id or too many requests",
+                            )
+                        )
+                        continue
+                    scope = trio.CancelScope()
+                    scopes[msg.id] = scope
+                    nursery.start_soon(self._run_generate, conn, msg, scope, scopes)
+                elif isinstance(msg, wire.Cancel):
+                    if msg.id in scopes:
+                        scopes[msg.id].cancel()
+                elif isinstance(msg, wire.Ping):
+                    await conn.send(wire.Pong(msg.id))
+                else:
+                    await conn.send(
+                        wire.Error(msg.id, wire.ErrorCode.BAD_REQUEST, "unexpected message")
+                    )
+            # The client closed the connection: stop generating for it now.
+            nursery.cancel_scope.cancel()
+
+    async def _run_generate(
+        self,
+        conn: SecureConnection,
+        msg: wire.Generate,
+        scope: trio.CancelScope,
+        scopes: dict[int, trio.CancelScope],
+    ) -> None:
+        try:
+            with scope:
+                await self._generate(conn, msg)
+        except SessionError:
+            pass  # the client went away; the scope of the connection ends too
+        finally:
+            scopes.pop(msg.id, None)
+
+    async def _generate(self, conn: SecureConnection, msg: wire.Generate) -> None:
+        served = self.find_model(msg.model)
+        if served is None:
+            offered = ", ".join(m.info.name for m in self.served)
+            await conn.send(
+                wire.Error(
+                    msg.id,
+                    wire.ErrorCode.UNKNOWN_MODEL,
+                    f"{msg.model!r:.80} is not served here; this node serves: {offered}",
+                )
+            )
+            return
+        request = GenerationRequest(
+            prompt=msg.prompt,
+            max_tokens=msg.max_tokens,
+            temperature=msg.temperature,
+            top_p=msg.top_p,
+            seed=msg.seed,
+            stop=msg.stop,  # type: ignore[arg-type]  # attrs converter confuses mypy
+        )
+        self.active_requests += 1
+        try:
+            async with served.worker.generate(request) as stream:
+                async for item in stream:
+                    if isinstance(item, GenerationDone):
+                        await conn.send(
+                            wire.Done(
+                                msg.id,
+                                item.finish_reason,
+                                item.prompt_tokens,
+                                item.completion_tokens,
+                                item.time_to_first_token_s,
+                                item.decode_tokens_per_s,
+                            )
+                        )
+                    else:
+                        await conn.send(wire.Token(msg.id, item.text))
+        except WorkerBusy:
+            await conn.send(wire.Error(msg.id, wire.ErrorCode.BUSY, "node is busy; try another"))
+        except GenerationError as exc:
+            code = wire.ErrorCode.TOO_LONG if "long" in str(exc) else wire.ErrorCode.BAD_REQUEST
+            await conn.send(wire.Error(msg.id, code, str(exc)))
+        except SessionError:
+            raise
+        except Exception as exc:
+            log.exception("generation failed")
+            await conn.send(
+                wire.Error(msg.id, wire.ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            )
+        finally:
+            self.active_requests -= 1
+
+    async def publish_forever(self, dht: Dht, session_address: str) -> None:
+        """Republish well before expiry, so a record never lapses while the node lives."""
+        while True:
+            signed = sign_record(self.build_record(session_address), self.identity)
+            accepted = await dht.publish(signed)
+            log.info(
+                "published record seq %d (%d remote stores accepted)", signed.record.seq, accepted
+            )
+            await trio.sleep(self.config.ttl_s / 3)
+
+
+async def load_models(config: NodeConfig) -> list[ServedModel]:
+    served: list[ServedModel] = []
+    for info in config.models:
+        worker = ModelWorker(
+            Path(info.path),
+            n_ctx=min(config.n_ctx, info.context_length or config.n_ctx),
+            n_threads=config.n_threads,
+            n_gpu_layers=0,
+            max_queue=config.max_queue,
+        )
+        await worker.start()
+        served.append(ServedModel(info, worker))
+    return served
+
+
+async def run_node(
+    config: NodeConfig,
+    *,
+    task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    identity = load_or_create_identity(config.data_dir / "identity.pem")
+    node = Node(config, identity)
+    node.gpus = await trio.to_thread.run_sync(probe_gpus)
+    node.served = await load_models(config)
+    try:
+        async with open_dht(identity.public_key, config.host, config.dht_port) as dht:
+            await _join(dht, config.bootstrap)
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(
+                    serve_sessions, identity, config.host, config.port, node.handle_connection
+                )
+                host = advertised_host(config.host)
+                session_port = listeners[0].socket.getsockname()[1]
+                session_address = f"{host}:{session_port}"
+                signed = sign_record(node.build_record(session_address), identity)
+                await dht.publish(signed)
+                nursery.start_soon(_republish_later, node, dht, session_address)
+                task_status.started(
+                    NodeReady(
+                        peer_id=identity.peer_id,
+                        dht_address=f"{host}:{dht.port}",
+                        session_address=session_address,
+                        models=config.models,
+                    )
+                )
+    finally:
+        with trio.CancelScope(shield=True):
+            for m in node.served:
+                await m.worker.aclose()
+
+
+async def _republish_later(node: Node, dht: Dht, session_address: str) -> None:
+    await trio.sleep(node.config.ttl_s / 3)
+    await node.publish_forever(dht, session_address)
+
+
+async def _join(dht: Dht, bootstrap: Sequence[tuple[str, int]]) -> None:
+    if not bootstrap:
+        return
+    answered = await dht.bootstrap(list(bootstrap))
+    if answered == 0:
+        listed = ", ".join(f"{h}:{p}" for h, p in bootstrap)
+        raise NodeError(f"no bootstrap peer answered ({listed}); is a gpunet node running there?")

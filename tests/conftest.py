@@ -1,0 +1,42 @@
+"""Shared fixtures: model files built once per test session (or once per machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# `pytest` (unlike `python -m pytest`) does not put the repository root on sys.path, and the
+# project is not necessarily installed into the environment that runs the tests.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _load_make_tiny_gguf() -> Callable[..., Path]:
+    spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "tools/make_tiny_gguf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_gguf  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~6 MB random-weight Llama (2 layers, 512-token vocab, 512 context), F32."""
+    make_tiny_gguf = _load_make_tiny_gguf()
+    return make_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The real default model, assembled into the machine's model cache (once per machine).
+
+    $GPUNET_MODEL_CACHE points it elsewhere, e.g. at a CI cache directory.
+    """
+    from inference.default_model import ensure_default_model
+
+    return ensure_default_model()

@@ -1,0 +1,171 @@
+"""Noise XX against the cacophony vectors, plus the spec rules the vectors do not exercise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl import bindings
+
+from crypto.noise import (
+    MAX_MESSAGE_LEN,
+    CipherState,
+    HandshakeState,
+    NoiseError,
+    x25519_keypair,
+    x25519_public,
+)
+
+VECTORS = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "noise_xx_cacophony.json"
+)
+PROTOCOL = "Noise_XX_25519_ChaChaPoly_BLAKE2b"
+HANDSHAKE_MESSAGES = 3
+
+
+def _vectors() -> list[dict[str, Any]]:
+    if not VECTORS.exists():
+        return []
+    data = json.loads(VECTORS.read_text())
+    return [v for v in data["vectors"] if v["protocol_name"] == PROTOCOL]
+
+
+@pytest.mark.skipif(not VECTORS.exists(), reason=f"Noise test vectors missing: {VECTORS}")
+def test_vectors_are_present() -> None:
+    assert _vectors(), f"no {PROTOCOL} vector in {VECTORS}"
+
+
+@pytest.mark.skipif(not VECTORS.exists(), reason=f"Noise test vectors missing: {VECTORS}")
+@pytest.mark.parametrize("vector", _vectors())
+def test_cacophony_vector(vector: dict[str, Any]) -> None:
+    h = bytes.fromhex
+    initiator = HandshakeState(
+        initiator=True,
+        static_private=h(vector["init_static"]),
+        prologue=h(vector["init_prologue"]),
+        ephemeral_private=h(vector["init_ephemeral"]),
+    )
+    responder = HandshakeState(
+        initiator=False,
+        static_private=h(vector["resp_static"]),
+        prologue=h(vector["resp_prologue"]),
+        ephemeral_private=h(vector["resp_ephemeral"]),
+    )
+    messages = vector["messages"]
+    assert len(messages) > HANDSHAKE_MESSAGES
+    sides = (initiator, responder)
+    for i, msg in enumerate(messages[:HANDSHAKE_MESSAGES]):
+        writer, reader = sides[i % 2], sides[1 - i % 2]
+        ciphertext = writer.write_message(h(msg["payload"]))
+        assert ciphertext.hex() == msg["ciphertext"], f"handshake message {i}"
+        assert reader.read_message(ciphertext) == h(msg["payload"])
+    assert initiator.complete and responder.complete
+    assert initiator.handshake_hash.hex() == vector["handshake_hash"]
+    assert responder.handshake_hash.hex() == vector["handshake_hash"]
+    assert initiator.remote_static == x25519_public(h(vector["resp_static"]))
+    assert responder.remote_static == x25519_public(h(vector["init_static"]))
+
+    # Transport messages keep alternating initiator/responder.
+    ciphers = (initiator.split(), responder.split())
+    for i, msg in enumerate(messages[HANDSHAKE_MESSAGES:], start=HANDSHAKE_MESSAGES):
+        send, _ = ciphers[i % 2]
+        _, receive = ciphers[1 - i % 2]
+        ciphertext = send.encrypt_with_ad(b"", h(msg["payload"]))
+        assert ciphertext.hex() == msg["ciphertext"], f"transport message {i}"
+        assert receive.decrypt_with_ad(b"", ciphertext) == h(msg["payload"])
+
+
+def _pair() -> tuple[HandshakeState, HandshakeState]:
+    return (
+        HandshakeState(initiator=True, static_private=x25519_keypair()[0], prologue=b"p"),
+        HandshakeState(initiator=False, static_private=x25519_keypair()[0], prologue=b"p"),
+    )
+
+
+def test_wrong_turn_is_refused() -> None:
+    initiator, responder = _pair()
+    with pytest.raises(NoiseError):
+        responder.write_message()
+    with pytest.raises(NoiseError):
+        initiator.read_message(bytes(32))
+    with pytest.raises(NoiseError):
+        initiator.split()
+
+
+def test_prologue_mismatch_fails() -> None:
+    initiator = HandshakeState(initiator=True, static_private=x25519_keypair()[0], prologue=b"a")
+    responder = HandshakeState(initiator=False, static_private=x25519_keypair()[0], prologue=b"b")
+    responder.read_message(initiator.write_message())
+    with pytest.raises(NoiseError):
+        initiator.read_message(responder.write_message())
+
+
+def test_failure_is_sticky_and_messages_are_bounded() -> None:
+    initiator, responder = _pair()
+    with pytest.raises(NoiseError):
+        responder.read_message(bytes(MAX_MESSAGE_LEN + 1))
+    with pytest.raises(NoiseError, match="already failed"):
+        responder.read_message(initiator.write_message())
+    _, responder = _pair()
+    with pytest.raises(NoiseError, match="truncated"):
+        responder.read_message(bytes(31))
+    initiator, _ = _pair()
+    with pytest.raises(NoiseError):
+        initiator.write_message(bytes(MAX_MESSAGE_LEN))
+
+
+def test_all_zero_dh_is_refused() -> None:
+    initiator, responder = _pair()
+    responder.read_message(initiator.write_message())
+    message2 = bytearray(responder.write_message())
+    message2[:32] = bytes(32)  # a low-order ephemeral key makes ee all zeros
+    with pytest.raises(NoiseError, match="all zeros"):
+        initiator.read_message(bytes(message2))
+
+
+def test_cipher_state_rules() -> None:
+    assert CipherState().encrypt_with_ad(b"ad", b"clear") == b"clear"
+    key = bytes(range(32))
+    sender, receiver = CipherState(key), CipherState(key)
+    ciphertext = sender.encrypt_with_ad(b"ad", b"hello")
+    tampered = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
+    with pytest.raises(NoiseError):
+        receiver.decrypt_with_ad(b"ad", tampered)
+    assert receiver.nonce == 0  # not advanced on failure
+    with pytest.raises(NoiseError):
+        receiver.decrypt_with_ad(b"other ad", ciphertext)
+    assert receiver.decrypt_with_ad(b"ad", ciphertext) == b"hello"
+    assert receiver.nonce == sender.nonce == 1
+    with pytest.raises(NoiseError):
+        receiver.decrypt_with_ad(b"", b"short")
+
+    sender.nonce = 2**64 - 1  # reserved for rekey
+    with pytest.raises(NoiseError):
+        sender.encrypt_with_ad(b"", b"")
+
+
+def test_rekey_matches_spec_formula() -> None:
+    key = bytes(range(32))
+    expected = bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+        bytes(32), b"", bytes(4) + (2**64 - 1).to_bytes(8, "little"), key
+    )[:32]
+    cipher = CipherState(key)
+    cipher.encrypt_with_ad(b"", b"x")
+    cipher.rekey()
+    assert cipher.nonce == 1  # rekey leaves the nonce alone
+    assert cipher.encrypt_with_ad(b"", b"y") == bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+        b"y", b"", bytes(4) + (1).to_bytes(8, "little"), expected
+    )
+    with pytest.raises(NoiseError):
+        CipherState().rekey()
+
+
+def test_bad_key_lengths() -> None:
+    with pytest.raises(NoiseError):
+        x25519_public(bytes(31))
+    with pytest.raises(NoiseError):
+        CipherState(bytes(16))
+    with pytest.raises(NoiseError):
+        HandshakeState(initiator=True, static_private=bytes(5))

@@ -1,0 +1,141 @@
+"""Record rules: signature, key binding, lifetime, merge per signer — plain calls, no sockets."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+import msgpack
+import pytest
+
+from crypto.identity import Identity
+from p2p.record_store import MAX_SIGNERS_PER_KEY, RecordStore
+from p2p.records import (
+    MAX_RECORD_BYTES,
+    CapabilityRecord,
+    CpuEntry,
+    ModelEntry,
+    RecordError,
+    dht_digest,
+    model_key,
+    model_name_key,
+    node_key,
+    open_record,
+    sign_record,
+)
+
+SHA = "ab" * 32
+
+
+def make_record(
+    identity: Identity,
+    *,
+    seq: int = 1,
+    now: float | None = None,
+    ttl: float = 600,
+    models: tuple[ModelEntry, ...] | None = None,
+) -> CapabilityRecord:
+    now = time.time() if now is None else now
+    return CapabilityRecord(
+        peer_id=identity.peer_id,
+        public_key=identity.public_key,
+        addresses=("127.0.0.1:9000",),
+        software_version="gpunet/test",
+        seq=seq,
+        issued_at=now,
+        expires_at=now + ttl,
+        gpus=(),
+        cpu=CpuEntry(cores=2, ram_bytes=1 << 30),
+        models=models
+        if models is not None
+        else (ModelEntry(SHA, "tiny-llama", "llama", 1000, "F32", 512, 0, 2),),
+    )
+
+
+def test_round_trip_verifies_and_keeps_fields() -> None:
+    ident = Identity.generate()
+    signed = sign_record(make_record(ident), ident)
+    opened = open_record(signed.blob, now=time.time())
+    assert opened.record == signed.record
+    assert opened.record.serves("tiny-llama") is not None
+    assert opened.record.serves(SHA) is not None
+    assert opened.record.serves("other") is None
+
+
+def test_any_byte_flip_is_refused() -> None:
+    ident = Identity.generate()
+    blob = sign_record(make_record(ident), ident).blob
+    for i in range(0, len(blob), 7):
+        bad = bytearray(blob)
+        bad[i] ^= 0x01
+        with pytest.raises(RecordError):
+            open_record(bytes(bad), now=time.time())
+
+
+def test_record_signed_by_another_key_is_refused() -> None:
+    ident, other = Identity.generate(), Identity.generate()
+    record = make_record(ident)
+    body = msgpack.packb({"x": 1})
+    forged = msgpack.packb([1, body, other.sign("capability-record/1", body)])
+    with pytest.raises(RecordError):
+        open_record(forged, now=time.time())
+    with pytest.raises(RecordError):
+        sign_record(record, other)
+
+
+def test_expired_future_and_too_long_records_are_refused() -> None:
+    ident = Identity.generate()
+    now = time.time()
+    expired = sign_record(make_record(ident, now=now - 1000), ident).blob
+    future = sign_record(make_record(ident, now=now + 3600), ident).blob
+    too_long = sign_record(make_record(ident, ttl=86400), ident).blob
+    for blob in (expired, future, too_long):
+        with pytest.raises(RecordError):
+            open_record(blob, now=now)
+
+
+def test_bad_schema_values_are_refused() -> None:
+    ident = Identity.generate()
+    with pytest.raises(RecordError):
+        make_record(ident, models=(ModelEntry("nothex", "x", "llama", 1, "F32", 1, 0, 1),))
+    with pytest.raises(RecordError):
+        attrs.evolve(make_record(ident), peer_id=Identity.generate().peer_id)
+    for junk in (b"", b"\xc1", msgpack.packb([1, 2, 3]), b"x" * (MAX_RECORD_BYTES + 1), 5, None):
+        with pytest.raises(RecordError):
+            open_record(junk, now=time.time())
+
+
+def test_store_keeps_one_slot_per_signer_and_newer_wins() -> None:
+    store = RecordStore()
+    now = time.time()
+    a, b = Identity.generate(), Identity.generate()
+    key = dht_digest(model_key(SHA))
+    assert store.offer(key, sign_record(make_record(a, seq=5), a).blob, now=now)[0]
+    assert store.offer(key, sign_record(make_record(b, seq=1), b).blob, now=now)[0]
+    assert {s.record.peer_id for s in store.get(key, now=now)} == {a.peer_id, b.peer_id}
+    # older sequence from a: refused, the stored one stays
+    assert not store.offer(key, sign_record(make_record(a, seq=4), a).blob, now=now)[0]
+    assert store.offer(key, sign_record(make_record(a, seq=6), a).blob, now=now)[0]
+    seqs = {s.record.peer_id: s.record.seq for s in store.get(key, now=now)}
+    assert seqs == {a.peer_id: 6, b.peer_id: 1}
+
+
+def test_store_refuses_records_not_bound_to_the_key() -> None:
+    store = RecordStore()
+    a = Identity.generate()
+    blob = sign_record(make_record(a), a).blob
+    assert store.offer(dht_digest(model_name_key("tiny-llama")), blob, now=time.time())[0]
+    assert store.offer(dht_digest(node_key(a.peer_id)), blob, now=time.time())[0]
+    ok, reason = store.offer(dht_digest(model_key("cd" * 32)), blob, now=time.time())
+    assert not ok and "bound" in reason
+
+
+def test_store_is_bounded_per_key_and_expires() -> None:
+    store = RecordStore()
+    now = time.time()
+    key = dht_digest(model_key(SHA))
+    for i in range(MAX_SIGNERS_PER_KEY + 5):
+        ident = Identity.generate()
+        store.offer(key, sign_record(make_record(ident, now=now, ttl=100 + i), ident).blob, now=now)
+    assert len(store.get(key, now=now)) == MAX_SIGNERS_PER_KEY
+    assert store.get(key, now=now + 10_000) == []
