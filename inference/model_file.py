@@ -1,14 +1,17 @@
 """What a GGUF file is, read from its header without loading the weights.
 
 A node announces the models it serves (name, architecture, quantization, sha256) before any
-weights are loaded, and a volunteer may point us at any file; so the header is checked with a
-bounded parse first, then the metadata is read through `gguf.GGUFReader`, which memory-maps the
-file and never copies tensor data.
+weights are loaded, and a volunteer may point us at any file. The header is parsed here over a
+read-only memory map, with every length checked against the file size. `gguf.GGUFReader` would
+do, but it materialises every element of every array: 12.5 s for Gemma 3's 262,144-token
+vocabulary, against ~0.1 s here, where arrays are skipped (string arrays by walking lengths).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import mmap
 import re
 import struct
 from collections import Counter
@@ -95,8 +98,8 @@ def _not_gguf(path: Path, why: str) -> ModelFileError:
     return ModelFileError(f"{path} is not a GGUF model file ({why})")
 
 
-def _check_header(path: Path) -> int:
-    """Check magic, version and counts; return the file size."""
+def _check_header(path: Path) -> tuple[int, int, int]:
+    """Check magic, version and counts; return (file size, tensor count, key count)."""
     try:
         if not path.exists():
             raise _not_gguf(path, "no such file")
@@ -117,17 +120,119 @@ def _check_header(path: Path) -> int:
         raise _not_gguf(path, f"unsupported version {version}")
     if n_tensors > MAX_TENSOR_COUNT or n_kv > MAX_KV_COUNT:
         raise _not_gguf(path, f"implausible header: {n_tensors} tensors, {n_kv} keys")
-    return size
+    return size, n_tensors, n_kv
 
 
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
-    field = reader.get_field(key)
-    return None if field is None else field.contents()
+# GGUF value types (gguf.GGUFValueType) -> struct format of a scalar; 8 STRING, 9 ARRAY.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+            10: "<Q", 11: "<q", 12: "<d"}  # fmt: skip
+_STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+_DEFAULT_ALIGNMENT = 32
 
 
-def _quantization(reader: gguf.GGUFReader) -> str:
-    file_type = _field(reader, "general.file_type")
-    if isinstance(file_type, int):
+class _Truncated(Exception):
+    pass
+
+
+class _Cursor:
+    """Reads little-endian GGUF values from a buffer, never past its end."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise _Truncated
+        self.pos += n
+
+    def scalar(self, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        start = self.pos
+        self.skip(size)
+        return struct.unpack_from(fmt, self.buf, start)[0]
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        start = self.pos
+        self.skip(n)
+        return bytes(self.buf[start : start + n]).decode("utf-8", "replace")
+
+    def value(self, value_type: int) -> Any:
+        """A scalar or string; arrays are skipped and read as None."""
+        if value_type in _SCALARS:
+            return self.scalar(_SCALARS[value_type])
+        if value_type == _STRING:
+            return self.string()
+        if value_type != _ARRAY:
+            raise ValueError(f"unknown value type {value_type}")
+        item_type, count = self.scalar("<I"), self.scalar("<Q")
+        if item_type in _SCALARS:
+            self.skip(count * struct.calcsize(_SCALARS[item_type]))
+        elif item_type == _STRING:
+            if count * 8 > len(self.buf) - self.pos:
+                raise _Truncated
+            for _ in range(count):
+                self.skip(self.scalar("<Q"))
+        else:  # llama.cpp rejects nested arrays too; walking them would invite deep recursion
+            raise ValueError(f"array of value type {item_type}")
+        return None
+
+
+@attrs.frozen
+class _Header:
+    metadata: dict[str, Any]  # arrays present with value None
+    tensor_types: list[int]
+    tensor_elements: list[int]
+
+
+def _block_size(ggml_type: int) -> tuple[int, int]:
+    """(elements per block, bytes per block); (0, 0) for a type newer than gguf-py knows."""
+    try:
+        return gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return (0, 0)
+
+
+def _parse(buf: mmap.mmap, n_tensors: int, n_kv: int) -> _Header:
+    cur = _Cursor(buf)
+    cur.skip(24)  # magic, version, counts: checked by _check_header
+    metadata = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        metadata[key] = cur.value(cur.scalar("<I"))
+    types, elements, ends = [], [], []
+    for _ in range(n_tensors):
+        cur.string()  # name
+        n_dims = cur.scalar("<I")
+        if not 1 <= n_dims <= _MAX_DIMS:
+            raise ValueError(f"tensor with {n_dims} dimensions")
+        count = math.prod(cur.scalar("<Q") for _ in range(n_dims))
+        ggml_type, offset = cur.scalar("<I"), cur.scalar("<Q")
+        types.append(ggml_type)
+        elements.append(count)
+        block, type_size = _block_size(ggml_type)
+        ends.append(offset + count // block * type_size if block else offset)
+    alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"bad general.alignment {alignment!r}")
+    data_start = -(-cur.pos // alignment) * alignment
+    if max(ends, default=0) + data_start > len(buf):
+        raise _Truncated
+    return _Header(metadata, types, elements)
+
+
+def _type_name(ggml_type: int) -> str:
+    try:
+        return gguf.GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type{ggml_type}"
+
+
+def _quantization(header: _Header) -> str:
+    file_type = header.metadata.get("general.file_type")
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
         if file_type in FILE_TYPE_NAMES:
             return FILE_TYPE_NAMES[file_type]
         try:
@@ -136,9 +241,13 @@ def _quantization(reader: gguf.GGUFReader) -> str:
             pass
     # No (known) file_type: name the tensor type holding most of the weights.
     by_elements: Counter[str] = Counter()
-    for tensor in reader.tensors:
-        by_elements[tensor.tensor_type.name] += int(tensor.n_elements)
+    for ggml_type, count in zip(header.tensor_types, header.tensor_elements, strict=True):
+        by_elements[_type_name(ggml_type)] += count
     return by_elements.most_common(1)[0][0] if by_elements else "unknown"
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
@@ -148,24 +257,20 @@ def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
     seconds for a large model); otherwise it is computed here.
     """
     path = Path(path)
-    size = _check_header(path)
+    size, n_tensors, n_kv = _check_header(path)
     try:
-        reader = gguf.GGUFReader(path)
-        architecture = _field(reader, "general.architecture")
-        if not isinstance(architecture, str):
-            raise _not_gguf(path, "no general.architecture")
-        context_length = _field(reader, f"{architecture}.context_length")
-        layer_count = _field(reader, f"{architecture}.block_count")
-        quantization = _quantization(reader)
-        parameter_count = sum(int(t.n_elements) for t in reader.tensors)
-        has_chat_template = reader.get_field("tokenizer.chat_template") is not None
-        del reader  # closes the memory map
-    except ModelFileError:
-        raise
-    except Exception as e:
-        # gguf-py signals a truncated or corrupt file with whatever numpy raised on the way
-        # (ValueError, IndexError, KeyError, UnicodeDecodeError, ...); all mean the same here.
-        raise _not_gguf(path, f"truncated or corrupt: {type(e).__name__}: {e}") from e
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            header = _parse(buf, n_tensors, n_kv)
+    except _Truncated:
+        raise _not_gguf(path, "truncated") from None
+    except OSError as e:
+        raise _not_gguf(path, f"unreadable: {e.strerror or e}") from e
+    except (ValueError, OverflowError) as e:
+        raise _not_gguf(path, f"corrupt: {e}") from e
+    metadata = header.metadata
+    architecture = metadata.get("general.architecture")
+    if not isinstance(architecture, str) or not architecture:
+        raise _not_gguf(path, "no general.architecture")
     if sha256 is None:
         try:
             sha256 = sha256_file(path)
@@ -176,10 +281,10 @@ def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
         sha256=sha256.lower(),
         name=model_name_from(path),
         architecture=architecture,
-        parameter_count=parameter_count,
-        quantization=quantization,
-        context_length=int(context_length) if isinstance(context_length, int) else 0,
-        layer_count=int(layer_count) if isinstance(layer_count, int) else 0,
+        parameter_count=sum(header.tensor_elements),
+        quantization=_quantization(header),
+        context_length=_int(metadata.get(f"{architecture}.context_length")),
+        layer_count=_int(metadata.get(f"{architecture}.block_count")),
         file_size=size,
-        has_chat_template=has_chat_template,
+        has_chat_template="tokenizer.chat_template" in metadata,
     )

@@ -23,11 +23,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import logging
 import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,40 @@ _RANDOM_SEED = 0xFFFFFFFF
 _TOP_K = 40
 _MIN_P = 0.05
 
+# llama.cpp's log goes to the "llama.cpp" logger. llama-cpp-python installs its own callback, but
+# maps ggml's levels (NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5) one off, so with
+# verbose=False warnings still reach stderr as if they were errors.
+_LOG = logging.getLogger("llama.cpp")
+_LOG.addHandler(logging.NullHandler())  # silent unless the application configures logging
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state = {"level": logging.DEBUG}
+_log_callback: Any = None  # the ctypes callback; kept referenced so it is never collected
+
+
+def _install_log_bridge(llama_cpp: Any) -> None:
+    """Called under _LOAD_LOCK, before the first model load."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    def forward(level: int, text: bytes, _user_data: Any) -> None:
+        if level != 5:
+            _log_state["level"] = _LOG_LEVELS.get(level, logging.DEBUG)
+        message = text.decode("utf-8", "replace").rstrip()
+        if message:
+            _LOG.log(_log_state["level"], "%s", message)
+
+    _log_callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
 
 def _seed_ok(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and not 0 <= value < _RANDOM_SEED:
         raise ValueError(f"{attribute.name} must be in [0, {_RANDOM_SEED}), got {value}")
+
+
+def _as_stops(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _stops_ok(
@@ -68,7 +99,7 @@ class GenerationRequest:
         default=1.0, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)]
     )
     seed: int | None = attrs.field(default=None, validator=_seed_ok)
-    stop: tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_stops_ok)
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_as_stops, validator=_stops_ok)
 
 
 @attrs.frozen
@@ -336,6 +367,7 @@ class ModelWorker:
             import llama_cpp
 
             with _LOAD_LOCK:
+                _install_log_bridge(llama_cpp)
                 llm = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=self.n_ctx,

@@ -82,6 +82,10 @@ def setup_logging(verbose: int) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+    # kademlia logs every unanswered RPC as a warning (departed clients are normal here);
+    # show its chatter only when asked twice.
+    for name in ("kademlia", "rpcudp"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
 
 def bootstrap_list(given: Sequence[str], data_dir: Path, *, for_client: bool) -> list[str]:

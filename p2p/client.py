@@ -58,7 +58,7 @@ async def open_client(bootstrap: Sequence[tuple[str, int]]) -> AsyncIterator[Cli
         raise AskError("no bootstrap peer given: pass --bootstrap HOST:PORT (a node prints it)")
     identity = Identity.generate()
     host = "127.0.0.1" if _all_loopback(bootstrap) else "0.0.0.0"
-    async with open_dht(identity.public_key, host, 0) as dht:
+    async with open_dht(identity.public_key, host, 0, client_mode=True) as dht:
         if await dht.bootstrap(list(bootstrap)) == 0:
             listed = ", ".join(f"{h}:{p}" for h, p in bootstrap)
             raise AskError(

@@ -39,12 +39,21 @@ RPC_TIMEOUT_S = 3.0
 
 
 class DhtServer(Server):  # type: ignore[misc]
-    def __init__(self, node_id: bytes, *, rpc_timeout: float = RPC_TIMEOUT_S) -> None:
+    def __init__(
+        self, node_id: bytes, *, rpc_timeout: float = RPC_TIMEOUT_S, client_mode: bool = False
+    ) -> None:
         super().__init__(ksize=20, alpha=3, node_id=node_id, storage=RecordStore())
         self.rpc_timeout = rpc_timeout
+        self.client_mode = client_mode
 
     def _create_protocol(self) -> GpunetProtocol:
-        return GpunetProtocol(self.node, self.storage, self.ksize, wait_timeout=self.rpc_timeout)
+        return GpunetProtocol(
+            self.node,
+            self.storage,
+            self.ksize,
+            wait_timeout=self.rpc_timeout,
+            client_mode=self.client_mode,
+        )
 
     async def _refresh_table(self) -> None:
         # Upstream also republishes every stored value hourly; our records are republished by
@@ -55,7 +64,7 @@ class DhtServer(Server):  # type: ignore[misc]
             await NodeSpiderCrawl(self.protocol, node, nearest, self.ksize, self.alpha).find()
 
     async def bootstrap_node(self, addr: tuple[str, int]) -> Node | None:
-        ok, answer = await self.protocol.ping(addr, self.node.id)
+        ok, answer = await self.protocol.ping(addr, self.protocol.wire_id)
         return Node(answer, addr[0], addr[1]) if ok and valid_id(answer) else None
 
     async def closest_nodes(self, dkey: bytes) -> list[Node]:
@@ -149,11 +158,22 @@ class Dht:
 
 @asynccontextmanager
 async def open_dht(
-    public_key: bytes, host: str, port: int, *, rpc_timeout: float = RPC_TIMEOUT_S
+    public_key: bytes,
+    host: str,
+    port: int,
+    *,
+    rpc_timeout: float = RPC_TIMEOUT_S,
+    client_mode: bool = False,
 ) -> AsyncIterator[Dht]:
-    """Run a DHT node on UDP host:port (port 0 picks a free one) for the duration of the block."""
+    """Run a DHT node on UDP host:port (port 0 picks a free one) for the duration of the block.
+
+    In client mode the node looks things up and publishes nothing; peers keep it out of their
+    routing tables.
+    """
     async with open_asyncio_loop() as loop:
-        server = DhtServer(dht_node_id(public_key), rpc_timeout=rpc_timeout)
+        server = DhtServer(
+            dht_node_id(public_key), rpc_timeout=rpc_timeout, client_mode=client_mode
+        )
         await run_aio(loop, server.listen, port, host)
         try:
             yield Dht(server, loop)

@@ -38,6 +38,9 @@ MAX_DATAGRAM = 16 * 1024  # requests are <= 8 KiB (rpcudp's own bound); answers 
 MAX_ANSWER_DATAGRAM = 64 * 1024
 MAX_TASKS_IN_FLIGHT = 256
 MAX_CONTACTS_IN_ANSWER = 40
+# Light clients (`ask`, `peers`, the gateway) send this id: they come and go within seconds, and
+# a departed client in a routing table costs every later lookup an RPC timeout.
+CLIENT_ID = bytes(20)
 
 
 def valid_id(value: object) -> bool:
@@ -84,9 +87,16 @@ def sanitize_value_answer(result: Any) -> tuple[bool, Any]:
 
 class GpunetProtocol(KademliaProtocol):  # type: ignore[misc]
     def __init__(
-        self, source_node: Node, storage: RecordStore, ksize: int, *, wait_timeout: float
+        self,
+        source_node: Node,
+        storage: RecordStore,
+        ksize: int,
+        *,
+        wait_timeout: float,
+        client_mode: bool = False,
     ) -> None:
         super().__init__(source_node, storage, ksize)
+        self.wire_id = CLIENT_ID if client_mode else bytes(source_node.id)
         self._wait_timeout = wait_timeout
         self.record_store = storage
         self.tasks_in_flight = 0
@@ -149,7 +159,7 @@ class GpunetProtocol(KademliaProtocol):  # type: ignore[misc]
 
     def rpc_ping(self, sender: tuple[str, int], nodeid: object) -> bytes:
         self.welcome_if_new(self._contact(sender, nodeid))
-        return bytes(self.source_node.id)
+        return bytes(self.wire_id)
 
     def rpc_store(
         self, sender: tuple[str, int], nodeid: object, key: object, value: object
@@ -190,27 +200,27 @@ class GpunetProtocol(KademliaProtocol):  # type: ignore[misc]
 
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
-        result = await self.find_node(address, self.source_node.id, node_to_find.id)
+        result = await self.find_node(address, self.wire_id, node_to_find.id)
         return self.handle_call_response(sanitize_nodes_answer(result), node_to_ask)
 
     async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
-        result = await self.find_value(address, self.source_node.id, node_to_find.id)
+        result = await self.find_value(address, self.wire_id, node_to_find.id)
         return self.handle_call_response(sanitize_value_answer(result), node_to_ask)
 
     async def call_ping(self, node_to_ask: Node) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
-        ok, answer = await self.ping(address, self.source_node.id)
+        ok, answer = await self.ping(address, self.wire_id)
         result = (True, answer) if ok and valid_id(answer) else (False, None)
         return self.handle_call_response(result, node_to_ask)
 
     async def call_store(self, node_to_ask: Node, key: bytes, value: bytes) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
-        ok, answer = await self.store(address, self.source_node.id, key, value)
+        ok, answer = await self.store(address, self.wire_id, key, value)
         return self.handle_call_response((ok, answer is True), node_to_ask)
 
     def welcome_if_new(self, node: Node) -> None:
-        if not self.router.is_new_node(node):
+        if node.id == CLIENT_ID or not self.router.is_new_node(node):
             return
         for dkey, signed in self.record_store.items(now=time.time()):
             keynode = Node(dkey)

@@ -17,7 +17,9 @@ if str(ROOT) not in sys.path:
 
 
 def _load_make_tiny_gguf() -> Callable[..., Path]:
-    spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "tools/make_tiny_gguf.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_gguf", ROOT / "tools/make_tiny_gguf.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -25,9 +27,16 @@ def _load_make_tiny_gguf() -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_tiny_gguf() -> Callable[..., Path]:
+    """tools/make_tiny_gguf.py's make_tiny_gguf(path, *, seed=0, quantize="F32")."""
+    return _load_make_tiny_gguf()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(
+    tmp_path_factory: pytest.TempPathFactory, make_tiny_gguf: Callable[..., Path]
+) -> Path:
     """A ~6 MB random-weight Llama (2 layers, 512-token vocab, 512 context), F32."""
-    make_tiny_gguf = _load_make_tiny_gguf()
     return make_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf", seed=0)
 
 

@@ -69,7 +69,7 @@ def test_concurrent_assembly_then_repair(tmp_path: Path) -> None:
         f.write(b"\0" * 16)
     assert ensure_default_model(tmp_path) == target
     digest = hashlib.sha256()
-    with open(target, "rb") as f:
-        while block := f.read(1 << 20):
+    with open(target, "rb") as source:
+        while block := source.read(1 << 20):
             digest.update(block)
     assert digest.hexdigest() == DEFAULT_MODEL_SHA256

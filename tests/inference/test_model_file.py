@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,8 +58,8 @@ def test_non_gguf_files_are_rejected(tmp_path: Path, content: bytes, why: str) -
 
 def test_truncated_missing_and_directory(tmp_path: Path, tiny_gguf: Path) -> None:
     truncated = tmp_path / "cut.gguf"
-    truncated.write_bytes(tiny_gguf.read_bytes()[: 3_000_000])
-    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+    truncated.write_bytes(tiny_gguf.read_bytes()[:3_000_000])
+    with pytest.raises(ModelFileError, match=r"not a GGUF model file \(truncated\)"):
         inspect_gguf(truncated)
     with pytest.raises(ModelFileError, match="no such file"):
         inspect_gguf(tmp_path / "missing.gguf")
@@ -75,3 +76,35 @@ def test_verify_sha256(tiny_gguf: Path) -> None:
 def test_display_names() -> None:
     assert model_name_from(Path("/m/Gemma-3-270M-Q4_K_M.gguf")) == "gemma-3-270m-q4_k_m"
     assert model_name_from(Path("My Model (v2).gguf")) == "my-model-v2"
+
+
+def test_header_parse_agrees_with_gguf_reader(
+    tmp_path: Path, make_tiny_gguf: Callable[..., Path]
+) -> None:
+    import gguf
+
+    path = make_tiny_gguf(tmp_path / "q.gguf", seed=3, quantize="Q4_0")
+    reader = gguf.GGUFReader(path)
+    info = inspect_gguf(path)
+    assert info.parameter_count == sum(int(t.n_elements) for t in reader.tensors)
+    block_count = reader.get_field("llama.block_count")
+    assert block_count is not None and info.layer_count == block_count.contents()
+    assert info.quantization == "Q4_0"
+
+
+def test_quantization_falls_back_to_the_dominant_tensor_type(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "bare.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")  # no general.file_type
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    weight = np.zeros((4, 256), dtype=np.float32)
+    writer.add_tensor("w", gguf.quants.quantize(weight, q8), raw_dtype=q8)
+    writer.add_tensor("norm", np.ones(256, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = inspect_gguf(path)
+    assert (info.quantization, info.parameter_count, info.layer_count) == ("Q8_0", 1280, 0)

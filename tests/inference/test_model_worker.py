@@ -142,7 +142,8 @@ def test_request_validation() -> None:
         GenerationRequest("x", top_p=0.0)
     with pytest.raises(ValueError):
         GenerationRequest("x", stop=("",))
-    assert GenerationRequest("x", stop=["a"]).stop == ("a",)  # type: ignore[arg-type]
+    assert GenerationRequest("x", stop=["a"]).stop == ("a",)
+    assert GenerationRequest("x", stop="ab").stop == ("ab",)
 
 
 def test_split_at_stop() -> None:
@@ -166,3 +167,17 @@ async def test_default_model_knows_paris(default_model: Path) -> None:
     )
     assert "France" in text or "Paris" in text
     assert done.completion_tokens == 16 and done.finish_reason == "length"
+
+
+async def test_aclose_cancels_the_running_request_and_fails_waiting_ones(tiny_gguf: Path) -> None:
+    worker = ModelWorker(tiny_gguf, n_ctx=512, max_queue=2)
+    await worker.start()
+    long = GenerationRequest("hello", max_tokens=400)
+    async with worker.generate(long) as running, worker.generate(long) as waiting:
+        await running.__anext__()
+        await worker.aclose()
+        items = [item async for item in running]
+        assert isinstance(items[-1], GenerationDone)
+        assert items[-1].finish_reason == "cancelled"
+        with pytest.raises(GenerationError, match="closed"):
+            await waiting.__anext__()

@@ -143,3 +143,14 @@ async def _aio(dht: Dht, fn, *args):  # type: ignore[no-untyped-def]
 def test_now_is_wall_clock() -> None:
     # records carry absolute times; the store compares them with time.time()
     assert abs(time.time() - make_record(Identity.generate()).issued_at) < 5
+
+
+async def test_light_clients_stay_out_of_routing_tables() -> None:
+    async with network(2) as nodes:
+        a = Identity.generate()
+        await nodes[1].publish(sign_record(make_record(a), a))
+        before = [n.routing_table_size() for n in nodes]
+        async with open_dht(Identity.generate().public_key, "127.0.0.1", 0, client_mode=True) as c:
+            assert await c.bootstrap([("127.0.0.1", nodes[0].port)]) >= 1
+            assert [r.peer_id for r in await c.find_records(model_key(SHA))] == [a.peer_id]
+        assert [n.routing_table_size() for n in nodes] == before
