@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import attrs
 import trio
 
 from crypto.identity import Identity, load_or_create_identity
-from inference.gpu import GpuInfo, cpu_summary, probe_gpus
+from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
 from inference.model_file import ModelInfo
 from inference.worker import (
     GenerationDone,
@@ -138,7 +139,7 @@ class Node:
                     parameter_count=m.info.parameter_count,
                     quantization=m.info.quantization,
                     context_length=m.info.context_length,
-                    layers_offloaded=min(m.worker.n_gpu_layers, m.info.layer_count),
+                    layers_offloaded=max(0, min(m.worker.n_gpu_layers, m.info.layer_count)),
                     layers_total=m.info.layer_count,
                 )
                 for m in self.served
@@ -260,14 +261,16 @@ class Node:
             await trio.sleep(self.config.ttl_s / 3)
 
 
-async def load_models(config: NodeConfig) -> list[ServedModel]:
+async def load_models(config: NodeConfig, *, offload: bool) -> list[ServedModel]:
+    """Start one worker per model. With a usable GPU every layer is offloaded (-1: all);
+    fitting models to free VRAM layer by layer is the offload planner's job (not here yet)."""
     served: list[ServedModel] = []
     for info in config.models:
         worker = ModelWorker(
             Path(info.path),
             n_ctx=min(config.n_ctx, info.context_length or config.n_ctx),
-            n_threads=config.n_threads,
-            n_gpu_layers=0,
+            n_threads=config.n_threads or os.cpu_count(),
+            n_gpu_layers=-1 if offload else 0,
             max_queue=config.max_queue,
         )
         await worker.start()
@@ -283,7 +286,7 @@ async def run_node(
     identity = load_or_create_identity(config.data_dir / "identity.pem")
     node = Node(config, identity)
     node.gpus = await trio.to_thread.run_sync(probe_gpus)
-    node.served = await load_models(config)
+    node.served = await load_models(config, offload=bool(node.gpus) and supports_gpu_offload())
     try:
         async with open_dht(identity.public_key, config.host, config.dht_port) as dht:
             await _join(dht, config.bootstrap)

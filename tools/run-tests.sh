@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test suite: lint (ruff), types (mypy), then pytest — with real kademlia nodes, real TCP
+# sessions on 127.0.0.1 and real llama.cpp on a tiny GGUF and on the default model.
+# Arguments go to pytest (e.g. -k dht, -m "not slow").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tools/_env.sh
+gpunet_env dev
+echo "==> ruff"
+.venv/bin/ruff check .
+echo "==> mypy"
+.venv/bin/mypy
+echo "==> pytest"
+set +e
+.venv/bin/python -m pytest "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$code"
