@@ -99,7 +99,7 @@ async def test_cancel_mid_generation_then_next_request_works(tiny_worker: ModelW
             seen += 1
             if seen == 2:
                 break
-    with trio.fail_after(10):
+    with trio.fail_after(60):  # a hang, not a speed check: generous for a loaded machine
         text, done = await run(tiny_worker, request)
     assert (text, done.finish_reason) == (expected, "length")
 
