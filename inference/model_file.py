@@ -67,6 +67,8 @@ class ModelInfo:
     layer_count: int
     file_size: int
     has_chat_template: bool
+    # The GGUF's own Jinja chat template, kept for rendering chat requests; never published.
+    chat_template: str | None = attrs.field(default=None, repr=False)
 
 
 def sha256_file(path: Path) -> str:
@@ -287,4 +289,7 @@ def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
         layer_count=_int(metadata.get(f"{architecture}.block_count")),
         file_size=size,
         has_chat_template="tokenizer.chat_template" in metadata,
+        chat_template=template
+        if isinstance(template := metadata.get("tokenizer.chat_template"), str)
+        else None,
     )

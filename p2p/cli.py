@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,6 +87,8 @@ def setup_logging(verbose: int) -> None:
     # show its chatter only when asked twice.
     for name in ("kademlia", "rpcudp"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+    # llama.cpp's notes about its own cache layout are for developers, not volunteers.
+    logging.getLogger("llama.cpp").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
 
 def bootstrap_list(given: Sequence[str], data_dir: Path, *, for_client: bool) -> list[str]:
@@ -261,6 +264,7 @@ def node(
             n_threads=threads,
         )
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
             ready = await nursery.start(run_node, config)
             print_ready(ready, data_dir, as_json)
 
@@ -277,6 +281,15 @@ def node(
         fail(f"{err}{hint if 'in use' in str(err) else ''}")
     finally:
         (data_dir / NODE_FILE).unlink(missing_ok=True)
+
+
+async def stop_on_sigterm(scope: trio.CancelScope) -> None:
+    """Service managers stop with SIGTERM; end as cleanly as on Ctrl-C."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            click.echo("gpunet node stopped (SIGTERM).", err=True)
+            scope.cancel()
+            return
 
 
 # --- clients --------------------------------------------------------------------------------
@@ -365,6 +378,12 @@ def peers(
 @click.option("--seed", default=None, type=click.IntRange(0, 2**32 - 1), help="Sampling seed.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable).")
 @click.option(
+    "--chat",
+    is_flag=True,
+    help="Send PROMPT as a user message, rendered with the model's chat template "
+    "(or its architecture's turn format when the GGUF has none).",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming."
 )
 @click.argument("prompt")
@@ -377,12 +396,14 @@ def ask(
     temperature: float,
     seed: int | None,
     stop: tuple[str, ...],
+    chat: bool,
     as_json: bool,
     prompt: str,
 ) -> None:
     """Send PROMPT to the network and stream the generated text to stdout.
 
-    The default model is a base model: it continues text rather than answering questions.
+    The default model is a base model: it continues text rather than answering questions
+    (with --chat it gets Gemma's turn format, but expect rambling rather than answers).
     """
     setup_logging(verbose)
     data_dir = data_dir or default_data_dir()
@@ -409,11 +430,12 @@ def ask(
             request = wire.Generate(
                 id=1,
                 model=chosen,
-                prompt=prompt,
+                prompt="" if chat else prompt,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 seed=seed,
                 stop=stop,
+                messages=(wire.ChatMessage("user", prompt),) if chat else (),
             )
             done = await generate(client, chosen, request, on_text, on_provider)
         if as_json:

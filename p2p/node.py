@@ -13,6 +13,7 @@ import attrs
 import trio
 
 from crypto.identity import Identity, load_or_create_identity
+from inference.chat import render_chat
 from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
 from inference.model_file import ModelInfo
 from inference.worker import (
@@ -210,8 +211,19 @@ class Node:
                 )
             )
             return
+        prompt = msg.prompt
+        if msg.messages:
+            try:
+                prompt = render_chat(
+                    [{"role": m.role, "content": m.content} for m in msg.messages],
+                    architecture=served.info.architecture,
+                    chat_template=served.info.chat_template,
+                )
+            except ValueError as exc:
+                await conn.send(wire.Error(msg.id, wire.ErrorCode.BAD_REQUEST, str(exc)))
+                return
         request = GenerationRequest(
-            prompt=msg.prompt,
+            prompt=prompt,
             max_tokens=msg.max_tokens,
             temperature=msg.temperature,
             top_p=msg.top_p,

@@ -58,8 +58,21 @@ def _str(v: object, limit: int, what: str) -> str:
     return v
 
 
+MAX_MESSAGES = 256
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+@attrs.frozen
+class ChatMessage:
+    role: str
+    content: str
+
+
 @attrs.frozen
 class Generate:
+    """A completion of `prompt`, or, when `messages` is not empty, a chat reply to them (the node
+    renders them with the model's chat template; `prompt` is then empty)."""
+
     id: int
     model: str
     prompt: str
@@ -68,6 +81,7 @@ class Generate:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    messages: tuple[ChatMessage, ...] = ()
 
 
 @attrs.frozen
@@ -125,6 +139,7 @@ def encode(msg: Message) -> bytes:
     body: dict[str, Any] = attrs.asdict(msg)
     if isinstance(msg, Generate):
         body["stop"] = list(msg.stop)
+        body["messages"] = [[m.role, m.content] for m in msg.messages]
     body["v"] = PROTOCOL_VERSION
     body["t"] = _TAGS[type(msg)]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -168,6 +183,15 @@ def _generate(body: dict[str, Any], rid: int) -> Generate:
     stop = body.get("stop", [])
     _check(isinstance(stop, list) and len(stop) <= MAX_STOP_STRINGS, "stop: too many strings")
     seed = body.get("seed")
+    raw_messages = body.get("messages", [])
+    _check(
+        isinstance(raw_messages, list) and len(raw_messages) <= MAX_MESSAGES,
+        f"messages: at most {MAX_MESSAGES}",
+    )
+    messages = tuple(_chat_message(m) for m in raw_messages)
+    _check(
+        sum(len(m.content) for m in messages) <= MAX_PROMPT_CHARS, "messages: too long (≤ 512 KiB)"
+    )
     return Generate(
         id=rid,
         model=_str(body.get("model"), 256, "model must be a string"),
@@ -177,4 +201,13 @@ def _generate(body: dict[str, Any], rid: int) -> Generate:
         top_p=_float(body.get("top_p", 1.0), 1e-6, 1.0, "top_p must be in (0, 1]"),
         seed=None if seed is None else _int(seed, 0, 2**32 - 1, "seed"),
         stop=tuple(_str(s, MAX_STOP_CHARS, "stop string") for s in stop if s != ""),
+        messages=messages,
     )
+
+
+def _chat_message(raw: object) -> ChatMessage:
+    _check(isinstance(raw, list) and len(raw) == 2, "messages: each is [role, content]")
+    assert isinstance(raw, list)
+    role = _str(raw[0], 16, "message role")
+    _check(role in CHAT_ROLES, f"message role must be one of {', '.join(CHAT_ROLES)}")
+    return ChatMessage(role, _str(raw[1], MAX_PROMPT_CHARS, "message content"))

@@ -41,6 +41,8 @@ class NodeProcess:
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.ready = self._wait_ready()
+        self.data_dir = data_dir
+        assert (data_dir / "node.json").exists()  # how local clients find the node
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
@@ -57,8 +59,8 @@ class NodeProcess:
         assert ready["event"] == "ready"
         return ready
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=30)
         finally:
@@ -87,8 +89,10 @@ def network(
         nodes["other"] = NodeProcess([*join, "--model", str(other)], base / "c")
         yield nodes
     finally:
-        codes = [n.stop() for n in nodes.values()]
-    assert codes == [0] * len(codes), "nodes must exit cleanly on Ctrl-C"
+        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGINT]
+        codes = [n.stop(sig) for n, sig in zip(nodes.values(), signals, strict=False)]
+    assert codes == [0] * len(codes), "nodes must exit cleanly on Ctrl-C and SIGTERM"
+    assert not any((n.data_dir / "node.json").exists() for n in nodes.values())
 
 
 def ask(
@@ -166,6 +170,26 @@ def test_default_model_continues_text_greedily(
         "The capital of France is",
     )
     assert again.stdout == result.stdout  # greedy on the same node is deterministic
+
+
+def test_chat_request_is_rendered_by_the_node(
+    network: dict[str, NodeProcess], tmp_path: Path
+) -> None:
+    result = ask(
+        network,
+        tmp_path,
+        "--model",
+        "gemma-3-270m-q4_k_m",
+        "--chat",
+        "--json",
+        "--max-tokens",
+        "8",
+        "What is the capital of France?",
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    # the rendered turn markers make the prompt longer than the question alone
+    assert out["prompt_tokens"] > 10
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -16,6 +16,7 @@ from p2p import wire
     "msg",
     [
         wire.Generate(1, "tiny-llama", "hello", 16, 0.5, 0.9, 7, ("\n",)),
+        wire.Generate(9, "m", "", messages=(wire.ChatMessage("user", "hi"),)),
         wire.Token(2, "wörld"),
         wire.Done(3, "length", 4, 16, 0.03, 35.5),
         wire.Error(4, wire.ErrorCode.BUSY, "busy"),
@@ -38,6 +39,8 @@ def test_round_trip(msg: wire.Message) -> None:
         {"v": 2, "t": "ping", "id": 1},
         {"v": 1, "t": "launch", "id": 1},
         {"v": 1, "t": "ping", "id": -1},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "messages": [["root", "x"]]},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "messages": [["user"]]},
         [1, 2, 3],
     ],
 )
