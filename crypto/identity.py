@@ -10,17 +10,35 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
-import secrets
-import stat
 from pathlib import Path
 
 import attrs
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
+
+from crypto.secret_file import KeyFileError, read_secret_file, write_secret_file
+
+__all__ = [
+    "PEER_ID_LEN",
+    "PUBLIC_KEY_LEN",
+    "SEED_LEN",
+    "SIGNATURE_LEN",
+    "Identity",
+    "KeyFileError",
+    "dht_node_id",
+    "is_encrypted_key_file",
+    "load_identity",
+    "load_or_create_identity",
+    "peer_id_from_public_key",
+    "public_key_from_peer_id",
+    "public_key_pem",
+    "save_identity",
+    "signing_input",
+    "verify_signature",
+]
 
 SEED_LEN = 32
 PUBLIC_KEY_LEN = 32
@@ -30,10 +48,6 @@ _SIG_PREFIX = b"gpunet-sig/1\x00"
 _PEER_ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 # A PEM Ed25519 key, encrypted or not, is well under 1 KiB; anything far bigger is not a key file.
 _MAX_KEY_FILE = 64 * 1024
-
-
-class KeyFileError(Exception):
-    """The key file cannot be used; str(e) is a one-line message shown to the user as is."""
 
 
 def signing_input(domain: str, message: bytes) -> bytes:
@@ -138,55 +152,32 @@ def _pem(identity: Identity, passphrase: bytes | None) -> bytes:
     )
 
 
-def _write_key_file(path: Path, data: bytes, *, replace: bool) -> None:
-    """Write to a fresh 0600 temp file in the same directory, then move it into place, so the
-    key is never visible with looser permissions nor half-written. With replace=False an
-    existing file wins (FileExistsError), which makes concurrent first starts agree on one key."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)  # in case the umask is unusual
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_identity(identity: Identity, path: Path, passphrase: bytes | None = None) -> None:
     """Write the key as PKCS#8 PEM, encrypted when a passphrase is given; replaces the file."""
-    _write_key_file(Path(path), _pem(identity, passphrase), replace=True)
+    write_secret_file(Path(path), _pem(identity, passphrase), replace=True)
+
+
+def public_key_pem(public_key: bytes) -> bytes:
+    """The public key as a PEM SubjectPublicKeyInfo (what ``openssl pkey -pubout`` prints)."""
+    if len(public_key) != PUBLIC_KEY_LEN:
+        raise ValueError(f"Ed25519 public key must be {PUBLIC_KEY_LEN} bytes")
+    return Ed25519PublicKey.from_public_bytes(public_key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _read_key_file(path: Path) -> bytes:
-    """Read the file, refusing it when group or others have any access (like ssh does)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        if mode & 0o077:
-            raise KeyFileError(
-                f"key file {path} is readable by others (mode {mode:04o}); "
-                f"fix it with: chmod 600 {path}"
-            )
-        data = os.read(fd, _MAX_KEY_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > _MAX_KEY_FILE:
-        raise KeyFileError(f"key file {path} is too big to be a key file")
-    return data
+    return read_secret_file(path, what="key file", max_size=_MAX_KEY_FILE)
+
+
+def _is_encrypted(data: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
 
 
 def _parse_key_file(path: Path, data: bytes, passphrase: bytes | None) -> Identity:
     if b"-----BEGIN" not in data:
         raise KeyFileError(f"key file {path} is not a PEM file")
-    encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
+    encrypted = _is_encrypted(data)
     if encrypted and passphrase is None:
         raise KeyFileError(f"key file {path} is encrypted; a passphrase is needed")
     if not encrypted and passphrase is not None:
@@ -202,15 +193,14 @@ def _parse_key_file(path: Path, data: bytes, passphrase: bytes | None) -> Identi
     return Identity.from_seed(key.private_bytes_raw())
 
 
+def is_encrypted_key_file(path: Path) -> bool:
+    """Whether the key file is passphrase-encrypted (same permission checks as loading)."""
+    return _is_encrypted(_read_key_file(Path(path)))
+
+
 def load_identity(path: Path, passphrase: bytes | None = None) -> Identity:
     path = Path(path)
-    try:
-        data = _read_key_file(path)
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"key file {path} does not exist") from exc
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
-    return _parse_key_file(path, data, passphrase)
+    return _parse_key_file(path, _read_key_file(path), passphrase)
 
 
 def load_or_create_identity(path: Path, passphrase: bytes | None = None) -> Identity:
@@ -219,7 +209,7 @@ def load_or_create_identity(path: Path, passphrase: bytes | None = None) -> Iden
     if not path.exists():
         identity = Identity.generate()
         try:
-            _write_key_file(path, _pem(identity, passphrase), replace=False)
+            write_secret_file(path, _pem(identity, passphrase), replace=False)
         except FileExistsError:
             pass  # another process created it first: use theirs
         except OSError as exc:

@@ -1,10 +1,18 @@
-"""Identity-bound Noise XX handshake and the encrypted frame stream after it, sans-IO.
+"""Identity-bound Noise XX (or XXpsk3) handshake and the encrypted frame stream after it, sans-IO.
 
 Wire format, in order on one byte stream:
   1. three handshake messages, each with a 2-byte big-endian length prefix
-     (``encode_handshake_message`` / ``HandshakeReader``);
+     (``encode_handshake_message`` / ``HandshakeReader``), each at most
+     MAX_HANDSHAKE_MESSAGE bytes;
   2. frames: 4-byte big-endian ciphertext length, then ChaCha20-Poly1305 ciphertext under the
-     Noise transport keys (``FrameChannel``).
+     Noise transport keys (``FrameChannel``). A frame whose plaintext is empty is the close
+     frame: the last frame its sender sends.
+
+Private networks (a 32-byte network key, crypto/network_key.py) use Noise_XXpsk3 with the key
+as psk and a prologue that carries a secret derived from it; the public network uses Noise_XX
+with the plain prologue. The two never complete a handshake with each other, and a responder
+drops an initiator with another network key at message 1 without answering (see
+``handshake_prologue`` for why that works).
 
 Noise authenticates X25519 static keys, but a gpunet peer is named by its Ed25519 identity. As in
 libp2p's Noise handshake, each side therefore sends, inside the encrypted payload of its static-key
@@ -18,6 +26,8 @@ the peer did raises HandshakeFailed or FrameError, never anything else.
 
 from __future__ import annotations
 
+import os
+
 from crypto.identity import (
     PUBLIC_KEY_LEN,
     SIGNATURE_LEN,
@@ -26,7 +36,8 @@ from crypto.identity import (
     public_key_from_peer_id,
     verify_signature,
 )
-from crypto.noise import TAGLEN, CipherState, HandshakeState, NoiseError, x25519_keypair
+from crypto.network_key import NETWORK_KEY_LEN, handshake_prologue
+from crypto.noise import DHLEN, TAGLEN, CipherState, HandshakeState, NoiseError
 
 PROLOGUE = b"gpunet/1 noise"
 # Hard maximum plaintext per frame. Big enough for a batch of activations or a chunk of tokens
@@ -38,7 +49,17 @@ MAX_FRAME_PLAINTEXT = 1 << 20
 _MAX_FRAME_CIPHERTEXT = MAX_FRAME_PLAINTEXT + TAGLEN
 _FRAME_HEADER = 4
 _HANDSHAKE_HEADER = 2
-_MAX_HANDSHAKE_MESSAGE = 65535  # what a 2-byte length can say; also Noise's own limit
+# gpunet's handshake messages have fixed sizes: 32 / 48 bytes (message 1, XX / XXpsk3), 192
+# (message 2), 160 (message 3). 1 KiB leaves room for a later payload field while keeping what a
+# not-yet-authenticated peer can make us buffer tiny (Noise itself allows 65535).
+MAX_HANDSHAKE_MESSAGE = 1024
+# Noise spec section 11.3 leaves the rekey policy to the application. Both ends apply REKEY to
+# a direction's key after every REKEY_INTERVAL_FRAMES frames in that direction (counted by the
+# nonce, which keeps running), so they switch keys at the same frame without any message about
+# it. Why rekey at all when the nonce cannot run out (2**64): REKEY is one-way, so a key captured
+# from memory decrypts no frame sent before its last rekey: at most the last 65536 frames of a
+# direction, not the whole session so far. Cost: one extra ChaCha20 block per 65536 frames.
+REKEY_INTERVAL_FRAMES = 1 << 16
 _STATIC_KEY_DOMAIN = "noise-static"
 _IDENTITY_PAYLOAD_LEN = PUBLIC_KEY_LEN + SIGNATURE_LEN
 
@@ -53,16 +74,18 @@ class FrameError(Exception):
 
 def encode_handshake_message(msg: bytes) -> bytes:
     """Prefix a handshake message with its 2-byte big-endian length."""
-    if not 0 < len(msg) <= _MAX_HANDSHAKE_MESSAGE:
-        raise ValueError(f"handshake message must be 1..{_MAX_HANDSHAKE_MESSAGE} bytes")
+    if not 0 < len(msg) <= MAX_HANDSHAKE_MESSAGE:
+        raise ValueError(f"handshake message must be 1..{MAX_HANDSHAKE_MESSAGE} bytes")
     return len(msg).to_bytes(_HANDSHAKE_HEADER, "big") + msg
 
 
 class HandshakeReader:
     """Splits a byte stream into length-prefixed handshake messages.
 
-    Bytes after the last handshake message belong to the frame stream (a peer may send its first
-    frame in the same packet as message 3): hand them on with take_remaining().
+    A length of 0 or over MAX_HANDSHAKE_MESSAGE is refused as soon as its 2 bytes are here,
+    before anything else is buffered for it. Bytes after the last handshake message belong to
+    the frame stream (a peer may send its first frame in the same packet as message 3): hand
+    them on with take_remaining().
     """
 
     def __init__(self) -> None:
@@ -71,12 +94,21 @@ class HandshakeReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
     def next_message(self) -> bytes | None:
         if len(self._buffer) < _HANDSHAKE_HEADER:
             return None
         length = int.from_bytes(self._buffer[:_HANDSHAKE_HEADER], "big")
-        if length == 0:  # 2 bytes cannot announce more than 65535, but 0 is never valid
+        if length == 0:
             raise HandshakeFailed("peer sent an empty handshake message")
+        if length > MAX_HANDSHAKE_MESSAGE:
+            raise HandshakeFailed(
+                f"peer announced a handshake message of {length} bytes "
+                f"(max {MAX_HANDSHAKE_MESSAGE})"
+            )
         end = _HANDSHAKE_HEADER + length
         if len(self._buffer) < end:
             return None
@@ -99,27 +131,70 @@ class FrameChannel:
     as its 4 bytes arrive, so a length over MAX_FRAME_PLAINTEXT+16 is refused before any of its
     body is buffered. After a FrameError the receiving side stays broken: the stream is out of
     sync and nothing after it can be trusted.
+
+    Close: a frame with an empty plaintext (``encrypt_close``) says "nothing more from me". It is
+    authenticated like any frame, so a receiver can tell a finished stream (``peer_closed``) from
+    one cut short by an attacker or a crash (the byte stream ends without it): only the first is
+    a clean end. Anything after the close frame is an error.
+
+    Rekey: see REKEY_INTERVAL_FRAMES; both ends must use the same interval (it is part of the
+    protocol, configurable only so that tests can reach it).
     """
 
-    def __init__(self, send: CipherState, receive: CipherState) -> None:
+    def __init__(
+        self,
+        send: CipherState,
+        receive: CipherState,
+        *,
+        rekey_interval: int = REKEY_INTERVAL_FRAMES,
+    ) -> None:
+        if rekey_interval < 1:
+            raise ValueError("rekey_interval must be at least 1")
         self._send = send
         self._receive = receive
+        self._rekey_interval = rekey_interval
         self._buffer = bytearray()
         self._unchecked = 0  # offset in _buffer of the first frame header not yet checked
         self._error: str | None = None
+        self._sent_close = False
+        self.peer_closed = False
 
     @property
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def encrypt(self, plaintext: bytes) -> bytes:
-        if len(plaintext) > MAX_FRAME_PLAINTEXT:
-            raise FrameError(f"frame of {len(plaintext)} bytes is over {MAX_FRAME_PLAINTEXT}")
+    @property
+    def frames_sent(self) -> int:
+        return self._send.nonce
+
+    @property
+    def frames_received(self) -> int:
+        return self._receive.nonce
+
+    def _seal(self, plaintext: bytes) -> bytes:
+        if self._sent_close:
+            raise RuntimeError("frame after the close frame")
         try:
             ciphertext = self._send.encrypt_with_ad(b"", plaintext)
         except NoiseError as exc:
             raise FrameError(str(exc)) from exc
+        if self._send.nonce % self._rekey_interval == 0:
+            self._send.rekey()
         return len(ciphertext).to_bytes(_FRAME_HEADER, "big") + ciphertext
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """One data frame; the plaintext must be 1..MAX_FRAME_PLAINTEXT bytes."""
+        if len(plaintext) > MAX_FRAME_PLAINTEXT:
+            raise FrameError(f"frame of {len(plaintext)} bytes is over {MAX_FRAME_PLAINTEXT}")
+        if not plaintext:
+            raise FrameError("an empty frame is the close frame; use encrypt_close()")
+        return self._seal(plaintext)
+
+    def encrypt_close(self) -> bytes:
+        """The close frame; no frame may be encrypted after it."""
+        frame = self._seal(b"")
+        self._sent_close = True
+        return frame
 
     def _fail(self, message: str) -> FrameError:
         self._error = message
@@ -128,6 +203,8 @@ class FrameChannel:
     def receive_data(self, data: bytes) -> None:
         if self._error is not None:
             raise FrameError(self._error)
+        if self.peer_closed and data:
+            raise self._fail("peer sent data after its close frame")
         self._buffer += data
         while self._unchecked + _FRAME_HEADER <= len(self._buffer):
             start = self._unchecked
@@ -141,9 +218,11 @@ class FrameChannel:
             self._unchecked = start + _FRAME_HEADER + length
 
     def next_frame(self) -> bytes | None:
+        """The next data frame's plaintext, or None: either more bytes are needed, or the peer's
+        close frame has arrived (then ``peer_closed`` is True)."""
         if self._error is not None:
             raise FrameError(self._error)
-        if len(self._buffer) < _FRAME_HEADER:
+        if self.peer_closed or len(self._buffer) < _FRAME_HEADER:
             return None
         length = int.from_bytes(self._buffer[:_FRAME_HEADER], "big")
         end = _FRAME_HEADER + length
@@ -153,9 +232,17 @@ class FrameChannel:
         del self._buffer[:end]
         self._unchecked -= end
         try:
-            return self._receive.decrypt_with_ad(b"", ciphertext)
+            plaintext = self._receive.decrypt_with_ad(b"", ciphertext)
         except NoiseError as exc:
             raise self._fail(f"frame failed authentication: {exc}") from exc
+        if self._receive.nonce % self._rekey_interval == 0:
+            self._receive.rekey()
+        if plaintext:
+            return plaintext
+        self.peer_closed = True
+        if self._buffer:
+            raise self._fail("peer sent data after its close frame")
+        return None
 
 
 class SecureHandshake:
@@ -164,6 +251,11 @@ class SecureHandshake:
     "noise-static") over the sender's Noise static public key. Message 1 carries no payload.
 
     Static X25519 keys are fresh per SecureHandshake (not derived from the identity).
+
+    With *psk* (a private network's 32-byte key) the handshake is XXpsk3 with a secret prologue
+    (crypto/network_key.py): a responder fails an initiator with another key on message 1, before
+    it has sent anything, and the caller just closes the connection, so the peer learns nothing
+    about why. psk=None is the public network, byte for byte what it was before psk existed.
     """
 
     def __init__(
@@ -172,19 +264,34 @@ class SecureHandshake:
         *,
         initiator: bool,
         expected_peer_id: str | None = None,
+        psk: bytes | None = None,
         prologue: bytes = PROLOGUE,
+        rekey_interval: int = REKEY_INTERVAL_FRAMES,
     ) -> None:
-        if expected_peer_id is not None:
-            public_key_from_peer_id(expected_peer_id)  # ValueError now rather than a puzzle later
+        # Parsed now: a bad peer id is a ValueError here rather than a puzzle later, and the
+        # check in the handshake compares 32 bytes instead of encoding base32.
+        self._expected_public_key = (
+            None if expected_peer_id is None else public_key_from_peer_id(expected_peer_id)
+        )
+        if psk is not None and (not isinstance(psk, bytes) or len(psk) != NETWORK_KEY_LEN):
+            raise ValueError(f"a network key (psk) is {NETWORK_KEY_LEN} bytes")
+        if rekey_interval < 1:
+            raise ValueError("rekey_interval must be at least 1")
         self._identity = identity
         self._initiator = initiator
         self._expected_peer_id = expected_peer_id
-        static_private, self._static_public = x25519_keypair()
+        self._rekey_interval = rekey_interval
+        self.private = psk is not None
         self._noise = HandshakeState(
-            initiator=initiator, static_private=static_private, prologue=prologue
+            initiator=initiator,
+            static_private=os.urandom(DHLEN),
+            prologue=handshake_prologue(prologue, psk),
+            psk=psk,
         )
+        self._static_public = self._noise.static_public
         self._started = False
         self._remote_public_key: bytes | None = None
+        self._remote_peer_id: str | None = None
         self._channel: FrameChannel | None = None
         self._error: str | None = None
 
@@ -198,9 +305,7 @@ class SecureHandshake:
 
     @property
     def remote_peer_id(self) -> str | None:
-        if self._remote_public_key is None:
-            return None
-        return peer_id_from_public_key(self._remote_public_key)
+        return self._remote_peer_id
 
     def start(self) -> bytes:
         """Initiator only: the first wire message (without length prefix)."""
@@ -225,10 +330,13 @@ class SecureHandshake:
             public_key, _STATIC_KEY_DOMAIN, remote_static, signature
         ):
             raise HandshakeFailed(f"{role}'s identity signature over its Noise key is invalid")
-        peer_id = peer_id_from_public_key(public_key)
-        if self._expected_peer_id is not None and peer_id != self._expected_peer_id:
-            raise HandshakeFailed(f"{role} is {peer_id}, expected {self._expected_peer_id}")
+        if self._expected_public_key is not None and public_key != self._expected_public_key:
+            raise HandshakeFailed(
+                f"{role} is {peer_id_from_public_key(public_key)}, "
+                f"expected {self._expected_peer_id}"
+            )
         self._remote_public_key = public_key
+        self._remote_peer_id = peer_id_from_public_key(public_key)
 
     def receive(self, message: bytes) -> bytes | None:
         """Feed one handshake message (without length prefix); returns the reply, if any."""
@@ -253,10 +361,11 @@ class SecureHandshake:
         except NoiseError as exc:
             raise self._fail(f"handshake failed: {exc}") from exc
         except HandshakeFailed as exc:
-            self._remote_public_key = None
+            self._remote_public_key = self._remote_peer_id = None
             raise self._fail(str(exc)) from None
         if self._noise.complete:
-            self._channel = FrameChannel(*self._noise.split())
+            send, receive = self._noise.split()
+            self._channel = FrameChannel(send, receive, rekey_interval=self._rekey_interval)
         return reply
 
     def _fail(self, message: str) -> HandshakeFailed:

@@ -9,7 +9,6 @@ vocabulary, against ~0.1 s here, where arrays are skipped (string arrays by walk
 
 from __future__ import annotations
 
-import hashlib
 import math
 import mmap
 import re
@@ -21,6 +20,9 @@ from typing import Any
 import attrs
 import gguf
 
+from inference.sha256_cache import Progress, Sha256Cache, default_sha256_cache
+from inference.sha256_cache import sha256_file as sha256_file  # its old home: re-exported
+
 GGUF_MAGIC = b"GGUF"
 # gguf-py reads versions 2 and 3; version 1 predates the 64-bit counts and is long gone.
 _SUPPORTED_VERSIONS = (2, 3)
@@ -28,7 +30,6 @@ _SUPPORTED_VERSIONS = (2, 3)
 # that a hostile header cannot make the reader loop over billions of entries.
 MAX_TENSOR_COUNT = 1_000_000
 MAX_KV_COUNT = 1_000_000
-_HASH_BLOCK = 1 << 20
 
 # llama.cpp's LLAMA_FTYPE ids (general.file_type) -> the names people use for them.
 FILE_TYPE_NAMES: dict[int, str] = {
@@ -45,6 +46,30 @@ class ModelFileError(Exception):
 
     The message is one line meant for the user, naming the path.
     """
+
+
+@attrs.frozen
+class ModelLayout:
+    """Sizes that decide how much of a model fits in GPU memory (inference/offload.py).
+
+    Read from the tensor table and the architecture's metadata keys; a key the file lacks is 0
+    (head_count_kv then defaults to head_count, key/value lengths to embedding / heads).
+    """
+
+    layer_bytes: tuple[int, ...]  # bytes of each repeating block's tensors (blk.N.*), in order
+    input_bytes: int  # token embeddings and anything else llama.cpp keeps on the CPU
+    output_bytes: int  # output head (+ final norm); a tied head repeats the token embeddings
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    key_length: int  # per head
+    value_length: int  # per head
+    n_vocab: int
+
+    @property
+    def kv_bytes_per_token_per_layer(self) -> int:
+        """KV cache bytes one token costs in one layer, at llama.cpp's default F16 cache."""
+        return (self.key_length + self.value_length) * self.n_head_kv * 2
 
 
 @attrs.frozen
@@ -69,15 +94,8 @@ class ModelInfo:
     has_chat_template: bool
     # The GGUF's own Jinja chat template, kept for rendering chat requests; never published.
     chat_template: str | None = attrs.field(default=None, repr=False)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks so a multi-GB model never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+    # Tensor sizes for offload planning; None only for a ModelInfo built by hand.
+    layout: ModelLayout | None = attrs.field(default=None, repr=False)
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -185,8 +203,11 @@ class _Cursor:
 @attrs.frozen
 class _Header:
     metadata: dict[str, Any]  # arrays present with value None
+    array_lengths: dict[str, int]  # the length of every array-valued key
+    tensor_names: list[str]
     tensor_types: list[int]
     tensor_elements: list[int]
+    tensor_bytes: list[int]  # 0 for a type newer than gguf-py knows
 
 
 def _block_size(ggml_type: int) -> tuple[int, int]:
@@ -200,13 +221,16 @@ def _block_size(ggml_type: int) -> tuple[int, int]:
 def _parse(buf: mmap.mmap, n_tensors: int, n_kv: int) -> _Header:
     cur = _Cursor(buf)
     cur.skip(24)  # magic, version, counts: checked by _check_header
-    metadata = {}
+    metadata, array_lengths = {}, {}
     for _ in range(n_kv):
         key = cur.string()
-        metadata[key] = cur.value(cur.scalar("<I"))
-    types, elements, ends = [], [], []
+        value_type = cur.scalar("<I")
+        if value_type == _ARRAY:  # peek at the count; value() then skips the items
+            array_lengths[key] = struct.unpack_from("<Q", cur.buf, cur.pos + 4)[0]
+        metadata[key] = cur.value(value_type)
+    names, types, elements, sizes, ends = [], [], [], [], []
     for _ in range(n_tensors):
-        cur.string()  # name
+        names.append(cur.string())
         n_dims = cur.scalar("<I")
         if not 1 <= n_dims <= _MAX_DIMS:
             raise ValueError(f"tensor with {n_dims} dimensions")
@@ -215,14 +239,15 @@ def _parse(buf: mmap.mmap, n_tensors: int, n_kv: int) -> _Header:
         types.append(ggml_type)
         elements.append(count)
         block, type_size = _block_size(ggml_type)
-        ends.append(offset + count // block * type_size if block else offset)
+        sizes.append(count // block * type_size if block else 0)
+        ends.append(offset + sizes[-1])
     alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise ValueError(f"bad general.alignment {alignment!r}")
     data_start = -(-cur.pos // alignment) * alignment
     if max(ends, default=0) + data_start > len(buf):
         raise _Truncated
-    return _Header(metadata, types, elements)
+    return _Header(metadata, array_lengths, names, types, elements, sizes)
 
 
 def _type_name(ggml_type: int) -> str:
@@ -252,11 +277,66 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
+_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.")
+# Tensors llama.cpp places with the output layer (offloaded only when n_gpu_layers > blocks).
+_OUTPUT_TENSORS = ("output.", "output_norm.")
+
+
+def _layout(header: _Header, architecture: str, layer_count: int) -> ModelLayout:
+    meta = header.metadata
+
+    def key(name: str) -> int:
+        return _int(meta.get(f"{architecture}.{name}"))
+
+    layers = [0] * layer_count
+    input_bytes = output_bytes = embedding_bytes = 0
+    has_output = False
+    for name, size in zip(header.tensor_names, header.tensor_bytes, strict=True):
+        if (m := _LAYER_TENSOR.match(name)) is not None:
+            index = int(m.group(1))
+            if index < layer_count:
+                layers[index] += size
+            else:  # e.g. a multi-token-prediction block beyond block_count: never offloaded
+                input_bytes += size
+        elif name.startswith(_OUTPUT_TENSORS):
+            output_bytes += size
+            has_output = has_output or name.startswith("output.")
+        else:
+            input_bytes += size
+            if name.startswith("token_embd."):
+                embedding_bytes = size
+    if not has_output:  # tied embeddings: llama.cpp puts a copy of token_embd on the GPU
+        output_bytes += embedding_bytes
+    n_embd, n_head = key("embedding_length"), key("attention.head_count")
+    head_dim = n_embd // n_head if n_head else 0
+    n_vocab = key("vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens", 0)
+    return ModelLayout(
+        layer_bytes=tuple(layers),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        n_embd=n_embd,
+        n_head=n_head,
+        # Per-layer arrays (some hybrid models) read as 0 here: take the widest case, n_head.
+        n_head_kv=key("attention.head_count_kv") or n_head,
+        key_length=key("attention.key_length") or head_dim,
+        value_length=key("attention.value_length") or head_dim,
+        n_vocab=n_vocab,
+    )
+
+
+def inspect_gguf(
+    path: Path,
+    *,
+    sha256: str | None = None,
+    hash_cache: Sha256Cache | None = None,
+    progress: Progress | None = None,
+) -> ModelInfo:
     """Read a GGUF's metadata without loading weights.
 
     `sha256` is trusted when given (the caller already hashed or verified the file, which takes
-    seconds for a large model); otherwise it is computed here.
+    seconds for a large model). Otherwise it comes from `hash_cache` (default: the user's cache
+    beside the default model, see inference/sha256_cache.py), which hashes the file only when
+    its size or mtime changed since it last did; `progress(done, total)` reports that hashing.
     """
     path = Path(path)
     size, n_tensors, n_kv = _check_header(path)
@@ -275,9 +355,11 @@ def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
         raise _not_gguf(path, "no general.architecture")
     if sha256 is None:
         try:
-            sha256 = sha256_file(path)
+            cache = hash_cache if hash_cache is not None else default_sha256_cache()
+            sha256 = cache.sha256(path, progress)
         except OSError as e:
             raise _not_gguf(path, f"unreadable: {e.strerror or e}") from e
+    layer_count = _int(metadata.get(f"{architecture}.block_count"))
     return ModelInfo(
         path=str(path),
         sha256=sha256.lower(),
@@ -286,10 +368,11 @@ def inspect_gguf(path: Path, *, sha256: str | None = None) -> ModelInfo:
         parameter_count=sum(header.tensor_elements),
         quantization=_quantization(header),
         context_length=_int(metadata.get(f"{architecture}.context_length")),
-        layer_count=_int(metadata.get(f"{architecture}.block_count")),
+        layer_count=layer_count,
         file_size=size,
         has_chat_template="tokenizer.chat_template" in metadata,
         chat_template=template
         if isinstance(template := metadata.get("tokenizer.chat_template"), str)
         else None,
+        layout=_layout(header, architecture, layer_count),
     )

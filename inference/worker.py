@@ -15,120 +15,62 @@ after every token, so a client that goes away costs at most one more token of co
 
 The thread re-evaluates every prompt from an empty KV cache. llama.cpp is not batch-invariant, so
 reusing a cached prefix could change greedy output; determinism matters more than the prefill
-time on the models this serves. Prefix reuse and batching belong to the scheduler (later).
+time on the models this serves. Serving several requests at once is BatchingWorker's job
+(inference/batching.py, the same interface); this worker stays as the one-at-a-time reference:
+its greedy output is bit-identical from run to run, and a request with `replay_tokens` resumes
+an interrupted greedy run exactly (see inference/streaming.py for the token ids in each chunk).
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
-import logging
 import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
+from inference.benchmark import Throughput, measure_throughput
+from inference.generation import RANDOM_SEED as _RANDOM_SEED
+from inference.generation import (
+    GenerationDone,
+    GenerationError,
+    GenerationRequest,
+    Item,
+    PromptTooLong,
+    TokenChunk,
+    WorkerBusy,
+    WorkerLoad,
+)
+from inference.llama_lowlevel import (
+    LOAD_LOCK,
+    MIN_P,
+    TOP_K,
+    LoadedModel,
+    install_log_bridge,
+    token_piece,
+)
 from inference.model_file import ModelFileError, _check_header
+from inference.streaming import TextAssembler, split_at_stop
 
-# Loading with verbose=False redirects the process's stdout/stderr for a moment; two loads at
-# once would restore each other's redirections wrongly. One load at a time, process-wide.
-_LOAD_LOCK = threading.Lock()
-# llama.cpp's "pick a random seed" value (LLAMA_DEFAULT_SEED).
-_RANDOM_SEED = 0xFFFFFFFF
-# llama-cpp-python's create_completion defaults, kept so sampled output matches what people
-# get from llama.cpp elsewhere; only temperature, top_p and seed are per request.
-_TOP_K = 40
-_MIN_P = 0.05
-
-# llama.cpp's log goes to the "llama.cpp" logger. llama-cpp-python installs its own callback, but
-# maps ggml's levels (NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5) one off, so with
-# verbose=False warnings still reach stderr as if they were errors.
-_LOG = logging.getLogger("llama.cpp")
-_LOG.addHandler(logging.NullHandler())  # silent unless the application configures logging
-_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_log_state = {"level": logging.DEBUG}
-_log_callback: Any = None  # the ctypes callback; kept referenced so it is never collected
-
-
-def _install_log_bridge(llama_cpp: Any) -> None:
-    """Called under _LOAD_LOCK, before the first model load."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-
-    def forward(level: int, text: bytes, _user_data: Any) -> None:
-        if level != 5:
-            _log_state["level"] = _LOG_LEVELS.get(level, logging.DEBUG)
-        message = text.decode("utf-8", "replace").rstrip()
-        if message:
-            _LOG.log(_log_state["level"], "%s", message)
-
-    _log_callback = llama_cpp.llama_log_callback(forward)
-    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-
-
-def _seed_ok(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and not 0 <= value < _RANDOM_SEED:
-        raise ValueError(f"{attribute.name} must be in [0, {_RANDOM_SEED}), got {value}")
-
-
-def _as_stops(value: Iterable[str]) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _stops_ok(
-    _: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
-) -> None:
-    if not all(isinstance(s, str) and s for s in value):
-        raise ValueError(f"{attribute.name} must be non-empty strings")
-
-
-@attrs.frozen
-class GenerationRequest:
-    prompt: str
-    max_tokens: int = attrs.field(default=128, validator=attrs.validators.ge(1))
-    temperature: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
-    top_p: float = attrs.field(
-        default=1.0, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)]
-    )
-    seed: int | None = attrs.field(default=None, validator=_seed_ok)
-    stop: tuple[str, ...] = attrs.field(default=(), converter=_as_stops, validator=_stops_ok)
-
-
-@attrs.frozen
-class TokenChunk:
-    """New text, never empty: bytes of an unfinished UTF-8 character or of a possible stop string
-    are held back until they resolve. `token_count` is how many tokens this text came from."""
-
-    text: str
-    token_count: int
-
-
-@attrs.frozen
-class GenerationDone:
-    finish_reason: str  # "stop" (end-of-sequence or a stop string), "length" or "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    time_to_first_token_s: float  # from the worker picking the request up; queueing excluded
-    decode_tokens_per_s: float  # after the first token; 0.0 with fewer than two tokens
-
-
-Item = TokenChunk | GenerationDone
-
-
-class WorkerBusy(Exception):
-    """More than max_queue requests are already waiting; try another node or later."""
-
-
-class GenerationError(Exception):
-    """This request cannot be served (prompt too long for the context, worker closed, ...)."""
+__all__ = [
+    "GenerationDone",
+    "GenerationError",
+    "GenerationRequest",
+    "Item",
+    "ModelWorker",
+    "PromptTooLong",
+    "TokenChunk",
+    "WorkerBusy",
+    "WorkerLoad",
+    "split_at_stop",
+]
 
 
 @attrs.define
@@ -143,6 +85,45 @@ class _Close:
     """Sentinel on a job's channel: the worker is done with it."""
 
 
+@attrs.define
+class _Measure:
+    """A self-benchmark request for the worker thread (see inference/benchmark.py)."""
+
+    prompt_tokens: int
+    decode_tokens: int
+    budget_s: float
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: Throughput | BaseException | None = None
+
+    def run(self, model: LoadedModel, token: trio.lowlevel.TrioToken) -> None:
+        """In the worker thread: measure, then wake the awaiting task."""
+        try:
+            self.result = measure_throughput(
+                model,
+                prompt_tokens=self.prompt_tokens,
+                decode_tokens=self.decode_tokens,
+                budget_s=self.budget_s,
+            )
+        except Exception as e:
+            self.result = GenerationError(f"self-benchmark failed: {type(e).__name__}: {e}")
+        self.wake(token)
+
+    def fail(self, error: BaseException, token: trio.lowlevel.TrioToken) -> None:
+        self.result = error
+        self.wake(token)
+
+    def wake(self, token: trio.lowlevel.TrioToken) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(self.done.set)
+
+    async def wait(self) -> Throughput:
+        await self.done.wait()
+        if isinstance(self.result, BaseException):
+            raise self.result
+        assert self.result is not None
+        return self.result
+
+
 def _put(send: trio.MemorySendChannel[Item | BaseException], item: object) -> None:
     """Runs in trio (via run_sync_soon); must never raise, or trio would crash."""
     if isinstance(item, _Close):
@@ -150,38 +131,6 @@ def _put(send: trio.MemorySendChannel[Item | BaseException], item: object) -> No
         return
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
         send.send_nowait(item)  # type: ignore[arg-type]
-
-
-def split_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
-    """Split pending text into (safe to send, hold back, stopped).
-
-    Text that could be the start of a stop string is held back until the next token decides;
-    on a match everything from the stop string on is dropped.
-    """
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    if hits:
-        return text[: min(hits)], "", True
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:k]):
-                hold = k
-                break
-    return text[: len(text) - hold], text[len(text) - hold :], False
-
-
-def _token_piece(
-    llama_cpp: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char]
-) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
-    """A token's bytes (possibly part of a UTF-8 character), growing `buf` when too small.
-
-    llama-cpp-python's own detokenize asserts on pieces over 32 bytes; we ask llama.cpp directly.
-    """
-    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
-    if n < 0:
-        buf = ctypes.create_string_buffer(-n)
-        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
-    return buf.raw[:n], buf
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -234,20 +183,36 @@ class ModelWorker:
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
         max_queue: int = 8,
+        tensor_split: Sequence[float] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers  # after start(): the number actually offloaded
         self.max_queue = max_queue
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.tensor_split = list(tensor_split) if tensor_split else None  # OffloadPlan's
+        self._jobs: queue.SimpleQueue[_Job | _Measure | None] = queue.SimpleQueue()
         self._waiting = 0
+        self._active = 0  # 1 while the thread generates
+        self._steps = 0
         self._waiting_lock = threading.Lock()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._loaded = False
         self._load_error: Exception | None = None
+
+    slots = 1  # requests generated at once (BatchingWorker has more)
+
+    @property
+    def load(self) -> WorkerLoad:
+        active = self._active
+        return WorkerLoad(
+            active_requests=active,
+            free_slots=1 - active,
+            queue_depth=self._waiting,
+            decode_steps=self._steps,
+        )
 
     async def __aenter__(self) -> ModelWorker:
         await self.start()
@@ -294,6 +259,17 @@ class ModelWorker:
             job.cancelled.set()
             job.receive.close()
 
+    async def measure_throughput(
+        self, *, prompt_tokens: int = 256, decode_tokens: int = 32, budget_s: float = 3.0
+    ) -> Throughput:
+        """Prefill and single-stream decode tokens/s of this model as loaded (a few seconds;
+        see inference/benchmark.py). Queued like a request; run it before serving."""
+        if not self._loaded or self._closing.is_set():
+            raise GenerationError("the model worker is not running")
+        item = _Measure(prompt_tokens, decode_tokens, budget_s)
+        self._jobs.put(item)
+        return await item.wait()
+
     async def aclose(self) -> None:
         """Stop the thread and free the model; queued requests fail with GenerationError."""
         thread = self._thread
@@ -337,9 +313,13 @@ class ModelWorker:
             return
         try:
             while (job := self._jobs.get()) is not None:
+                if isinstance(job, _Measure):
+                    self._measure(llm, job)
+                    continue
                 with self._waiting_lock:
                     self._waiting -= 1
                 if not (job.cancelled.is_set() or self._closing.is_set()):
+                    self._active = 1
                     try:
                         self._generate(llm, job)
                     except GenerationError as e:
@@ -347,6 +327,8 @@ class ModelWorker:
                     except Exception as e:  # a llama.cpp failure ends this request, not the node
                         message = f"generation failed: {type(e).__name__}: {e}"
                         self._to_trio(job, GenerationError(message.replace("\n", " ")))
+                    finally:
+                        self._active = 0
                 elif self._closing.is_set():
                     self._to_trio(job, GenerationError("the model worker is closed"))
                 self._to_trio(job, _Close())
@@ -358,21 +340,34 @@ class ModelWorker:
                     job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is not None:
+                if isinstance(job, _Measure):
+                    job.fail(GenerationError("the model worker is closed"), self._token)
+                elif job is not None:
                     self._to_trio(job, GenerationError("the model worker is closed"))
                     self._to_trio(job, _Close())
+
+    def _measure(self, llm: Any, item: _Measure) -> None:
+        assert self._token is not None
+        model = LoadedModel.borrow(llm)
+        try:
+            llm.reset()
+            item.run(model, self._token)
+        finally:
+            model.close()
+            llm.reset()
 
     def _load(self) -> Any:
         try:
             import llama_cpp
 
-            with _LOAD_LOCK:
-                _install_log_bridge(llama_cpp)
+            with LOAD_LOCK:
+                install_log_bridge(llama_cpp)
                 llm = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=self.n_ctx,
                     n_threads=self.n_threads,
                     n_gpu_layers=self.n_gpu_layers,
+                    tensor_split=self.tensor_split,
                     verbose=False,
                     logits_all=False,
                 )
@@ -399,33 +394,46 @@ class ModelWorker:
         request = job.request
         started = time.perf_counter()
         prompt = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=True)
-        n_ctx = llm.n_ctx()
-        if len(prompt) + request.max_tokens > n_ctx:
-            raise GenerationError(
-                f"prompt is {len(prompt)} tokens; with max_tokens {request.max_tokens} it "
-                f"exceeds this model's context of {n_ctx} tokens"
-            )
+        check_fits(len(prompt), request.max_tokens, llm.n_ctx())
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        check_replay(llama_cpp, vocab, request.replay_tokens)
         piece_buf = ctypes.create_string_buffer(64)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        pending, unsent_tokens, completion = "", 0, 0
+        assembler = TextAssembler(request.stop)
+        completion = 0
         first: float | None = None
         last = started
         finish = "length"
 
         llm.reset()  # see the module docstring: no prefix reuse
         llm.set_seed(_RANDOM_SEED if request.seed is None else request.seed)
+        if request.replay_tokens:
+            # Exact replay: the prompt as one evaluation, then each replayed token in a decode
+            # step of its own, as generate() would have fed them; generate() then finds all of
+            # it cached and samples straight from the last logits. Bit-identical to the
+            # uninterrupted run for greedy decoding; a sampled run continues with a fresh random
+            # state (BatchingWorker also replays the sampler's random state).
+            llm.eval(prompt)
+            self._steps += 1
+            for token in request.replay_tokens:
+                if job.cancelled.is_set() or self._closing.is_set():
+                    break
+                llm.eval([token])
+                self._steps += 1
+                piece, piece_buf = token_piece(llama_cpp, vocab, token, piece_buf)
+                assembler.replay(piece)
+                completion += 1
         tokens = llm.generate(
-            prompt,
+            [*prompt, *request.replay_tokens],
             temp=request.temperature,
             top_p=request.top_p,
-            top_k=_TOP_K,
-            min_p=_MIN_P,
+            top_k=TOP_K,
+            min_p=MIN_P,
             repeat_penalty=1.0,
             reset=True,
         )
         try:
             for token in tokens:
+                self._steps += 1  # the decode that produced this token
                 now = time.perf_counter()
                 first = now if first is None else first
                 if job.cancelled.is_set() or self._closing.is_set():
@@ -433,30 +441,26 @@ class ModelWorker:
                     break
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
-                    pending += decoder.decode(b"", final=True)
                     break
                 completion += 1
-                unsent_tokens += 1
                 last = now
-                piece, piece_buf = _token_piece(llama_cpp, vocab, token, piece_buf)
-                at_limit = completion == request.max_tokens
-                pending += decoder.decode(piece, final=at_limit)
-                text, pending, stopped = split_at_stop(pending, request.stop)
-                if at_limit and not stopped:
-                    text, pending = text + pending, ""
-                if text:
-                    self._to_trio(job, TokenChunk(text, unsent_tokens))
-                    unsent_tokens = 0
-                if stopped:
+                piece, piece_buf = token_piece(llama_cpp, vocab, token, piece_buf)
+                chunk = assembler.add(token, piece)
+                if chunk is not None:
+                    self._to_trio(job, chunk)
+                if assembler.stopped:
                     finish = "stop"
-                if stopped or at_limit:
+                    break
+                if completion == request.max_tokens:
                     break
         finally:
             tokens.close()
-        if pending:  # end-of-sequence while text was held back for a possible stop string
-            self._to_trio(job, TokenChunk(pending, unsent_tokens))
+        if not assembler.stopped and finish != "cancelled":
+            chunk = assembler.finish()  # text held back for a possible stop string, if any
+            if chunk is not None:
+                self._to_trio(job, chunk)
         first = started if first is None else first
-        decode_s = last - first
+        generated = completion - len(request.replay_tokens)
         self._to_trio(
             job,
             GenerationDone(
@@ -464,6 +468,26 @@ class ModelWorker:
                 prompt_tokens=len(prompt),
                 completion_tokens=completion,
                 time_to_first_token_s=first - started,
-                decode_tokens_per_s=_rate(completion - 1, decode_s),
+                decode_tokens_per_s=_rate(generated - 1, last - first),
+                token_ids=assembler.unreleased,
             ),
         )
+
+
+def check_fits(n_prompt: int, max_tokens: int, n_ctx: int) -> None:
+    """PromptTooLong unless prompt + max_tokens fit one sequence's context."""
+    if n_prompt + max_tokens > n_ctx:
+        raise PromptTooLong(
+            f"prompt is {n_prompt} tokens; with max_tokens {max_tokens} it "
+            f"exceeds this model's context of {n_ctx} tokens"
+        )
+
+
+def check_replay(llama_cpp: Any, vocab: Any, replay: tuple[int, ...]) -> None:
+    """GenerationError unless every replayed id is an ordinary token of this vocabulary."""
+    n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+    for token in replay:
+        if token >= n_vocab:
+            raise GenerationError(f"replay token {token} is not in this model's vocabulary")
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            raise GenerationError(f"replay token {token} ends generation; nothing to resume")

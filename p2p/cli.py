@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -15,13 +16,16 @@ import click
 import platformdirs
 import trio
 
-from crypto.identity import KeyFileError, load_or_create_identity
+from crypto.identity import KeyFileError
+from crypto.network_key import load_network_key
 from inference.default_model import ensure_default_model
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
 from p2p import wire
+from p2p.cli_identity import identity_group, identity_path, load_node_identity
 from p2p.client import AskError, Provider, generate, list_nodes, open_client
 from p2p.dht import resolve
 from p2p.node import NodeConfig, NodeError, NodeReady, run_node
+from p2p.provider_query import filter_providers, parse_size
 from p2p.records import record_to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,8 +78,26 @@ def common_options(f: F) -> F:
         help="DHT address of a node already in the network (repeatable; env GPUNET_BOOTSTRAP, "
         "comma-separated). Clients default to the node started from the same data dir.",
     )(f)
+    f = click.option(
+        "--network-key",
+        "network_key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        envvar="GPUNET_NETWORK_KEY",
+        help="Key file of a private network (`gpunet identity network-key new FILE`); "
+        "env GPUNET_NETWORK_KEY. Without it: the public network.",
+    )(f)
     f = click.option("-v", "--verbose", count=True, help="More diagnostics on stderr.")(f)
     return f
+
+
+def read_network_key(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return load_network_key(path)
+    except KeyFileError as exc:
+        fail(str(exc))
 
 
 def setup_logging(verbose: int) -> None:
@@ -227,16 +249,33 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     default=None,
     help="CPU threads for llama.cpp (default: all cores).",
 )
+@click.option(
+    "--max-queue",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0, 1024),
+    help="Requests allowed to wait per model; beyond it the node answers busy at once.",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0, 3600),
+    help="Seconds in-flight requests get to finish on Ctrl-C/SIGTERM.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def node(
     data_dir: Path | None,
     bootstrap: tuple[str, ...],
     verbose: int,
+    network_key: Path | None,
     models: tuple[Path, ...],
     host: str,
     dht_port: int,
     port: int,
     threads: int | None,
+    max_queue: int,
+    grace: float,
     as_json: bool,
 ) -> None:
     """Run a volunteer node: serve GGUF models to the network.
@@ -247,7 +286,8 @@ def node(
     data_dir = data_dir or default_data_dir()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        load_or_create_identity(data_dir / "identity.pem")
+        identity = load_node_identity(identity_path(data_dir))
+        psk = read_network_key(network_key)
         infos = load_model_infos(collect_model_paths(models))
     except (KeyFileError, ModelFileError, OSError) as exc:
         fail(str(exc))
@@ -262,16 +302,25 @@ def node(
             port=port,
             bootstrap=tuple(addrs),
             n_threads=threads,
+            grace_s=grace,
+            psk=psk,
+            max_queue=max_queue,
         )
+        shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
-            ready = await nursery.start(run_node, config)
-            print_ready(ready, data_dir, as_json)
+            nursery.start_soon(stop_on_signals, shutdown, nursery.cancel_scope, grace)
+            async with trio.open_nursery() as node_nursery:
+                ready = await node_nursery.start(
+                    partial(run_node, config, identity=identity, shutdown=shutdown)
+                )
+                print_ready(ready, data_dir, as_json)
+            nursery.cancel_scope.cancel()  # the node has drained and returned
+        click.echo("gpunet node stopped.", err=True)
 
     try:
         trio.run(amain)
     except BaseException as exc:
-        if find_error(exc, (KeyboardInterrupt,)):
+        if find_error(exc, (KeyboardInterrupt,)):  # Ctrl-C before the node was up
             click.echo("gpunet node stopped.", err=True)
             return
         err = find_error(exc, (NodeError, KeyFileError, ModelFileError, OSError))
@@ -283,13 +332,19 @@ def node(
         (data_dir / NODE_FILE).unlink(missing_ok=True)
 
 
-async def stop_on_sigterm(scope: trio.CancelScope) -> None:
-    """Service managers stop with SIGTERM; end as cleanly as on Ctrl-C."""
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+async def stop_on_signals(shutdown: trio.Event, scope: trio.CancelScope, grace: float) -> None:
+    """Ctrl-C or SIGTERM: drain gracefully (see `run_node`); a second one stops at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
-            click.echo("gpunet node stopped (SIGTERM).", err=True)
-            scope.cancel()
-            return
+            if shutdown.is_set():
+                scope.cancel()
+                return
+            click.echo(
+                f"gpunet node stopping: finishing requests in flight (up to {grace:g} s; "
+                "press Ctrl-C again to stop now)...",
+                err=True,
+            )
+            shutdown.set()
 
 
 # --- clients --------------------------------------------------------------------------------
@@ -313,26 +368,40 @@ def run_client(main_fn: Callable[[], Any]) -> None:
     "--model",
     default=None,
     metavar="NAME_OR_SHA256",
-    help="Only nodes serving this model (name or sha256).",
+    help="Only nodes serving this model (name or sha256); the filters below need it.",
 )
+@click.option("--gpu/--no-gpu", default=None, help="Only nodes serving it on a GPU / on the CPU.")
+@click.option("--min-vram", default=None, metavar="SIZE", help="Free VRAM on one GPU, e.g. 8G.")
+@click.option("--quant", default=None, metavar="QUANT", help="Quantization, e.g. Q4_K_M.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of node records.")
 def peers(
     data_dir: Path | None,
     bootstrap: tuple[str, ...],
     verbose: int,
+    network_key: Path | None,
     model: str | None,
+    gpu: bool | None,
+    min_vram: str | None,
+    quant: str | None,
     as_json: bool,
 ) -> None:
     """List the nodes of the network and what they serve."""
     setup_logging(verbose)
     data_dir = data_dir or default_data_dir()
+    if model is None and (gpu is not None or min_vram or quant):
+        fail("--gpu, --min-vram and --quant filter the providers of a model: add --model")
+    try:
+        vram = parse_size(min_vram) if min_vram else None
+    except ValueError as exc:
+        fail(str(exc))
 
     async def amain() -> None:
         addrs = await resolve_all(bootstrap_list(bootstrap, data_dir, for_client=True))
-        async with open_client(addrs) as client:
+        async with open_client(addrs, psk=read_network_key(network_key)) as client:
             records = await list_nodes(client)
         if model:
-            records = [r for r in records if r.serves(model.lower())]
+            matches = filter_providers(records, model, gpu=gpu, min_vram=vram, quantization=quant)
+            records = [m.record for m in matches]
         if as_json:
             click.echo(json.dumps([record_to_json(r) for r in records], indent=2))
             return
@@ -391,6 +460,7 @@ def ask(
     data_dir: Path | None,
     bootstrap: tuple[str, ...],
     verbose: int,
+    network_key: Path | None,
     model: str | None,
     max_tokens: int,
     temperature: float,
@@ -419,13 +489,13 @@ def ask(
         if verbose:
             click.echo(
                 f"[{p.record.peer_id[:16]} at {p.record.addresses[0]} serves "
-                f"{p.model.name} {p.model.sha256[:12]}]",
+                f"{p.model.name} {p.model.sha256[:12]}; chosen for: {p.reason}]",
                 err=True,
             )
 
     async def amain() -> None:
         addrs = await resolve_all(bootstrap_list(bootstrap, data_dir, for_client=True))
-        async with open_client(addrs) as client:
+        async with open_client(addrs, psk=read_network_key(network_key)) as client:
             chosen = model or await pick_default_model(client)
             request = wire.Generate(
                 id=1,
@@ -470,30 +540,4 @@ async def pick_default_model(client: Any) -> str:
     return max(set(offered), key=offered.count)
 
 
-@main.command()
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Data dir holding identity.pem (env GPUNET_DATA_DIR).",
-)
-@click.option("--json", "as_json", is_flag=True)
-def identity(data_dir: Path | None, as_json: bool) -> None:
-    """Show this machine's peer id and key file (created on first use, mode 0600)."""
-    path = (data_dir or default_data_dir()) / "identity.pem"
-    try:
-        ident = load_or_create_identity(path)
-    except (KeyFileError, OSError) as exc:
-        fail(str(exc))
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "peer_id": ident.peer_id,
-                    "key_file": str(path),
-                    "public_key": ident.public_key.hex(),
-                }
-            )
-        )
-    else:
-        click.echo(f"peer id:  {ident.peer_id}\nkey file: {path}")
+main.add_command(identity_group)

@@ -1,9 +1,17 @@
-"""The client side: join the DHT lightly, find providers of a model, stream tokens from one."""
+"""The client side: join the DHT lightly, find providers of a model, stream tokens from one.
+
+A request goes to the best-ranked provider; if that node fails before finishing (connection lost,
+stalled, `busy`/`internal`/`shutting_down`), the request continues on the next provider of the
+same model file (same sha256) by exact replay: the new node prefills the prompt as the first one
+did, feeds the tokens already delivered one per decode step, and continues. With greedy decoding
+on the same build and hardware the text is identical to an uninterrupted run; across hardware
+only "nothing lost, nothing repeated" holds.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -11,8 +19,10 @@ import attrs
 import trio
 
 from crypto.identity import Identity
+from crypto.network_key import network_id
 from p2p import wire
 from p2p.dht import Dht, open_dht
+from p2p.ranking import ProviderRanker
 from p2p.records import (
     CapabilityRecord,
     ModelEntry,
@@ -21,11 +31,24 @@ from p2p.records import (
     model_key,
     model_name_key,
 )
-from p2p.session import SecureConnection, SessionError, connect
+from p2p.session import SessionError
+from p2p.session_pool import MultiplexedSession, SessionPool
 
-# The first token waits for the prompt's prefill; later ones come every few ms. Past this the
-# node is treated as stalled.
-TOKEN_TIMEOUT_S = 60.0
+# The first token waits for the prompt's prefill (long prompts on slow CPUs take a while); later
+# ones come every few ms. Past these the node is treated as stalled and the request moves on.
+FIRST_TOKEN_TIMEOUT_S = 120.0
+TOKEN_TIMEOUT_S = 30.0
+
+# Answers after which another provider may still succeed.
+RETRYABLE = frozenset(
+    {
+        wire.ErrorCode.BUSY,
+        wire.ErrorCode.RATE_LIMITED,
+        wire.ErrorCode.INTERNAL,
+        wire.ErrorCode.SHUTTING_DOWN,
+        wire.ErrorCode.UNKNOWN_MODEL,
+    }
+)
 
 
 class AskError(Exception):
@@ -36,12 +59,16 @@ class AskError(Exception):
 class Provider:
     record: CapabilityRecord
     model: ModelEntry
+    reason: str = ""
 
 
-@attrs.frozen
+@attrs.define
 class Client:
     dht: Dht
     identity: Identity
+    pool: SessionPool
+    network_id: bytes | None = None  # private network; None: the public one
+    ranker: ProviderRanker = attrs.field(factory=lambda: ProviderRanker(clock=time.time))
 
 
 def _all_loopback(addresses: Sequence[tuple[str, int]]) -> bool:
@@ -52,42 +79,60 @@ def _all_loopback(addresses: Sequence[tuple[str, int]]) -> bool:
 
 
 @asynccontextmanager
-async def open_client(bootstrap: Sequence[tuple[str, int]]) -> AsyncIterator[Client]:
-    """A light DHT participant with a throwaway identity, joined through *bootstrap*."""
+async def open_client(
+    bootstrap: Sequence[tuple[str, int]], *, psk: bytes | None = None
+) -> AsyncIterator[Client]:
+    """A light DHT participant with a throwaway identity, joined through *bootstrap*.
+
+    The client keeps sessions open for reuse; they close when the block ends.
+    """
     if not bootstrap:
         raise AskError("no bootstrap peer given: pass --bootstrap HOST:PORT (a node prints it)")
     identity = Identity.generate()
     host = "127.0.0.1" if _all_loopback(bootstrap) else "0.0.0.0"
-    async with open_dht(identity.public_key, host, 0, client_mode=True) as dht:
+    net = network_id(psk) if psk is not None else None
+    async with open_dht(identity, host, 0, client_mode=True, network_id=net) as dht:
         if await dht.bootstrap(list(bootstrap)) == 0:
             listed = ", ".join(f"{h}:{p}" for h, p in bootstrap)
             raise AskError(
-                f"no bootstrap peer answered ({listed}); is a gpunet node running there?"
+                f"no bootstrap peer answered ({listed}); is a gpunet node of this network "
+                "running there (same --network-key, or none)?"
             )
-        yield Client(dht, identity)
+        async with trio.open_nursery() as nursery:
+            yield Client(dht, identity, SessionPool(identity, nursery, psk=psk), network_id=net)
+            nursery.cancel_scope.cancel()
 
 
-def lookup_key(model: str) -> str:
-    return model_key(model.lower()) if is_sha256(model.lower()) else model_name_key(model)
+def lookup_key(model: str, net: bytes | None = None) -> str:
+    if is_sha256(model.lower()):
+        return model_key(model.lower(), net)
+    return model_name_key(model, net)
 
 
 async def list_nodes(client: Client) -> list[CapabilityRecord]:
-    records = await client.dht.find_records(directory_key())
+    records = await client.dht.find_records(directory_key(client.network_id))
     return sorted(records, key=lambda r: r.peer_id)
 
 
 async def find_providers(client: Client, model: str) -> list[Provider]:
-    """Verified providers of *model* (name or sha256), best first."""
-    records = await client.dht.find_records(lookup_key(model))
-    found = [Provider(r, m) for r in records if (m := r.serves(model.lower())) is not None]
-    random.shuffle(found)  # equal candidates share the load; new nodes get tried
-    found.sort(key=lambda p: (-p.record.load.free_slots, -p.model.decode_tok_s))
-    return found
+    """Verified, unexpired providers of *model* (name or sha256), best first."""
+    records = await client.dht.find_records(lookup_key(model, client.network_id))
+    found = [(r, m) for r in records if (m := r.serves(model.lower())) is not None]
+    return [Provider(c.record, c.model, c.reason) for c in client.ranker.rank(found)]
 
 
 async def describe_offer(client: Client) -> str:
     names = sorted({m.name for r in await list_nodes(client) for m in r.models})
     return ", ".join(names) if names else "nothing (no node publishes a model)"
+
+
+@attrs.define
+class _Progress:
+    """What the caller has received so far, across providers."""
+
+    token_ids: list[int] = attrs.field(factory=list)
+    chunks: int = 0
+    replayable: bool = True  # every delivered chunk came with its token ids
 
 
 async def generate(
@@ -97,56 +142,96 @@ async def generate(
     on_text: Callable[[str], None],
     on_provider: Callable[[Provider], None] = lambda _p: None,
 ) -> wire.Done:
-    """Stream *request* from the best provider; move on to the next while nothing was delivered."""
+    """Stream *request* to `on_text` as one uninterrupted stream, failing over between nodes."""
     providers = await find_providers(client, model)
     if not providers:
         raise AskError(
             f"no node serves model {model!r}; the network offers: {await describe_offer(client)}"
         )
+    progress = _Progress()
+    pinned: str | None = None  # after the first delivered token, only the same model file
     problems: list[str] = []
     for provider in providers:
-        for address in provider.record.addresses:
-            try:
-                conn = await connect(address, client.identity, provider.record.peer_id)
-            except SessionError as exc:
-                problems.append(str(exc))
-                continue
-            on_provider(provider)
-            try:
-                outcome = await _stream(
-                    conn, attrs.evolve(request, model=provider.model.sha256), on_text
-                )
-            finally:
-                await conn.aclose()
-            if isinstance(outcome, wire.Done):
-                return outcome
-            problems.append(outcome)
+        if pinned is not None and provider.model.sha256 != pinned:
+            continue
+        if progress.chunks and not progress.replayable:
+            break
+        outcome = await _try_provider(client, provider, request, progress, on_text, on_provider)
+        if isinstance(outcome, wire.Done):
+            return outcome
+        problems.append(outcome)
+        if progress.chunks:
+            pinned = provider.model.sha256
+    if progress.chunks:
+        raise AskError(
+            f"the stream broke after {len(progress.token_ids) or progress.chunks} tokens were "
+            f"delivered and no other provider could continue it: {'; '.join(problems[-3:])}"
+        )
     raise AskError("no provider could serve the request: " + "; ".join(problems[-3:]))
 
 
-async def _stream(
-    conn: SecureConnection, request: wire.Generate, on_text: Callable[[str], None]
+async def _try_provider(
+    client: Client,
+    provider: Provider,
+    request: wire.Generate,
+    progress: _Progress,
+    on_text: Callable[[str], None],
+    on_provider: Callable[[Provider], None],
 ) -> wire.Done | str:
-    """Done, or a reason to try the next provider (only while no token was delivered)."""
-    delivered = 0
+    """Done, or why this provider did not finish (the caller tries the next)."""
+    peer = provider.record.peer_id
+    session: MultiplexedSession | None = None
+    problem = "no address"
+    for address in provider.record.addresses:
+        started = time.monotonic()
+        try:
+            session = await client.pool.get(peer, address)
+            break
+        except SessionError as exc:
+            problem = str(exc)
+    if session is None:
+        client.ranker.record_failure(peer)
+        return f"{peer[:12]}: {problem}"
+    on_provider(provider)
+    replay = attrs.evolve(
+        request, model=provider.model.sha256, replay_tokens=tuple(progress.token_ids)
+    )
     try:
-        await conn.send(request)
+        outcome = await _stream(session, replay, progress, on_text)
+    except SessionError as exc:
+        outcome = str(exc)
+    if isinstance(outcome, wire.Done):
+        client.ranker.record_success(peer, time.monotonic() - started)
+        return outcome
+    client.ranker.record_failure(peer)
+    client.pool.drop(peer)
+    return f"{peer[:12]}: {outcome}"
+
+
+async def _stream(
+    session: MultiplexedSession,
+    request: wire.Generate,
+    progress: _Progress,
+    on_text: Callable[[str], None],
+) -> wire.Done | str:
+    timeout = FIRST_TOKEN_TIMEOUT_S
+    async with session.request(request) as (_rid, inbox):
         while True:
-            with trio.fail_after(TOKEN_TIMEOUT_S):
-                msg = await conn.receive()
-            if msg is None:
-                raise SessionError("node closed the connection mid-stream")
-            if isinstance(msg, wire.Token) and msg.id == request.id:
+            with trio.move_on_after(timeout) as waited:
+                msg = await inbox.receive()
+            if waited.cancelled_caught:
+                return "node stalled"
+            timeout = TOKEN_TIMEOUT_S
+            if isinstance(msg, SessionError):
+                return str(msg)
+            if isinstance(msg, wire.Token):
                 on_text(msg.text)
-                delivered += 1
-            elif isinstance(msg, wire.Done) and msg.id == request.id:
+                progress.chunks += 1
+                progress.token_ids.extend(msg.token_ids)
+                progress.replayable = progress.replayable and bool(msg.token_ids)
+            elif isinstance(msg, wire.Done):
                 return msg
-            elif isinstance(msg, wire.Error) and msg.id == request.id:
-                if delivered == 0 and msg.code in (wire.ErrorCode.BUSY, wire.ErrorCode.INTERNAL):
-                    return f"{conn.remote_peer_id[:12]}: {msg.message}"
+            elif isinstance(msg, wire.Error):
+                if msg.code in RETRYABLE:
+                    return f"{msg.code}: {msg.message}"
                 raise AskError(f"{msg.code}: {msg.message}")
-    except (SessionError, trio.TooSlowError) as exc:
-        reason = str(exc) or "node stalled"
-        if delivered:
-            raise AskError(f"{reason} after {delivered} token chunks were delivered") from exc
-        return f"{conn.remote_peer_id[:12]}: {reason}"

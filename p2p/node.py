@@ -7,12 +7,14 @@ import os
 import socket
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import attrs
 import trio
 
 from crypto.identity import Identity, load_or_create_identity
+from crypto.network_key import network_id
 from inference.chat import render_chat
 from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
 from inference.model_file import ModelInfo
@@ -24,6 +26,7 @@ from inference.worker import (
     WorkerBusy,
 )
 from p2p import wire
+from p2p.admission import AdmissionControl
 from p2p.dht import Dht, open_dht
 from p2p.records import (
     DEFAULT_TTL_S,
@@ -40,6 +43,11 @@ from p2p.version import SOFTWARE_VERSION
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_CONNECTION = 16
+# A request may hold a slot this long at most; past it the client is told to go elsewhere.
+REQUEST_DEADLINE_S = 600.0
+# On SIGTERM/Ctrl-C in-flight requests get this long to finish before they are cut (and their
+# clients fail over to another node).
+DEFAULT_GRACE_S = 30.0
 
 
 class NodeError(Exception):
@@ -58,6 +66,8 @@ class NodeConfig:
     n_ctx: int = 2048
     n_threads: int | None = None
     max_queue: int = 8
+    grace_s: float = DEFAULT_GRACE_S
+    psk: bytes | None = None  # private network key; None: the public network
 
 
 @attrs.frozen
@@ -95,7 +105,11 @@ class Node:
         self.served: list[ServedModel] = []
         self.gpus: list[GpuInfo] = []
         self.active_requests = 0
+        self.draining = False
+        self.admission = AdmissionControl(clock=time.monotonic)
+        self._request_ended = trio.Event()
         self._seq = 0
+        self.network_id = network_id(config.psk) if config.psk is not None else None
 
     def find_model(self, wanted: str) -> ServedModel | None:
         wanted_l = wanted.lower()
@@ -145,9 +159,10 @@ class Node:
                 )
                 for m in self.served
             ),
+            network_id=self.network_id,
             load=LoadEntry(
                 active_requests=self.active_requests,
-                free_slots=max(0, len(self.served) - self.active_requests),
+                free_slots=0 if self.draining else max(0, len(self.served) - self.active_requests),
                 queue_depth=0,
             ),
         )
@@ -199,7 +214,37 @@ class Node:
         finally:
             scopes.pop(msg.id, None)
 
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        while self.active_requests:
+            await self._request_ended.wait()
+
     async def _generate(self, conn: SecureConnection, msg: wire.Generate) -> None:
+        if self.draining:
+            await conn.send(
+                wire.Error(msg.id, wire.ErrorCode.SHUTTING_DOWN, "node is shutting down")
+            )
+            return
+        refusal = self.admission.try_admit(conn.remote_peer_id)
+        if refusal is not None:
+            text = "too many requests from you at once" if refusal == "busy" else "slow down"
+            await conn.send(wire.Error(msg.id, refusal, text))
+            return
+        self.active_requests += 1
+        try:
+            with trio.move_on_after(REQUEST_DEADLINE_S) as deadline:
+                await self._serve_request(conn, msg)
+            if deadline.cancelled_caught:
+                await conn.send(
+                    wire.Error(msg.id, wire.ErrorCode.INTERNAL, "request ran past the deadline")
+                )
+        finally:
+            self.active_requests -= 1
+            self.admission.release(conn.remote_peer_id)
+            self._request_ended.set()
+            self._request_ended = trio.Event()
+
+    async def _serve_request(self, conn: SecureConnection, msg: wire.Generate) -> None:
         served = self.find_model(msg.model)
         if served is None:
             offered = ", ".join(m.info.name for m in self.served)
@@ -229,8 +274,8 @@ class Node:
             top_p=msg.top_p,
             seed=msg.seed,
             stop=msg.stop,  # type: ignore[arg-type]  # attrs converter confuses mypy
+            replay_tokens=msg.replay_tokens,
         )
-        self.active_requests += 1
         try:
             async with served.worker.generate(request) as stream:
                 async for item in stream:
@@ -246,7 +291,7 @@ class Node:
                             )
                         )
                     else:
-                        await conn.send(wire.Token(msg.id, item.text))
+                        await conn.send(wire.Token(msg.id, item.text, item.token_ids))
         except WorkerBusy:
             await conn.send(wire.Error(msg.id, wire.ErrorCode.BUSY, "node is busy; try another"))
         except GenerationError as exc:
@@ -259,8 +304,6 @@ class Node:
             await conn.send(
                 wire.Error(msg.id, wire.ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
             )
-        finally:
-            self.active_requests -= 1
 
     async def publish_forever(self, dht: Dht, session_address: str) -> None:
         """Republish well before expiry, so a record never lapses while the node lives."""
@@ -293,25 +336,40 @@ async def load_models(config: NodeConfig, *, offload: bool) -> list[ServedModel]
 async def run_node(
     config: NodeConfig,
     *,
+    identity: Identity | None = None,
+    shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    identity = load_or_create_identity(config.data_dir / "identity.pem")
+    """Serve until cancelled, or until *shutdown* is set: then stop announcing, refuse new
+    requests, give in-flight ones `config.grace_s` to finish, cut the rest, and return."""
+    if identity is None:
+        identity = load_or_create_identity(config.data_dir / "identity.pem")
     node = Node(config, identity)
     node.gpus = await trio.to_thread.run_sync(probe_gpus)
     node.served = await load_models(config, offload=bool(node.gpus) and supports_gpu_offload())
     try:
-        async with open_dht(identity.public_key, config.host, config.dht_port) as dht:
+        async with open_dht(
+            identity, config.host, config.dht_port, network_id=node.network_id
+        ) as dht:
             await _join(dht, config.bootstrap)
             async with trio.open_nursery() as nursery:
                 listeners = await nursery.start(
-                    serve_sessions, identity, config.host, config.port, node.handle_connection
+                    partial(
+                        serve_sessions,
+                        identity,
+                        config.host,
+                        config.port,
+                        node.handle_connection,
+                        psk=config.psk,
+                    )
                 )
                 host = advertised_host(config.host)
                 session_port = listeners[0].socket.getsockname()[1]
                 session_address = f"{host}:{session_port}"
                 signed = sign_record(node.build_record(session_address), identity)
                 await dht.publish(signed)
-                nursery.start_soon(_republish_later, node, dht, session_address)
+                publishing = trio.CancelScope()
+                nursery.start_soon(_republish_later, node, dht, session_address, publishing)
                 task_status.started(
                     NodeReady(
                         peer_id=identity.peer_id,
@@ -320,15 +378,32 @@ async def run_node(
                         models=config.models,
                     )
                 )
+                if shutdown is not None:
+                    await shutdown.wait()
+                    await _drain(node, dht, session_address, publishing)
+                    nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             for m in node.served:
                 await m.worker.aclose()
 
 
-async def _republish_later(node: Node, dht: Dht, session_address: str) -> None:
-    await trio.sleep(node.config.ttl_s / 3)
-    await node.publish_forever(dht, session_address)
+async def _republish_later(
+    node: Node, dht: Dht, session_address: str, scope: trio.CancelScope
+) -> None:
+    with scope:
+        await trio.sleep(node.config.ttl_s / 3)
+        await node.publish_forever(dht, session_address)
+
+
+async def _drain(node: Node, dht: Dht, session_address: str, publishing: trio.CancelScope) -> None:
+    node.draining = True
+    publishing.cancel()
+    # A last record with no free slot, so clients that still find it rank this node last.
+    with trio.move_on_after(2):
+        await dht.publish(sign_record(node.build_record(session_address), node.identity))
+    with trio.move_on_after(node.config.grace_s):
+        await node.wait_idle()
 
 
 async def _join(dht: Dht, bootstrap: Sequence[tuple[str, int]]) -> None:
@@ -337,4 +412,7 @@ async def _join(dht: Dht, bootstrap: Sequence[tuple[str, int]]) -> None:
     answered = await dht.bootstrap(list(bootstrap))
     if answered == 0:
         listed = ", ".join(f"{h}:{p}" for h, p in bootstrap)
-        raise NodeError(f"no bootstrap peer answered ({listed}); is a gpunet node running there?")
+        raise NodeError(
+            f"no bootstrap peer answered ({listed}); is a gpunet node of this network "
+            "running there (same --network-key, or none)?"
+        )

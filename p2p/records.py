@@ -30,9 +30,18 @@ RECORD_DOMAIN = "capability-record/1"
 # rpcudp refuses outgoing requests over 8192 bytes, and a store request carries the record plus
 # the sender's id, the key and msgpack framing (~100 bytes). 7 KiB leaves room for all of that.
 MAX_RECORD_BYTES = 7 * 1024
-# Records live minutes: a dead node must vanish from lookups quickly. 10 minutes keeps the
-# republish traffic low (one store round per node every few minutes) while bounding staleness.
-DEFAULT_TTL_S = 600.0
+# Records live minutes. TTL 5 min, republished every TTL/3 = 100 s:
+# - a killed node is gone from every lookup at most 5 min after its last publish (the store drops
+#   expired records, and readers check expiry again); meanwhile a client that picks it loses one
+#   connect attempt and fails over, so staleness costs seconds, not failures;
+# - republishing at TTL/3 lets two consecutive rounds be lost (a slow lookup, a burst of packet
+#   loss) before the record lapses while its node lives;
+# - the price: per node and round, one lookup and k = 20 stores per key (4 keys for one model),
+#   ~100 datagrams per 100 s, under 1 datagram/s and a few KiB/s even with 7 KiB records.
+# Shorter would multiply that traffic on every node for little gain (failover already hides
+# stale records); longer keeps dead nodes listed by `gpunet peers` for many minutes.
+DEFAULT_TTL_S = 300.0
+REPUBLISH_INTERVAL_S = DEFAULT_TTL_S / 3
 MAX_TTL_S = 3600.0
 # Clocks of volunteers drift; refuse records from further in the future than this.
 MAX_CLOCK_SKEW_S = 120.0
@@ -46,31 +55,39 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 NAMESPACE = "gpunet/1"
+# A private network's id (16 bytes from crypto.network_key; up to 32 accepted) prefixes every key
+# and is a signed field of the record, so a record never verifies for another network's keys.
+MAX_NETWORK_ID = 32
 
 
 class RecordError(ValueError):
     """A record from the network (or about to be published) breaks the schema or its signature."""
 
 
-def node_key(peer_id: str) -> str:
-    return f"{NAMESPACE}/node/{peer_id}"
+def namespace(network_id: bytes | None = None) -> str:
+    """`gpunet/1` for the public network, `gpunet/1/net/<hex id>` for a private one."""
+    return NAMESPACE if network_id is None else f"{NAMESPACE}/net/{network_id.hex()}"
 
 
-def model_key(sha256: str) -> str:
-    return f"{NAMESPACE}/model/{sha256}"
+def node_key(peer_id: str, network_id: bytes | None = None) -> str:
+    return f"{namespace(network_id)}/node/{peer_id}"
 
 
-def directory_key() -> str:
+def model_key(sha256: str, network_id: bytes | None = None) -> str:
+    return f"{namespace(network_id)}/model/{sha256}"
+
+
+def directory_key(network_id: bytes | None = None) -> str:
     """Every node's record is also stored here, so `peers` can list a small network.
 
     One key for everyone is a hot spot: the storage bound (64 signers per key) caps it, and the
     crawler of a large network replaces it. Lookups by model never use it.
     """
-    return f"{NAMESPACE}/directory"
+    return f"{namespace(network_id)}/directory"
 
 
-def model_name_key(name: str) -> str:
-    return f"{NAMESPACE}/model-name/{name.lower()}"
+def model_name_key(name: str, network_id: bytes | None = None) -> str:
+    return f"{namespace(network_id)}/model-name/{name.lower()}"
 
 
 def dht_digest(key: str) -> bytes:
@@ -191,6 +208,16 @@ class CapabilityRecord:
     models: tuple[ModelEntry, ...] = attrs.field(validator=_tuple_of(ModelEntry, MAX_MODELS))
     load: LoadEntry = attrs.field(factory=LoadEntry)
     schema: int = SCHEMA_VERSION
+    # None: the public network, and the field is left out of the signed body, so public records
+    # are byte-for-byte what they were before private networks existed.
+    network_id: bytes | None = attrs.field(default=None)
+
+    @network_id.validator
+    def _check_network(self, _attr: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and not (
+            isinstance(value, bytes) and 0 < len(value) <= MAX_NETWORK_ID
+        ):
+            raise RecordError(f"network_id: expected 1..{MAX_NETWORK_ID} bytes")
 
     @public_key.validator
     def _check_key(self, _attr: attrs.Attribute[Any], value: object) -> None:
@@ -201,9 +228,10 @@ class CapabilityRecord:
 
     def dht_keys(self) -> tuple[str, ...]:
         """Every string key this record may be stored under (its key binding)."""
-        keys = [node_key(self.peer_id), directory_key()]
+        net = self.network_id
+        keys = [node_key(self.peer_id, net), directory_key(net)]
         for m in self.models:
-            keys += [model_key(m.sha256), model_name_key(m.name)]
+            keys += [model_key(m.sha256, net), model_name_key(m.name, net)]
         return tuple(dict.fromkeys(keys))
 
     def serves(self, model: str) -> ModelEntry | None:
@@ -222,6 +250,8 @@ class SignedRecord:
 def _to_plain(value: object) -> object:
     if attrs.has(type(value)):
         fields = attrs.asdict(value, recurse=False)  # type: ignore[arg-type]
+        if isinstance(value, CapabilityRecord) and value.network_id is None:
+            del fields["network_id"]
         return {k: _to_plain(v) for k, v in fields.items()}
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
@@ -330,4 +360,6 @@ def record_to_json(record: CapabilityRecord) -> dict[str, Any]:
     plain = _to_plain(record)
     assert isinstance(plain, dict)
     plain["public_key"] = record.public_key.hex()
+    if record.network_id is not None:
+        plain["network_id"] = record.network_id.hex()
     return plain

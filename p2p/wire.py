@@ -26,6 +26,8 @@ class ErrorCode:
 
     UNKNOWN_MODEL = "unknown_model"
     BUSY = "busy"
+    RATE_LIMITED = "rate_limited"
+    SHUTTING_DOWN = "shutting_down"
     BAD_REQUEST = "bad_request"
     TOO_LONG = "too_long"
     INTERNAL = "internal"
@@ -82,12 +84,17 @@ class Generate:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     messages: tuple[ChatMessage, ...] = ()
+    # Failover by exact replay: tokens another node already generated for this request. The node
+    # prefills the prompt as usual, feeds these one per decode step, then continues; max_tokens
+    # counts them, so the total matches an uninterrupted run.
+    replay_tokens: tuple[int, ...] = ()
 
 
 @attrs.frozen
 class Token:
     id: int
     text: str
+    token_ids: tuple[int, ...] = ()  # the tokens whose text this chunk releases
 
 
 @attrs.frozen
@@ -140,6 +147,9 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, Generate):
         body["stop"] = list(msg.stop)
         body["messages"] = [[m.role, m.content] for m in msg.messages]
+        body["replay_tokens"] = list(msg.replay_tokens)
+    if isinstance(msg, Token):
+        body["token_ids"] = list(msg.token_ids)
     body["v"] = PROTOCOL_VERSION
     body["t"] = _TAGS[type(msg)]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -158,7 +168,8 @@ def decode(data: bytes) -> Message:
     if tag == "generate":
         return _generate(body, rid)
     if tag == "token":
-        return Token(rid, _str(body.get("text"), MAX_TEXT_CHARS, "text"))
+        ids = _token_ids(body.get("token_ids", []), MAX_TEXT_CHARS, "token_ids")
+        return Token(rid, _str(body.get("text"), MAX_TEXT_CHARS, "text"), ids)
     if tag == "done":
         return Done(
             rid,
@@ -202,7 +213,19 @@ def _generate(body: dict[str, Any], rid: int) -> Generate:
         seed=None if seed is None else _int(seed, 0, 2**32 - 1, "seed"),
         stop=tuple(_str(s, MAX_STOP_CHARS, "stop string") for s in stop if s != ""),
         messages=messages,
+        replay_tokens=_token_ids(body.get("replay_tokens", []), MAX_TOKENS_LIMIT, "replay_tokens"),
     )
+
+
+def _token_ids(raw: object, limit: int, what: str) -> tuple[int, ...]:
+    _check(isinstance(raw, list) and len(raw) <= limit, f"{what}: at most {limit} token ids")
+    assert isinstance(raw, list)
+    for t in raw:
+        _check(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31,
+            f"{what}: token ids are non-negative integers",
+        )
+    return tuple(raw)
 
 
 def _chat_message(raw: object) -> ChatMessage:

@@ -18,10 +18,12 @@ from crypto.identity import (
     Identity,
     KeyFileError,
     dht_node_id,
+    is_encrypted_key_file,
     load_identity,
     load_or_create_identity,
     peer_id_from_public_key,
     public_key_from_peer_id,
+    public_key_pem,
     save_identity,
     signing_input,
     verify_signature,
@@ -140,6 +142,7 @@ def test_passphrase_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "node.key"
     identity = load_or_create_identity(path, b"correct horse")
     assert b"ENCRYPTED" in path.read_bytes()
+    assert is_encrypted_key_file(path)
     assert load_identity(path, b"correct horse") == identity
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         load_identity(path, b"wrong")
@@ -147,6 +150,7 @@ def test_passphrase_round_trip(tmp_path: Path) -> None:
         load_identity(path)
     plain = tmp_path / "plain.key"
     save_identity(identity, plain)
+    assert not is_encrypted_key_file(plain)
     with pytest.raises(KeyFileError, match="not encrypted"):
         load_identity(plain, b"correct horse")
     with pytest.raises(ValueError):
@@ -192,3 +196,16 @@ def test_openssl_reads_key_file(tmp_path: Path, passphrase: bytes | None) -> Non
         command += ["-passin", "pass:" + passphrase.decode()]
     der = subprocess.run(command, check=True, capture_output=True).stdout
     assert der.endswith(identity.public_key)  # SubjectPublicKeyInfo ends with the raw key
+
+
+def test_public_key_pem_is_what_openssl_and_cryptography_read() -> None:
+    identity = Identity.generate()
+    pem = public_key_pem(identity.public_key)
+    assert pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    loaded = serialization.load_pem_public_key(pem)
+    assert (
+        loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        == identity.public_key
+    )
+    with pytest.raises(ValueError):
+        public_key_pem(b"short")

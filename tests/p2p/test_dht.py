@@ -21,7 +21,7 @@ async def network(n: int, *, rpc_timeout: float = 3.0) -> AsyncIterator[list[Dht
         nodes = []
         for i in range(n):
             dht = await stack.enter_async_context(
-                open_dht(Identity.generate().public_key, "127.0.0.1", 0, rpc_timeout=rpc_timeout)
+                open_dht(Identity.generate(), "127.0.0.1", 0, rpc_timeout=rpc_timeout)
             )
             if i:
                 assert await dht.bootstrap([("127.0.0.1", nodes[0].port)]) >= 1

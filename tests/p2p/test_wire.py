@@ -18,6 +18,8 @@ from p2p import wire
         wire.Generate(1, "tiny-llama", "hello", 16, 0.5, 0.9, 7, ("\n",)),
         wire.Generate(9, "m", "", messages=(wire.ChatMessage("user", "hi"),)),
         wire.Token(2, "wörld"),
+        wire.Token(2, "x", (5, 6)),
+        wire.Generate(3, "m", "p", 40, replay_tokens=(1, 2, 3)),
         wire.Done(3, "length", 4, 16, 0.03, 35.5),
         wire.Error(4, wire.ErrorCode.BUSY, "busy"),
         wire.Cancel(5),
@@ -41,6 +43,8 @@ def test_round_trip(msg: wire.Message) -> None:
         {"v": 1, "t": "ping", "id": -1},
         {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "messages": [["root", "x"]]},
         {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "messages": [["user"]]},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "replay_tokens": [-1]},
+        {"v": 1, "t": "token", "id": 1, "text": "", "token_ids": ["a"]},
         [1, 2, 3],
     ],
 )

@@ -1,0 +1,522 @@
+"""Continuous batching: many requests decoded together by one scheduler thread.
+
+Decoding is memory-bound: a step that computes one token per sequence for 8 sequences costs
+little more than a step for one (measured on the default model, 2 cores: ~16 ms for 1 sequence,
+~55 ms for 8), so serving concurrent requests in one batch multiplies aggregate tokens/s. A
+BatchingWorker holds one llama.cpp model and one context with `slots` sequences and a thread that
+owns both (llama.cpp objects are not thread-safe). Each turn of its loop is one decode step:
+
+1. requests that are waiting join while a slot is free — their prompts are prefilled in this
+   step's batch, in chunks when long, beside the other sequences' next tokens;
+2. sequences whose client has gone are removed (`llama_memory_seq_rm`) and their slot freed;
+3. one `llama_decode` over the batch: one token per generating sequence plus prompt chunks;
+4. each sequence that got logits samples with its own parameters (greedy argmax, or its own
+   seeded sampler chain), applies its own stop strings and max_tokens, and leaves when done.
+
+So a new request waits at most one step to start, a cancelled one costs at most one more step,
+and a finished one frees its slot at once. Over `slots + max_queue` outstanding requests the
+answer is WorkerBusy, at once. Admission is first come, first served.
+
+**Not batch-invariant.** llama.cpp's kernels give slightly different logits for a sequence
+decoded beside others than alone, so a batched greedy run can take a different (near-tie) token
+than a solo run. What does hold, and is tested: identical requests that join together give
+identical outputs (no cross-talk), and every batched greedy token is the solo argmax or within a
+small logit margin of it. A request that needs bit-reproducible output sets `reproducible`: it
+waits for the batch to drain, then runs alone — nothing joins until it leaves — so it decodes
+exactly as any other reproducible run of it on this build and hardware.
+
+**Exact replay** (GenerationRequest.replay_tokens): the prompt is prefilled as for a fresh
+request, then each replayed token is fed in a decode step of its own, as if sampled (the sampler
+draws and discards, so a seeded chain's random state stays in step), with no text sent; then
+generation continues. See inference/streaming.py for how token ids travel with the text.
+
+The thread sends results to trio without blocking either side, exactly as ModelWorker does
+(`TrioToken.run_sync_soon` onto an unbounded channel per request).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from inference.benchmark import Throughput
+from inference.generation import (
+    GenerationDone,
+    GenerationError,
+    GenerationRequest,
+    Item,
+    WorkerBusy,
+    WorkerLoad,
+)
+from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel, Sampler
+from inference.model_file import ModelFileError, _check_header
+from inference.streaming import TextAssembler
+from inference.worker import (
+    _Close,
+    _Job,
+    _Measure,
+    _put,
+    _rate,
+    _Stream,
+    check_fits,
+    check_replay,
+)
+
+DEFAULT_SLOTS = 4
+
+
+@attrs.define(eq=False)
+class _Sequence:
+    job: _Job
+    seq_id: int
+    prompt: list[int]
+    sampler: Sampler
+    assembler: TextAssembler
+    started: float
+    prefilled: int = 0  # prompt tokens in the KV cache
+    completion: int = 0  # replayed + generated tokens so far
+    next_token: int | None = None  # fed in the next step
+    out: int = -1  # batch index of this sequence's logits in the current step
+    first: float | None = None
+    last: float = 0.0
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.job.request
+
+
+class BatchingWorker:
+    """Serves generation requests from one model, up to `slots` at a time in one batch.
+
+    The same interface as ModelWorker (inference/worker.py), so either can serve a model:
+
+        worker = BatchingWorker(path, slots=8)
+        await worker.start()
+        async with worker.generate(GenerationRequest("Hello")) as stream:
+            async for item in stream: ...     # TokenChunk ..., then GenerationDone
+        await worker.aclose()
+
+    `n_ctx` is the context of each request (the KV cache holds n_ctx × slots cells);
+    `max_queue` bounds the requests waiting for a slot; `n_gpu_layers` and `tensor_split` come
+    from the offload planner (inference/offload.py, with n_seq=slots).
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        max_queue: int = 8,
+        slots: int = DEFAULT_SLOTS,
+        tensor_split: Sequence[float] | None = None,
+        n_batch: int = DEFAULT_N_BATCH,
+    ) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        if max_queue < 0:
+            raise ValueError(f"max_queue must be 0 or more, got {max_queue}")
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.n_gpu_layers = n_gpu_layers  # after start(): the number actually offloaded
+        self.max_queue = max_queue
+        self.slots = slots
+        self.tensor_split = list(tensor_split) if tensor_split else None
+        self.n_batch = max(n_batch, slots)
+        self._jobs: queue.SimpleQueue[_Job | _Measure | None] = queue.SimpleQueue()
+        self._outstanding = 0  # accepted and not yet finished: active + waiting
+        self._count_lock = threading.Lock()
+        self._active = 0
+        self._steps = 0
+        self._closing = threading.Event()
+        self._gate = threading.Event()  # set: requests may join the batch
+        self._gate.set()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loaded = False
+        self._load_error: Exception | None = None
+
+    async def __aenter__(self) -> BatchingWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def load(self) -> WorkerLoad:
+        active = self._active
+        return WorkerLoad(
+            active_requests=active,
+            free_slots=self.slots - active,
+            queue_depth=max(0, self._outstanding - active),
+            decode_steps=self._steps,
+        )
+
+    async def start(self) -> None:
+        """Load the model in the scheduler thread; return once it can generate."""
+        if self._thread is not None:
+            raise RuntimeError("BatchingWorker.start() called twice")
+        _check_header(self.model_path)  # a clear ModelFileError before llama.cpp's vaguer one
+        self._token = trio.lowlevel.current_trio_token()
+        loaded = trio.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(loaded,),
+            name=f"batching-worker:{self.model_path.name}",
+            daemon=True,  # a stuck native call must not keep the process alive at exit
+        )
+        self._thread.start()
+        try:
+            await loaded.wait()
+        except BaseException:
+            self._closing.set()
+            self._gate.set()
+            self._jobs.put(None)
+            raise
+        if self._load_error is not None:
+            raise self._load_error
+        self._loaded = True
+
+    @contextlib.asynccontextmanager
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Item]]:
+        """Queue a request; the context yields its stream of TokenChunk then GenerationDone.
+
+        Raises WorkerBusy at once when slots + max_queue requests are outstanding. Leaving the
+        context before GenerationDone cancels the request; its slot is free within one step.
+        """
+        job = self._submit(request)
+        try:
+            yield _Stream(job.receive)
+        finally:
+            job.cancelled.set()
+            job.receive.close()
+
+    async def measure_throughput(
+        self, *, prompt_tokens: int = 256, decode_tokens: int = 32, budget_s: float = 3.0
+    ) -> Throughput:
+        """Prefill and single-stream decode tokens/s (inference/benchmark.py). It runs when no
+        request is in the batch, and requests queued behind it wait for it."""
+        if not self._loaded or self._closing.is_set():
+            raise GenerationError("the model worker is not running")
+        item = _Measure(prompt_tokens, decode_tokens, budget_s)
+        self._jobs.put(item)
+        return await item.wait()
+
+    @contextlib.contextmanager
+    def admit_together(self) -> Iterator[None]:
+        """Requests submitted inside this block join the batch in the same step once it ends.
+
+        For tests and benchmarks that need several requests to start together (e.g. identical
+        requests decoded side by side); serving never needs it.
+        """
+        self._gate.clear()
+        try:
+            yield
+        finally:
+            self._gate.set()
+
+    async def aclose(self) -> None:
+        """Stop the thread and free the model. Requests in the batch end as "cancelled";
+        queued ones fail with GenerationError."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._closing.set()
+        self._gate.set()
+        self._jobs.put(None)
+        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+
+    # -- trio side -----------------------------------------------------------------------------
+
+    def _submit(self, request: GenerationRequest) -> _Job:
+        if not self._loaded:
+            raise GenerationError("the model worker has not been started")
+        if self._closing.is_set():
+            raise GenerationError("the model worker is closed")
+        with self._count_lock:
+            if self._outstanding >= self.slots + self.max_queue:
+                raise WorkerBusy(
+                    f"all {self.slots} slots busy and {self._outstanding - self._active} "
+                    "requests waiting for this model"
+                )
+            self._outstanding += 1
+        send, receive = trio.open_memory_channel[Item | BaseException](math.inf)
+        job = _Job(request, send, receive)
+        self._jobs.put(job)
+        return job
+
+    # -- scheduler thread ----------------------------------------------------------------------
+
+    def _to_trio(self, job: _Job, item: object) -> None:
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(_put, job.send, item)
+        except trio.RunFinishedError:  # the trio program has ended; nobody is listening
+            job.cancelled.set()
+
+    def _end(self, job: _Job, last: object | None = None) -> None:
+        """The job leaves the worker: count it out first (so a client answered at once may
+        submit again), then send its last item and close its channel."""
+        with self._count_lock:
+            self._outstanding -= 1
+        if last is not None:
+            self._to_trio(job, last)
+        self._to_trio(job, _Close())
+
+    def _load(self) -> LoadedModel | None:
+        try:
+            import llama_cpp
+
+            model = LoadedModel.load(
+                self.model_path,
+                n_ctx=self.n_ctx,
+                n_seq=self.slots,
+                n_threads=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                tensor_split=self.tensor_split,
+                n_batch=self.n_batch,
+            )
+        except ImportError as e:
+            self._load_error = GenerationError(f"llama-cpp-python is not installed ({e})")
+            return None
+        except ModelFileError as e:
+            self._load_error = e
+            return None
+        except Exception as e:
+            self._load_error = ModelFileError(
+                f"{self.model_path} could not be loaded by llama.cpp ({e})".replace("\n", " ")
+            )
+            return None
+        if not llama_cpp.llama_supports_gpu_offload():
+            self.n_gpu_layers = 0
+        else:
+            limit = model.n_layer + 1  # every block plus the output layer
+            self.n_gpu_layers = limit if self.n_gpu_layers < 0 else min(self.n_gpu_layers, limit)
+        return model
+
+    def _run(self, loaded: trio.Event) -> None:
+        model = self._load()
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(loaded.set)
+        if model is None:
+            return
+        free = list(range(self.slots - 1, -1, -1))  # pop() hands out slot 0 first
+        active: list[_Sequence] = []
+        backlog: list[_Job | _Measure] = []  # taken from the queue, not yet admitted
+        try:
+            while not self._closing.is_set():
+                if not active and not backlog:
+                    item = self._jobs.get()  # idle: sleep until there is work
+                    if item is None:
+                        break
+                    backlog.append(item)
+                if not self._take_queued(backlog):
+                    break
+                if self._gate.is_set():
+                    self._admit(model, backlog, free, active)
+                elif not active:  # admit_together(): newcomers wait; so do we, having no work
+                    self._gate.wait()
+                    continue
+                for seq in [s for s in active if s.job.cancelled.is_set()]:
+                    self._retire(model, seq, "cancelled", free, active)
+                if active:
+                    self._step(model, free, active)
+        finally:
+            for seq in list(active):
+                self._retire(model, seq, "cancelled", free, active)
+            self._closing.set()
+            while True:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    backlog.append(item)
+            for item in backlog:
+                self._refuse(item)
+            model.close()
+
+    def _take_queued(self, backlog: list[_Job | _Measure]) -> bool:
+        """Move whatever is queued into the backlog; False once the worker is closing."""
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return not self._closing.is_set()
+            if item is None:
+                return False
+            backlog.append(item)
+
+    def _refuse(self, item: _Job | _Measure) -> None:
+        assert self._token is not None
+        error = GenerationError("the model worker is closed")
+        if isinstance(item, _Measure):
+            item.fail(error, self._token)
+        else:
+            self._end(item, error)
+
+    def _admit(
+        self,
+        model: LoadedModel,
+        backlog: list[_Job | _Measure],
+        free: list[int],
+        active: list[_Sequence],
+    ) -> None:
+        """Backlog items join in order while slots are free. A self-benchmark or a reproducible
+        request waits for an empty batch, holding back everything behind it; a reproducible
+        request then runs alone."""
+        assert self._token is not None
+        while backlog:
+            if any(seq.request.reproducible for seq in active):
+                return  # it runs alone
+            item = backlog[0]
+            if isinstance(item, _Measure):
+                if active:
+                    return
+                backlog.pop(0)
+                item.run(model, self._token)
+                continue
+            if item.cancelled.is_set():
+                backlog.pop(0)
+                self._end(item)
+                continue
+            if not free or (item.request.reproducible and active):
+                return  # a reproducible request waits for the batch to drain
+            backlog.pop(0)
+            try:
+                prompt = model.tokenize(item.request.prompt)
+                if not prompt:
+                    raise GenerationError("the prompt is empty")
+                check_fits(len(prompt), item.request.max_tokens, model.n_ctx)
+                check_replay(model.lib, model.vocab, item.request.replay_tokens)
+            except GenerationError as e:
+                self._end(item, e)
+                continue
+            active.append(
+                _Sequence(
+                    job=item,
+                    seq_id=free.pop(),
+                    prompt=prompt,
+                    sampler=Sampler(model.lib, item.request),
+                    assembler=TextAssembler(item.request.stop),
+                    started=time.perf_counter(),
+                )
+            )
+            self._active = len(active)
+
+    def _step(self, model: LoadedModel, free: list[int], active: list[_Sequence]) -> None:
+        """One llama_decode: every generating sequence's next token, then prompt chunks."""
+        model.clear_batch()
+        for seq in active:
+            seq.out = -1
+            if seq.next_token is not None:
+                pos = len(seq.prompt) + seq.completion - 1
+                seq.out = model.add(seq.next_token, pos, seq.seq_id, True)
+                seq.next_token = None
+        for seq in active:
+            left = len(seq.prompt) - seq.prefilled
+            if left == 0 or model.room == 0:
+                continue
+            take = min(left, model.room)
+            for pos in range(seq.prefilled, seq.prefilled + take):
+                index = model.add(seq.prompt[pos], pos, seq.seq_id, pos == len(seq.prompt) - 1)
+            seq.prefilled += take
+            if seq.prefilled == len(seq.prompt):
+                seq.out = index
+        try:
+            status = model.decode()
+            self._steps += 1
+            if status != 0:
+                raise GenerationError(f"llama_decode failed with status {status}")
+            now = time.perf_counter()
+            for seq in list(active):
+                if seq.out >= 0:
+                    finish = self._advance(model, seq, now)
+                    if finish is not None:
+                        self._retire(model, seq, finish, free, active)
+        except Exception as e:  # the batch's requests fail; the worker serves on
+            error = (
+                e
+                if isinstance(e, GenerationError)
+                else GenerationError(
+                    f"generation failed: {type(e).__name__}: {e}".replace("\n", " ")
+                )
+            )
+            for seq in list(active):
+                self._retire(model, seq, None, free, active, error=error)
+            model.forget_all()
+
+    def _advance(self, model: LoadedModel, seq: _Sequence, now: float) -> str | None:
+        """Take this step's token for `seq`; the finish reason when it is done."""
+        request = seq.request
+        if seq.completion < len(request.replay_tokens):
+            seq.sampler.advance(model, seq.out)
+            token = request.replay_tokens[seq.completion]
+            seq.assembler.replay(model.piece(token))
+            seq.completion += 1
+            seq.next_token = token
+            return None
+        token = seq.sampler.sample(model, seq.out)
+        seq.first = now if seq.first is None else seq.first
+        if model.is_eog(token):
+            return "stop"
+        seq.completion += 1
+        seq.last = now
+        chunk = seq.assembler.add(token, model.piece(token))
+        if chunk is not None:
+            self._to_trio(seq.job, chunk)
+        if seq.assembler.stopped:
+            return "stop"
+        if seq.completion == request.max_tokens:
+            return "length"
+        seq.next_token = token
+        return None
+
+    def _retire(
+        self,
+        model: LoadedModel,
+        seq: _Sequence,
+        finish: str | None,
+        free: list[int],
+        active: list[_Sequence],
+        *,
+        error: BaseException | None = None,
+    ) -> None:
+        """The sequence leaves the batch: free its cells, sampler and slot, then answer."""
+        model.forget(seq.seq_id)
+        seq.sampler.close()
+        active.remove(seq)
+        free.append(seq.seq_id)
+        self._active = len(active)
+        if error is not None or finish is None:
+            self._end(seq.job, error or GenerationError("generation failed"))
+            return
+        if finish != "cancelled" and not seq.assembler.stopped:
+            chunk = seq.assembler.finish()
+            if chunk is not None:
+                self._to_trio(seq.job, chunk)
+        first = seq.started if seq.first is None else seq.first
+        generated = seq.completion - min(seq.completion, len(seq.request.replay_tokens))
+        self._end(
+            seq.job,
+            GenerationDone(
+                finish_reason=finish,
+                prompt_tokens=len(seq.prompt),
+                completion_tokens=seq.completion,
+                time_to_first_token_s=first - seq.started,
+                decode_tokens_per_s=_rate(generated - 1, seq.last - first),
+                token_ids=seq.assembler.unreleased,
+            ),
+        )

@@ -1,0 +1,123 @@
+"""The values a generation request and its answer are made of, shared by both workers.
+
+Pure data (attrs, frozen, validated once at construction); nothing here touches llama.cpp or
+trio. inference/worker.py re-exports every name, so `from inference.worker import ...` keeps
+working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+# llama.cpp's "pick a random seed" value (LLAMA_DEFAULT_SEED).
+RANDOM_SEED = 0xFFFFFFFF
+
+
+def _seed_ok(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and not 0 <= value < RANDOM_SEED:
+        raise ValueError(f"{attribute.name} must be in [0, {RANDOM_SEED}), got {value}")
+
+
+def _as_stops(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _stops_ok(
+    _: object, attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    if not all(isinstance(s, str) and s for s in value):
+        raise ValueError(f"{attribute.name} must be non-empty strings")
+
+
+def _as_token_ids(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+def _replay_ok(
+    request: GenerationRequest, attribute: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]
+) -> None:
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
+        raise ValueError(f"{attribute.name} must be token ids (whole numbers >= 0)")
+    if len(value) >= request.max_tokens:
+        raise ValueError(
+            f"{attribute.name} holds {len(value)} tokens: nothing left to generate within "
+            f"max_tokens {request.max_tokens}"
+        )
+
+
+@attrs.frozen
+class GenerationRequest:
+    prompt: str
+    max_tokens: int = attrs.field(default=128, validator=attrs.validators.ge(1))
+    temperature: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    top_p: float = attrs.field(
+        default=1.0, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)]
+    )
+    seed: int | None = attrs.field(default=None, validator=_seed_ok)
+    stop: tuple[str, ...] = attrs.field(default=(), converter=_as_stops, validator=_stops_ok)
+    # Mid-stream failover by exact replay: the ids this request already produced elsewhere
+    # (every TokenChunk.token_ids received, in order). The worker prefills the prompt as for a
+    # fresh request, then feeds these one per decode step as if it had sampled them, sending no
+    # text for them, and goes on generating. max_tokens counts them: a resumed request with the
+    # same max_tokens ends where the uninterrupted one would have.
+    replay_tokens: tuple[int, ...] = attrs.field(
+        default=(), converter=_as_token_ids, validator=_replay_ok
+    )
+    # Served alone, never batched with others (the prompt prefilled, then one token per decode
+    # step), so on the same build and hardware the output is bit-identical to any other
+    # reproducible run of it — which exact replay and verification rely on. Costs the batch's
+    # other requests a pause while it runs. ModelWorker serves every request this way.
+    reproducible: bool = False
+
+
+@attrs.frozen
+class TokenChunk:
+    """New text, never empty: bytes of an unfinished UTF-8 character or of a possible stop string
+    are held back until they resolve. `token_ids` are the tokens this text was decoded from
+    (released with it; see inference/streaming.py); `token_count` is their number."""
+
+    text: str
+    token_count: int
+    token_ids: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class GenerationDone:
+    finish_reason: str  # "stop" (end-of-sequence or a stop string), "length" or "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float  # from the worker picking the request up; queueing excluded
+    decode_tokens_per_s: float  # after the first token; 0.0 with fewer than two tokens
+    # Generated tokens that no TokenChunk carried (from a stop string on, or tokens without text
+    # at the end). The chunks' token_ids + these = every token this run generated; replayed
+    # tokens are not sent back, but completion_tokens counts them (as max_tokens does), so
+    # completion_tokens = len(replay_tokens) + that count.
+    token_ids: tuple[int, ...] = ()
+
+
+Item = TokenChunk | GenerationDone
+
+
+class WorkerBusy(Exception):
+    """More than max_queue requests are already waiting; try another node or later."""
+
+
+class GenerationError(Exception):
+    """This request cannot be served (prompt too long for the context, worker closed, ...)."""
+
+
+class PromptTooLong(GenerationError):
+    """The prompt plus max_tokens do not fit the context (the wire's `too_long`); the message
+    gives both numbers and the limit."""
+
+
+@attrs.frozen
+class WorkerLoad:
+    """A worker's `load`: what the capability record publishes, plus a step count."""
+
+    active_requests: int  # requests being generated
+    free_slots: int
+    queue_depth: int  # accepted, waiting for a slot
+    decode_steps: int  # llama_decode calls so far

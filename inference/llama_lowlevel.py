@@ -1,0 +1,296 @@
+"""One llama.cpp model, context and batch, driven through llama-cpp-python's low-level API.
+
+The high-level `llama_cpp.Llama` keeps one sequence per context; continuous batching needs
+several sequences in one context (`n_seq_max`), a batch we fill ourselves, and per-sequence
+removal from the KV cache. This module is that thin layer and nothing more: BatchingWorker's
+scheduler thread owns a LoadedModel, and so does the self-benchmark when it borrows
+ModelWorker's context. Not thread-safe; exactly one thread may use an instance.
+
+The KV cache is not unified (`kv_unified` false): each sequence has its own stream of n_ctx
+cells, so every request gets the full context whatever the others hold, and attention in a decode
+step reads only the sequence's own cells. Flash attention is left to llama.cpp's default (auto:
+on where the backend supports it, which includes the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.generation import RANDOM_SEED, GenerationError, GenerationRequest
+from inference.model_file import ModelFileError
+
+# llama.cpp's default logical batch: the most tokens (prompt chunks + one per decoding sequence)
+# one decode step takes.
+DEFAULT_N_BATCH = 512
+_backend_ready = False
+
+# Loading with verbose=False redirects the process's stdout/stderr for a moment; two loads at
+# once would restore each other's redirections wrongly. One load at a time, process-wide.
+LOAD_LOCK = threading.Lock()
+# llama-cpp-python's create_completion defaults, kept so sampled output matches what people
+# get from llama.cpp elsewhere; only temperature, top_p and seed are per request.
+TOP_K = 40
+MIN_P = 0.05
+
+# llama.cpp's log goes to the "llama.cpp" logger. llama-cpp-python installs its own callback, but
+# maps ggml's levels (NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5) one off, so with
+# verbose=False warnings still reach stderr as if they were errors.
+_LOG = logging.getLogger("llama.cpp")
+_LOG.addHandler(logging.NullHandler())  # silent unless the application configures logging
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_log_state = {"level": logging.DEBUG}
+_log_callback: Any = None  # the ctypes callback; kept referenced so it is never collected
+
+
+def install_log_bridge(llama_cpp: Any) -> None:
+    """Called under LOAD_LOCK, before the first model load."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    def forward(level: int, text: bytes, _user_data: Any) -> None:
+        if level != 5:
+            _log_state["level"] = _LOG_LEVELS.get(level, logging.DEBUG)
+        message = text.decode("utf-8", "replace").rstrip()
+        if message:
+            _LOG.log(_log_state["level"], "%s", message)
+
+    _log_callback = llama_cpp.llama_log_callback(forward)
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def token_piece(
+    llama_cpp: Any, vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char]
+) -> tuple[bytes, ctypes.Array[ctypes.c_char]]:
+    """A token's bytes (possibly part of a UTF-8 character), growing `buf` when too small.
+
+    llama-cpp-python's own detokenize asserts on pieces over 32 bytes; we ask llama.cpp directly.
+    """
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    return buf.raw[:n], buf
+
+
+def default_threads() -> tuple[int, int]:
+    """(decode threads, batch threads) as llama-cpp-python's Llama picks them."""
+    cores = os.cpu_count() or 1
+    return max(cores // 2, 1), cores
+
+
+class LoadedModel:
+    """A model and a context of `n_seq` sequences of `n_ctx` cells each (see module docstring).
+
+    Either loads a file (`LoadedModel.load`) or borrows the model and context of a `Llama`
+    (`LoadedModel.borrow`), in which case close() frees only the batch.
+    """
+
+    def __init__(
+        self, llama_cpp: Any, model: Any, ctx: Any, *, owned: bool, n_batch: int, n_ctx: int
+    ) -> None:
+        self.lib = llama_cpp
+        self.model = model
+        self.ctx = ctx
+        self.owned = owned
+        self.n_batch = n_batch
+        self.n_ctx = n_ctx  # cells per sequence
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.n_tokens = 0  # in the batch being filled
+        self._piece_buf = ctypes.create_string_buffer(64)
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_seq: int,
+        n_threads: int | None,
+        n_gpu_layers: int,
+        tensor_split: Sequence[float] | None = None,
+        n_batch: int = DEFAULT_N_BATCH,
+    ) -> LoadedModel:
+        """Load `path`; ModelFileError when llama.cpp cannot (architecture, memory, ...)."""
+        global _backend_ready
+        import llama_cpp
+
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        split = None
+        if tensor_split:
+            split = (ctypes.c_float * llama_cpp.llama_max_devices())(*tensor_split)
+            model_params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
+        threads, threads_batch = default_threads()
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx * n_seq
+        ctx_params.n_seq_max = n_seq
+        ctx_params.n_batch = n_batch
+        ctx_params.n_ubatch = n_batch
+        ctx_params.n_threads = n_threads or threads
+        ctx_params.n_threads_batch = max(n_threads or threads, threads_batch)
+        ctx_params.kv_unified = False
+        ctx_params.no_perf = True
+        with LOAD_LOCK:
+            install_log_bridge(llama_cpp)
+            if not _backend_ready:
+                llama_cpp.llama_backend_init()
+                _backend_ready = True
+            model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+            if not model:
+                raise ModelFileError(
+                    f"{path} could not be loaded by llama.cpp (unsupported architecture, or "
+                    "not enough memory; its log, on the 'llama.cpp' logger, says which)"
+                )
+            ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+            if not ctx:
+                llama_cpp.llama_model_free(model)
+                raise ModelFileError(
+                    f"llama.cpp could not create a context for {path} ({n_seq} sequences of "
+                    f"{n_ctx} tokens): probably not enough memory for its KV cache"
+                )
+        del split  # llama.cpp copied it while loading
+        return cls(llama_cpp, model, ctx, owned=True, n_batch=n_batch, n_ctx=n_ctx)
+
+    @classmethod
+    def borrow(cls, llm: Any) -> LoadedModel:
+        """Use a `llama_cpp.Llama`'s model and context (sequence 0) from its owning thread."""
+        import llama_cpp
+
+        return cls(
+            llama_cpp, llm.model, llm.ctx, owned=False, n_batch=llm.n_batch, n_ctx=llm.n_ctx()
+        )
+
+    def close(self) -> None:
+        if self.batch is not None:
+            self.lib.llama_batch_free(self.batch)
+            self.batch = None
+        if self.owned:
+            self.lib.llama_free(self.ctx)
+            self.lib.llama_model_free(self.model)
+            self.owned = False
+
+    @property
+    def n_layer(self) -> int:
+        return int(self.lib.llama_model_n_layer(self.model))
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str) -> list[int]:
+        """As Llama.tokenize(add_bos=True, special=True) does it."""
+        data = text.encode("utf-8")
+        room = len(data) + 16
+        while True:
+            tokens = (self.lib.llama_token * room)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), tokens, room, True, True)
+            if n >= 0:
+                return list(tokens[:n])
+            room = -n
+
+    def piece(self, token: int) -> bytes:
+        piece, self._piece_buf = token_piece(self.lib, self.vocab, token, self._piece_buf)
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def clear_batch(self) -> None:
+        self.n_tokens = 0
+
+    @property
+    def room(self) -> int:
+        return self.n_batch - self.n_tokens
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append one token to the batch; returns its index (for logits())."""
+        i = self.n_tokens
+        if i >= self.n_batch:
+            raise OverflowError("batch is full")
+        batch = self.batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+        self.n_tokens = i + 1
+        return i
+
+    def decode(self) -> int:
+        """Run the batch; llama_decode's status (0 = success)."""
+        self.batch.n_tokens = self.n_tokens
+        return int(self.lib.llama_decode(self.ctx, self.batch))
+
+    def logits(self, i: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The logits of batch index i (which was added with logits=True), as a view."""
+        pointer = self.lib.llama_get_logits_ith(self.ctx, i)
+        if not pointer:
+            raise GenerationError(f"llama.cpp has no logits for batch index {i}")
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    def argmax(self, i: int) -> int:
+        """Greedy choice: the first token of highest logit, as llama.cpp's greedy sampler."""
+        return int(self.logits(i).argmax())
+
+    def forget(self, seq_id: int) -> None:
+        """Drop a sequence from the KV cache (its cells become free)."""
+        self.lib.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    def forget_all(self) -> None:
+        self.lib.llama_memory_clear(self.memory, True)
+
+
+class Sampler:
+    """One request's sampling: greedy (argmax) at temperature 0, otherwise llama.cpp's chain
+    top-k 40 → top-p → min-p 0.05 → temperature → seeded draw, as ModelWorker samples.
+
+    The chain keeps its own random state, so sampling every step in order — replayed steps
+    included (`advance`) — gives the same draws as an uninterrupted run.
+    """
+
+    def __init__(self, llama_cpp: Any, request: GenerationRequest) -> None:
+        self._lib = llama_cpp
+        self.chain: Any = None
+        if request.temperature > 0:
+            chain = llama_cpp.llama_sampler_chain_init(
+                llama_cpp.llama_sampler_chain_default_params()
+            )
+            seed = RANDOM_SEED if request.seed is None else request.seed
+            for sampler in (
+                llama_cpp.llama_sampler_init_top_k(TOP_K),
+                llama_cpp.llama_sampler_init_top_p(request.top_p, 1),
+                llama_cpp.llama_sampler_init_min_p(MIN_P, 1),
+                llama_cpp.llama_sampler_init_temp(request.temperature),
+                llama_cpp.llama_sampler_init_dist(seed),
+            ):
+                llama_cpp.llama_sampler_chain_add(chain, sampler)  # the chain owns it now
+            self.chain = chain
+
+    def sample(self, model: LoadedModel, i: int) -> int:
+        if self.chain is None:
+            return model.argmax(i)
+        return int(self._lib.llama_sampler_sample(self.chain, model.ctx, i))
+
+    def advance(self, model: LoadedModel, i: int) -> None:
+        """A replayed step: draw and discard, so the random state stays in step."""
+        if self.chain is not None:
+            self._lib.llama_sampler_sample(self.chain, model.ctx, i)
+
+    def close(self) -> None:
+        if self.chain is not None:
+            with contextlib.suppress(Exception):
+                self._lib.llama_sampler_free(self.chain)
+            self.chain = None

@@ -1,0 +1,75 @@
+"""Provider ranking: speed, load, failures with backoff, stale records — plain calls."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+from crypto.identity import Identity
+from p2p.ranking import BACKOFF_BASE_S, ProviderRanker
+from p2p.records import LoadEntry
+from tests.p2p.test_records import make_record
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def provider(decode: float, *, active: int = 0, free: int = 1, now: float, ttl: float = 600):
+    ident = Identity.generate()
+    record = make_record(ident, now=now, ttl=ttl)
+    model = attrs.evolve(record.models[0], decode_tok_s=decode)
+    record = attrs.evolve(
+        record, models=(model,), load=LoadEntry(active_requests=active, free_slots=free)
+    )
+    return record, model
+
+
+def test_faster_and_less_loaded_nodes_rank_first() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(1))
+    fast = provider(100, now=clock.now)
+    slow = provider(20, now=clock.now)
+    full = provider(100, active=9, free=0, now=clock.now)
+    order = [c.record.peer_id for c in ranker.rank([slow, full, fast])]
+    assert order == [fast[0].peer_id, slow[0].peer_id, full[0].peer_id]
+    assert "100 tok/s" in ranker.rank([fast])[0].reason
+
+
+def test_failed_node_goes_last_until_its_backoff_ends() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(2))
+    a, b = provider(100, now=clock.now), provider(50, now=clock.now)
+    ranker.record_failure(a[0].peer_id)
+    ranked = ranker.rank([a, b])
+    assert ranked[0].record.peer_id == b[0].peer_id
+    assert "recently failed" in ranked[1].reason
+    clock.now += BACKOFF_BASE_S + 0.1
+    assert ranker.rank([a, b])[0].record.peer_id == a[0].peer_id
+    # failures in a row back off longer
+    ranker.record_failure(a[0].peer_id)
+    ranker.record_failure(a[0].peer_id)
+    clock.now += BACKOFF_BASE_S + 0.1
+    assert ranker.in_backoff(a[0].peer_id)
+    ranker.record_success(a[0].peer_id)
+    assert not ranker.in_backoff(a[0].peer_id)
+
+
+def test_stale_records_are_skipped() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock)
+    old = provider(100, now=clock.now - 500, ttl=400)
+    assert ranker.rank([old]) == []
+
+
+def test_jitter_lets_equal_nodes_share_the_work() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(3))
+    a, b = provider(50, now=clock.now), provider(50, now=clock.now)
+    firsts = {ranker.rank([a, b])[0].record.peer_id for _ in range(50)}
+    assert firsts == {a[0].peer_id, b[0].peer_id}
