@@ -20,10 +20,12 @@ from crypto.identity import KeyFileError
 from crypto.network_key import load_network_key
 from inference.default_model import ensure_default_model
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
+from inference.offload import parse_gpu_layers
 from p2p import wire
 from p2p.cli_identity import identity_group, identity_path, load_node_identity
 from p2p.client import AskError, Provider, generate, list_nodes, open_client
 from p2p.dht import resolve
+from p2p.gateway import gateway_command, parse_api_address, warn_if_exposed
 from p2p.node import NodeConfig, NodeError, NodeReady, run_node
 from p2p.provider_query import filter_providers, parse_size
 from p2p.records import record_to_json
@@ -199,6 +201,7 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
                     "dht": ready.dht_address,
                     "session": ready.session_address,
                     "models": [{"name": m.name, "sha256": m.sha256} for m in ready.models],
+                    "api": ready.api_url + "/v1" if ready.api_url else None,
                 }
             )
         )
@@ -211,6 +214,8 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     click.echo(
         f'Ask it:            gpunet ask --bootstrap {ready.dht_address} "The capital of France is"'
     )
+    if ready.api_url:
+        click.echo(f"OpenAI API:        {ready.api_url}/v1   (dashboard {ready.api_url}/)")
     click.echo("Press Ctrl-C to stop.")
 
 
@@ -250,6 +255,20 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     help="CPU threads for llama.cpp (default: all cores).",
 )
 @click.option(
+    "--slots",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Requests decoded together per model (continuous batching).",
+)
+@click.option(
+    "--gpu-layers",
+    default="auto",
+    show_default=True,
+    metavar="N|auto|0",
+    help="Layers to offload to the GPU: auto fits them to free VRAM, 0 keeps the CPU.",
+)
+@click.option(
     "--max-queue",
     default=8,
     show_default=True,
@@ -257,11 +276,30 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     help="Requests allowed to wait per model; beyond it the node answers busy at once.",
 )
 @click.option(
+    "--max-requests",
+    default=None,
+    type=click.IntRange(0, 100_000),
+    help="Requests in flight on the node (default: slots + queue of every model); beyond it "
+    "the node answers busy. 0 announces the node but serves nothing.",
+)
+@click.option(
     "--grace",
     default=30.0,
     show_default=True,
     type=click.FloatRange(0, 3600),
     help="Seconds in-flight requests get to finish on Ctrl-C/SIGTERM.",
+)
+@click.option(
+    "--api",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve the OpenAI-compatible API, dashboard and metrics here (e.g. 127.0.0.1:8470).",
+)
+@click.option(
+    "--api-key",
+    envvar="GPUNET_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' on the API (env GPUNET_API_KEY).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def node(
@@ -274,8 +312,13 @@ def node(
     dht_port: int,
     port: int,
     threads: int | None,
+    slots: int,
+    gpu_layers: str,
     max_queue: int,
+    max_requests: int | None,
     grace: float,
+    api: str | None,
+    api_key: str | None,
     as_json: bool,
 ) -> None:
     """Run a volunteer node: serve GGUF models to the network.
@@ -284,6 +327,13 @@ def node(
     """
     setup_logging(verbose)
     data_dir = data_dir or default_data_dir()
+    try:
+        parse_gpu_layers(gpu_layers)
+    except ValueError as exc:
+        fail(str(exc))
+    api_address = parse_api_address(api) if api else None
+    if api_address is not None:
+        warn_if_exposed(api_address[0], api_key)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         identity = load_node_identity(identity_path(data_dir))
@@ -304,7 +354,12 @@ def node(
             n_threads=threads,
             grace_s=grace,
             psk=psk,
+            api=api_address,
+            api_key=api_key,
             max_queue=max_queue,
+            max_requests=max_requests,
+            slots=slots,
+            gpu_layers=gpu_layers,
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -541,3 +596,4 @@ async def pick_default_model(client: Any) -> str:
 
 
 main.add_command(identity_group)
+main.add_command(gateway_command)

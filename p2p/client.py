@@ -52,7 +52,13 @@ RETRYABLE = frozenset(
 
 
 class AskError(Exception):
-    """A request could not be served; one-line message for the user."""
+    """A request could not be served; one-line message for the user.
+
+    `code` is the `wire.ErrorCode` behind it when there is one (the gateway maps it to HTTP)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @attrs.frozen
@@ -146,7 +152,8 @@ async def generate(
     providers = await find_providers(client, model)
     if not providers:
         raise AskError(
-            f"no node serves model {model!r}; the network offers: {await describe_offer(client)}"
+            f"no node serves model {model!r}; the network offers: {await describe_offer(client)}",
+            wire.ErrorCode.UNKNOWN_MODEL,
         )
     progress = _Progress()
     pinned: str | None = None  # after the first delivered token, only the same model file
@@ -234,4 +241,4 @@ async def _stream(
             elif isinstance(msg, wire.Error):
                 if msg.code in RETRYABLE:
                     return f"{msg.code}: {msg.message}"
-                raise AskError(f"{msg.code}: {msg.message}")
+                raise AskError(f"{msg.code}: {msg.message}", msg.code)

@@ -26,6 +26,7 @@ from kademlia.network import Server
 from kademlia.node import Node
 
 from crypto.identity import Identity, dht_node_id
+from p2p import metrics
 from p2p.aio_bridge import open_asyncio_loop, run_aio
 from p2p.dht_lookup import CountingNodeCrawl, RecordCrawl
 from p2p.dht_protocol import ATTEMPTS, GpunetProtocol
@@ -299,7 +300,9 @@ class Dht:
         now = self._server.clock()
         accept = record_acceptor(key, now=now)
         blobs = [s.blob for s in self.store.get(dkey, now=now)]
+        started = time.monotonic()
         blobs += await run_aio(self._loop, self._server.collect, dkey, accept)
+        metrics.observe_dht_lookup(time.monotonic() - started)
         verified: list[SignedRecord] = []
         for blob in dict.fromkeys(blobs):
             if accept(blob):

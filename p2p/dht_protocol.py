@@ -54,6 +54,7 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.routing import RoutingTable
 
 from crypto.identity import Identity
+from p2p import metrics
 from p2p.dht_identity import (
     ProofResult,
     SelfAddresses,
@@ -353,6 +354,7 @@ class GpunetProtocol(KademliaProtocol):  # type: ignore[misc]
         accepted, reason = self.record_store.offer(key, value, now=self.clock())
         if not accepted:
             self.stats.refused_stores += 1
+            metrics.count_refused_record(reason)
             log.debug("refused store from %s: %s", sender, reason)
         return accepted
 

@@ -935,11 +935,20 @@ def print_gateway_ready(url: str, as_json: bool) -> None:
     show_default=True,
     help="Seconds a request waits while every provider is busy before it gets a 503.",
 )
+@click.option(
+    "--network-key",
+    "network_key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="GPUNET_NETWORK_KEY",
+    help="Key file of a private network (env GPUNET_NETWORK_KEY).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def gateway_command(
     data_dir: str | None,
     bootstrap: tuple[str, ...],
     verbose: int,
+    network_key: Path | None,
     api: str,
     api_key: str | None,
     queue_timeout: float,
@@ -959,7 +968,8 @@ def gateway_command(
 
     async def amain() -> None:
         addrs = await cli.resolve_all(cli.bootstrap_list(bootstrap, directory, for_client=True))
-        async with open_client(addrs) as client, trio.open_nursery() as nursery:
+        psk = cli.read_network_key(network_key)
+        async with open_client(addrs, psk=psk) as client, trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
             serve = partial(
                 serve_gateway, client, host, port, api_key=api_key, queue_timeout_s=queue_timeout

@@ -15,19 +15,22 @@ import trio
 
 from crypto.identity import Identity, load_or_create_identity
 from crypto.network_key import network_id
+from inference.batching import BatchingWorker
 from inference.chat import render_chat
 from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
 from inference.model_file import ModelInfo
+from inference.offload import OffloadPlan, plan_offload
 from inference.worker import (
     GenerationDone,
     GenerationError,
     GenerationRequest,
-    ModelWorker,
     WorkerBusy,
 )
 from p2p import wire
 from p2p.admission import AdmissionControl
+from p2p.client import Client
 from p2p.dht import Dht, open_dht
+from p2p.gateway import serve_gateway
 from p2p.records import (
     DEFAULT_TTL_S,
     CapabilityRecord,
@@ -38,16 +41,19 @@ from p2p.records import (
     sign_record,
 )
 from p2p.session import SecureConnection, SessionError, serve_sessions
+from p2p.session_pool import SessionPool
 from p2p.version import SOFTWARE_VERSION
 
 log = logging.getLogger(__name__)
 
-MAX_REQUESTS_PER_CONNECTION = 16
+MAX_REQUESTS_PER_CONNECTION = 64  # a gateway multiplexes many users over one session
 # A request may hold a slot this long at most; past it the client is told to go elsewhere.
 REQUEST_DEADLINE_S = 600.0
 # On SIGTERM/Ctrl-C in-flight requests get this long to finish before they are cut (and their
 # clients fail over to another node).
 DEFAULT_GRACE_S = 30.0
+# Seconds of self-benchmark per model at start: enough for a stable tok/s on a small model.
+SELF_BENCHMARK_S = 1.5
 
 
 class NodeError(Exception):
@@ -68,6 +74,13 @@ class NodeConfig:
     max_queue: int = 8
     grace_s: float = DEFAULT_GRACE_S
     psk: bytes | None = None  # private network key; None: the public network
+    api: tuple[str, int] | None = None  # serve the OpenAI gateway here too
+    api_key: str | None = None
+    slots: int = 4  # sequences decoded together per model (continuous batching)
+    # Requests in flight on the whole node (None: every model's slots + queue); beyond it the
+    # answer is `busy` at once. 0 announces the node but serves nothing (maintenance, tests).
+    max_requests: int | None = None
+    gpu_layers: str = "auto"  # --gpu-layers: auto | N | 0
 
 
 @attrs.frozen
@@ -76,12 +89,16 @@ class NodeReady:
     dht_address: str
     session_address: str
     models: tuple[ModelInfo, ...]
+    api_url: str | None = None
 
 
 @attrs.define
 class ServedModel:
     info: ModelInfo
-    worker: ModelWorker
+    worker: BatchingWorker
+    plan: OffloadPlan | None = None
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
 
 
 def advertised_host(host: str) -> str:
@@ -110,6 +127,9 @@ class Node:
         self._request_ended = trio.Event()
         self._seq = 0
         self.network_id = network_id(config.psk) if config.psk is not None else None
+
+    def total_slots(self) -> int:
+        return sum(m.worker.slots for m in self.served)
 
     def find_model(self, wanted: str) -> ServedModel | None:
         wanted_l = wanted.lower()
@@ -155,6 +175,8 @@ class Node:
                     quantization=m.info.quantization,
                     context_length=m.info.context_length,
                     layers_offloaded=max(0, min(m.worker.n_gpu_layers, m.info.layer_count)),
+                    decode_tok_s=round(m.decode_tok_s, 1),
+                    prefill_tok_s=round(m.prefill_tok_s, 1),
                     layers_total=m.info.layer_count,
                 )
                 for m in self.served
@@ -162,7 +184,9 @@ class Node:
             network_id=self.network_id,
             load=LoadEntry(
                 active_requests=self.active_requests,
-                free_slots=0 if self.draining else max(0, len(self.served) - self.active_requests),
+                free_slots=0
+                if self.draining
+                else max(0, self.total_slots() - self.active_requests),
                 queue_depth=0,
             ),
         )
@@ -175,14 +199,15 @@ class Node:
                 if msg is None:
                     break
                 if isinstance(msg, wire.Generate):
-                    if msg.id in scopes or len(scopes) >= MAX_REQUESTS_PER_CONNECTION:
-                        await conn.send(
-                            wire.Error(
-                                msg.id,
-                                wire.ErrorCode.BAD_REQUEST,
-                                "duplicate id or too many requests",
-                            )
+                    refusal = None
+                    if msg.id in scopes:
+                        refusal = wire.Error(msg.id, wire.ErrorCode.BAD_REQUEST, "duplicate id")
+                    elif len(scopes) >= MAX_REQUESTS_PER_CONNECTION:
+                        refusal = wire.Error(
+                            msg.id, wire.ErrorCode.BUSY, "too many requests on this connection"
                         )
+                    if refusal is not None:
+                        await conn.send(refusal)
                         continue
                     scope = trio.CancelScope()
                     scopes[msg.id] = scope
@@ -224,6 +249,10 @@ class Node:
             await conn.send(
                 wire.Error(msg.id, wire.ErrorCode.SHUTTING_DOWN, "node is shutting down")
             )
+            return
+        limit = self.config.max_requests
+        if limit is not None and self.active_requests >= limit:
+            await conn.send(wire.Error(msg.id, wire.ErrorCode.BUSY, "node is busy; try another"))
             return
         refusal = self.admission.try_admit(conn.remote_peer_id)
         if refusal is not None:
@@ -295,7 +324,8 @@ class Node:
         except WorkerBusy:
             await conn.send(wire.Error(msg.id, wire.ErrorCode.BUSY, "node is busy; try another"))
         except GenerationError as exc:
-            code = wire.ErrorCode.TOO_LONG if "long" in str(exc) else wire.ErrorCode.BAD_REQUEST
+            too_long = "context" in str(exc) or "long" in str(exc)
+            code = wire.ErrorCode.TOO_LONG if too_long else wire.ErrorCode.BAD_REQUEST
             await conn.send(wire.Error(msg.id, code, str(exc)))
         except SessionError:
             raise
@@ -316,20 +346,34 @@ class Node:
             await trio.sleep(self.config.ttl_s / 3)
 
 
-async def load_models(config: NodeConfig, *, offload: bool) -> list[ServedModel]:
-    """Start one worker per model. With a usable GPU every layer is offloaded (-1: all);
-    fitting models to free VRAM layer by layer is the offload planner's job (not here yet)."""
+async def load_models(
+    config: NodeConfig, gpus: Sequence[GpuInfo] = (), *, benchmark: bool = True
+) -> list[ServedModel]:
+    """Start one batching worker per model, offloaded as the planner decides for the free VRAM,
+    then measure its prefill/decode speed (published in the record; clients rank by it)."""
     served: list[ServedModel] = []
+    offload_ok = supports_gpu_offload()
     for info in config.models:
-        worker = ModelWorker(
+        n_ctx = min(config.n_ctx, info.context_length or config.n_ctx)
+        plan = plan_offload(
+            info, gpus, n_ctx, config.gpu_layers, n_seq=config.slots, offload_supported=offload_ok
+        )
+        log.info("%s: %s", info.name, plan.reason)
+        worker = BatchingWorker(
             Path(info.path),
-            n_ctx=min(config.n_ctx, info.context_length or config.n_ctx),
+            n_ctx=n_ctx,
             n_threads=config.n_threads or os.cpu_count(),
-            n_gpu_layers=-1 if offload else 0,
+            n_gpu_layers=plan.n_gpu_layers,
+            tensor_split=plan.tensor_split or None,
             max_queue=config.max_queue,
+            slots=config.slots,
         )
         await worker.start()
-        served.append(ServedModel(info, worker))
+        model = ServedModel(info, worker, plan)
+        if benchmark:
+            speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)
+            model.prefill_tok_s, model.decode_tok_s = speed.prefill_tok_s, speed.decode_tok_s
+        served.append(model)
     return served
 
 
@@ -346,7 +390,7 @@ async def run_node(
         identity = load_or_create_identity(config.data_dir / "identity.pem")
     node = Node(config, identity)
     node.gpus = await trio.to_thread.run_sync(probe_gpus)
-    node.served = await load_models(config, offload=bool(node.gpus) and supports_gpu_offload())
+    node.served = await load_models(config, node.gpus)
     try:
         async with open_dht(
             identity, config.host, config.dht_port, network_id=node.network_id
@@ -368,6 +412,17 @@ async def run_node(
                 session_address = f"{host}:{session_port}"
                 signed = sign_record(node.build_record(session_address), identity)
                 await dht.publish(signed)
+                api_url = None
+                if config.api is not None:
+                    client = Client(
+                        dht,
+                        identity,
+                        SessionPool(identity, nursery, psk=config.psk),
+                        network_id=node.network_id,
+                    )
+                    api_url = await nursery.start(
+                        partial(serve_gateway, client, *config.api, api_key=config.api_key)
+                    )
                 publishing = trio.CancelScope()
                 nursery.start_soon(_republish_later, node, dht, session_address, publishing)
                 task_status.started(
@@ -376,6 +431,7 @@ async def run_node(
                         dht_address=f"{host}:{dht.port}",
                         session_address=session_address,
                         models=config.models,
+                        api_url=api_url,
                     )
                 )
                 if shutdown is not None:

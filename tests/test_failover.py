@@ -122,7 +122,7 @@ def test_sigkill_mid_stream_gives_the_same_greedy_text(
 
 
 def test_busy_node_is_skipped(tiny_gguf: Path, tmp_path: Path) -> None:
-    busy = NodeProcess(["--model", str(tiny_gguf), "--max-queue", "0"], tmp_path / "busy")
+    busy = NodeProcess(["--model", str(tiny_gguf), "--max-requests", "0"], tmp_path / "busy")
     try:
         free = NodeProcess(
             ["--model", str(tiny_gguf), "--bootstrap", busy.ready["dht"]], tmp_path / "free"

@@ -16,8 +16,9 @@ figures (`measure_throughput`) of each worker are printed too.
 On a machine shared with other work, llama.cpp's threads lose their cores mid-step and every
 figure collapses (a 2-thread decode step waits for its slower thread). Before each measurement
 the tool therefore waits, up to --quiet-wait seconds, until the CPUs were at most 10% busy over
-half a second, and it records how busy they were just before (`busy_before`): compare only
-figures measured quiet.
+half a second (`busy_before`), and it records how much CPU other processes used during the
+measurement (`others_cpu`, in cores: all CPU time on the machine minus this process's, over the
+wall time). Compare figures whose others_cpu is near 0.
 
     python tools/bench_batching.py [--rounds 3] [--max-tokens 128] [--concurrency 1 4 8]
                                    [--quiet-wait 120] [--json]
@@ -71,6 +72,17 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), idle
 
 
+def busy_seconds() -> tuple[float, float]:
+    """(CPU seconds used on the whole machine, CPU seconds used by this process) so far."""
+    try:
+        total, idle = _cpu_times()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return (total - idle) / tick, own.user + own.system
+
+
 def cpu_busy(seconds: float = 0.5) -> float:
     """Fraction of all CPUs busy over the next `seconds` (0.0 where /proc/stat is missing)."""
     try:
@@ -112,6 +124,7 @@ async def burst(worker: Any, concurrency: int, max_tokens: int) -> dict[str, flo
     async def run(i: int) -> None:
         results.append(await one(worker, PROMPTS[i % len(PROMPTS)], max_tokens))
 
+    machine0, own0 = busy_seconds()
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         if isinstance(worker, BatchingWorker):
@@ -123,12 +136,14 @@ async def burst(worker: Any, concurrency: int, max_tokens: int) -> dict[str, flo
             for i in range(concurrency):
                 nursery.start_soon(run, i)
     wall = time.perf_counter() - started
+    machine1, own1 = busy_seconds()
     tokens = sum(r[0] for r in results)
     return {
         "aggregate_tok_s": tokens / wall,
         "tokens": tokens,
         "wall_s": wall,
         "ttft_ms_median": statistics.median(r[1] for r in results) * 1000,  # from submission
+        "others_cpu": max(0.0, (machine1 - machine0) - (own1 - own0)) / wall,
     }
 
 
@@ -166,7 +181,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         f"round {round_no + 1} C={c} {name:8s} "
                         f"{result['aggregate_tok_s']:6.1f} tok/s ({result['tokens']} tokens, "
                         f"{result['wall_s']:.2f} s, TTFT {result['ttft_ms_median']:.0f} ms, "
-                        f"CPUs {busy:.0%} busy before)"
+                        f"CPUs {busy:.0%} busy before, others used "
+                        f"{result['others_cpu']:.2f} cores)"
                     )
     finally:
         await serial.aclose()
@@ -178,6 +194,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "ttft_ms": summary([r["ttft_ms_median"] for r in per_c[c]]),
                 "tokens": [r["tokens"] for r in per_c[c]],
                 "busy_before": [round(r["busy_before"], 2) for r in per_c[c]],
+                "others_cpu": [round(r["others_cpu"], 2) for r in per_c[c]],
             }
             for c in args.concurrency
         }
@@ -230,7 +247,11 @@ def print_table(report: dict[str, Any]) -> None:
             f"| {s['ttft_ms']['median']:.0f} / {b['ttft_ms']['median']:.0f} |"
         )
     busiest = max(b for per_c in results.values() for r in per_c.values() for b in r["busy_before"])
-    print(f"CPUs at most {busiest:.0%} busy just before a measurement")
+    others = max(o for per_c in results.values() for r in per_c.values() for o in r["others_cpu"])
+    print(
+        f"CPUs at most {busiest:.0%} busy just before a measurement; other processes used at "
+        f"most {others:.2f} cores during one"
+    )
     for name, figures in report["self_benchmark"].items():
         print(
             f"self-benchmark {name}: prefill {figures['prefill_tok_s']:.0f} tok/s, "

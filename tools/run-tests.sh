@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/_env.sh
 gpunet_env dev
+if ! command -v chromium >/dev/null 2>&1; then
+  # the dashboard test drives headless Chromium (Debian's package)
+  echo "==> installing chromium for the dashboard test"
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
+  fi
+fi
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> mypy"

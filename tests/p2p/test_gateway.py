@@ -94,7 +94,7 @@ class LiveNetwork:
                     port=0,
                     n_threads=1,
                     bootstrap=bootstrap,
-                    max_queue=0,  # every request is refused as busy
+                    max_requests=0,  # every request is refused as busy
                 ),
             )
             self.nodes = [first, second]

@@ -21,7 +21,7 @@ from p2p.session_pool import MultiplexedSession, SessionPool
 async def serving(tiny_gguf: Path, tmp_path: Path) -> AsyncIterator[tuple[Node, str]]:
     config = NodeConfig(data_dir=tmp_path, models=(inspect_gguf(tiny_gguf),))
     node = Node(config, Identity.generate())
-    node.served = await load_models(config, offload=False)
+    node.served = await load_models(config, benchmark=False)
     try:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(
