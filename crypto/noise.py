@@ -14,7 +14,7 @@ Primitives: X25519 from libsodium through PyNaCl; ChaCha20-Poly1305 (IETF, RFC 8
 Why the AEAD is not PyNaCl's as well: the output is byte-identical (the vectors, and a test
 against libsodium's own call, say so), but PyNaCl's cffi binding costs ~7.5 µs per call on a
 64-byte token frame against ~1.9 µs for `cryptography`'s, and ~90 µs against ~28 µs on 64 KiB
-(measured on the 2-core dev machine, docs/benchmarks-crypto.md). Every transport frame pays it.
+(measured on the 2-core dev machine, docs/benchmarks.md). Every transport frame pays it.
 """
 
 from __future__ import annotations

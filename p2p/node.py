@@ -111,6 +111,26 @@ def advertised_host(host: str) -> str:
     return host
 
 
+SEQ_FILE = "record-seq"  # the last sequence number signed, so a restart never goes backwards
+
+
+def _read_seq(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write_seq(path: Path, seq: int) -> None:
+    """Milliseconds since the epoch already move forward; the file covers a clock set back."""
+    try:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(seq))
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("cannot persist the record sequence number in %s: %s", path, exc)
+
+
 def _int_or_zero(value: object) -> int:
     return value if isinstance(value, int) else 0
 
@@ -125,7 +145,8 @@ class Node:
         self.draining = False
         self.admission = AdmissionControl(clock=time.monotonic)
         self._request_ended = trio.Event()
-        self._seq = 0
+        self._seq_file = config.data_dir / SEQ_FILE
+        self._seq = _read_seq(self._seq_file)
         self.network_id = network_id(config.psk) if config.psk is not None else None
 
     def total_slots(self) -> int:
@@ -142,6 +163,7 @@ class Node:
         now = time.time()
         # Milliseconds since the epoch: a restarted node's records still sort after its old ones.
         self._seq = max(self._seq + 1, int(now * 1000))
+        _write_seq(self._seq_file, self._seq)
         cpu = cpu_summary()
         return CapabilityRecord(
             peer_id=self.identity.peer_id,

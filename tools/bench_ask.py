@@ -42,7 +42,7 @@ THREADS = 2
 N_CTX = 2048
 NODE_READY_TIMEOUT_S = 300.0
 ASK_TIMEOUT_S = 300.0
-METHODS = ("direct", "client", "ask")
+METHODS = ("direct", "client", "warm", "ask")
 
 
 def log(message: str) -> None:
@@ -129,8 +129,14 @@ def run_direct(llm: Any, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def run_client(dht: tuple[str, int], model: str, max_tokens: int) -> dict[str, Any]:
-    """One request through gpunet's client library; TTFT from just before generate()."""
+def run_client(
+    dht: tuple[str, int], model: str, max_tokens: int, *, warm: bool = False
+) -> dict[str, Any]:
+    """One request through gpunet's client library; TTFT from just before generate().
+
+    Cold (default): the first request of a fresh client, so TTFT includes the DHT lookup and
+    the Noise handshake. Warm: a short request first, then the measured one on the pooled
+    session (TTFT still includes the provider lookup, not the handshake)."""
     import trio
 
     from p2p import wire
@@ -148,6 +154,9 @@ def run_client(dht: tuple[str, int], model: str, max_tokens: int) -> dict[str, A
 
         t_join = time.perf_counter()
         async with open_client([dht]) as client:
+            if warm:
+                first = wire.Generate(id=1, model=model, prompt=PROMPT, max_tokens=2)
+                await generate(client, model, first, lambda _t: None)
             start = time.perf_counter()
             request = wire.Generate(
                 id=1, model=model, prompt=PROMPT, max_tokens=max_tokens, temperature=0.0
@@ -252,7 +261,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"machine: {cfg['machine']}; date {cfg['date']}")
     rows = [
         ("direct llama-cpp-python", s["direct"], "ttft_s", "decode_tok_s", "wall_s"),
-        ("gpunet client (in-process)", s["client"], "ttft_s", "decode_tok_s", "wall_s"),
+        ("gpunet client, cold", s["client"], "ttft_s", "decode_tok_s", "wall_s"),
+        ("gpunet client, warm session", s["warm"], "ttft_s", "decode_tok_s", "wall_s"),
         ("  node-side, from Done", s["client"], "node_ttft_s", "node_decode_tok_s", None),
         ("gpunet ask (process)", s["ask"], "ttft_s", "decode_tok_s", "wall_s"),
     ]
@@ -265,6 +275,11 @@ def print_table(result: dict[str, Any]) -> None:
             f"{fmt(stats[wall], 1, 2) if wall else '-':>20}"
         )
     print(f"client DHT join (open_client, not in TTFT): {fmt(s['client']['join_s'], 1000, 1)} ms")
+    for label, key in (("cold", "client"), ("warm", "warm")):
+        stats, base = s[key]["ttft_s"], s["direct"]["ttft_s"]
+        if stats and base:
+            extra = (stats["median"] - base["median"]) * 1000
+            print(f"TTFT overhead over direct, {label}: {extra:+.1f} ms (medians)")
     print("ratios gpunet/direct (medians):")
     for label, r in result["ratios"].items():
         print(f"  {label:<28} {'-' if r is None else f'{r:.2f}x'}")
@@ -272,7 +287,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"checks: all runs produced {cfg['max_tokens']} tokens: {c['all_full_length']}; "
         f"gpunet text == direct text: client {c['client_text_matches']}, "
-        f"ask {c['ask_text_matches']}; direct runs agree: {c['direct_deterministic']}"
+        f"warm {c['warm_text_matches']}, ask {c['ask_text_matches']}; "
+        f"direct runs agree: {c['direct_deterministic']}"
     )
     if c["mismatch_example"]:
         print(f"first mismatch: {c['mismatch_example']}")
@@ -331,6 +347,7 @@ def main() -> int:
             measure: dict[str, Callable[[], dict[str, Any]]] = {
                 "direct": lambda: run_direct(llm, args.max_tokens),
                 "client": lambda: run_client(dht, model, args.max_tokens),
+                "warm": lambda: run_client(dht, model, args.max_tokens, warm=True),
                 "ask": lambda: run_ask(dht_text, model, args.max_tokens, data_dir, count_tokens),
             }
             for round_no in range(args.runs + 1):
@@ -351,7 +368,7 @@ def main() -> int:
 
     reference = runs["direct"][0]["text"]
     mismatch = ""
-    for method in ("client", "ask"):
+    for method in ("client", "warm", "ask"):
         for r in runs[method]:
             if r["text"] != reference and not mismatch:
                 mismatch = f"{method}: " + first_difference(reference, r["text"])
@@ -388,7 +405,11 @@ def main() -> int:
         "summary": summary,
         "ratios": {
             "TTFT, client": ratio(summary["client"]["ttft_s"], summary["direct"]["ttft_s"]),
+            "TTFT, warm": ratio(summary["warm"]["ttft_s"], summary["direct"]["ttft_s"]),
             "TTFT, ask": ratio(summary["ask"]["ttft_s"], summary["direct"]["ttft_s"]),
+            "decode tok/s, warm": ratio(
+                summary["warm"]["decode_tok_s"], summary["direct"]["decode_tok_s"]
+            ),
             "decode tok/s, client": ratio(
                 summary["client"]["decode_tok_s"], summary["direct"]["decode_tok_s"]
             ),
@@ -406,6 +427,7 @@ def main() -> int:
             ),
             "client_text_matches": all(r["text"] == reference for r in runs["client"]),
             "ask_text_matches": all(r["text"] == reference for r in runs["ask"]),
+            "warm_text_matches": all(r["text"] == reference for r in runs["warm"]),
             "direct_deterministic": all(r["text"] == reference for r in runs["direct"]),
             "mismatch_example": mismatch,
         },

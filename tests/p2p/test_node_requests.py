@@ -104,3 +104,17 @@ async def test_admission_and_draining_answer_at_once(tiny_gguf: Path, tmp_path: 
         [answer] = await collect(session, wire.Generate(0, "no-such", "hi", 4))
         assert isinstance(answer, wire.Error) and answer.code == wire.ErrorCode.UNKNOWN_MODEL
         nursery.cancel_scope.cancel()
+
+
+def test_record_sequence_survives_a_restart_with_the_clock_set_back(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
+    import time
+    from unittest import mock
+
+    config = NodeConfig(data_dir=tmp_path, models=())
+    ident = Identity.generate()
+    first = Node(config, ident).build_record("127.0.0.1:1").seq
+    with mock.patch("p2p.node.time.time", return_value=time.time() - 86400):
+        again = Node(config, ident).build_record("127.0.0.1:1").seq  # a restarted node
+    assert again > first
