@@ -70,7 +70,7 @@ class Sim:
             clock=self.clock,
             rpc_timeout=self.rpc_timeout,
         )
-        ip = f"10.{self.next_ip >> 16 & 255}.{self.next_ip >> 8 & 255}.{self.next_ip & 255}"
+        ip = f"127.{self.next_ip >> 16 & 255}.{self.next_ip >> 8 & 255}.{self.next_ip & 255}"
         self.next_ip += 1
         server.protocol = server._create_protocol()
         server.transport = self.net.attach(server.protocol, (ip, 4000))
@@ -86,7 +86,7 @@ def _record(identity: Identity, model: str, now: float) -> CapabilityRecord:
     return CapabilityRecord(
         peer_id=identity.peer_id,
         public_key=identity.public_key,
-        addresses=("10.255.0.1:8469",),
+        addresses=("127.255.0.1:8469",),
         software_version="gpunet/netsim",
         seq=int(now * 1000),
         issued_at=now,

@@ -53,7 +53,7 @@ def test_a_key_that_is_not_behind_the_id_is_refused() -> None:
 def test_a_lie_about_the_observed_address_breaks_the_signature() -> None:
     v = Identity.generate()
     nonce = new_nonce()
-    answer = answer_challenge(v, nonce, ("10.0.0.9", 5000))
+    answer = answer_challenge(v, nonce, ("127.0.0.9", 5000))
     assert answer is not None
     answer[1], answer[2] = US
     assert not check_proof(answer, node_id=_id(v), nonce=nonce).ok
@@ -95,8 +95,8 @@ def test_bound_to_a_specific_address_only_that_address_is_ours() -> None:
 
 
 def test_bound_to_a_private_address_behind_nat_the_public_one_is_learned() -> None:
-    addrs = SelfAddresses(bound=("192.168.1.5", 4000))
-    assert addrs.accepts(("192.168.1.5", 4000), b"lan" * 7)  # a peer on the same LAN
+    addrs = SelfAddresses(bound=("100.64.1.5", 4000))
+    assert addrs.accepts(("100.64.1.5", 4000), b"lan" * 7)  # same NAT (not global)
     assert addrs.accepts(("198.51.100.7", 61000), b"a" * 20)
     assert addrs.accepts(("198.51.100.7", 61000), b"b" * 20)
     assert not addrs.accepts(("203.0.113.66", 31337), b"c" * 20)
@@ -143,11 +143,11 @@ def test_token_bucket_refills_at_its_rate() -> None:
 
 def test_rate_limit_is_per_source_and_its_table_is_bounded() -> None:
     limiter = SourceRateLimiter(rate=1, burst=3, max_sources=100)
-    a, b = ("10.0.0.1", 1), ("10.0.0.2", 1)
+    a, b = ("127.0.0.11", 1), ("127.0.0.12", 1)
     assert [limiter.allow(a, 0) for _ in range(5)] == [True, True, True, False, False]
     assert limiter.allow(b, 0)  # another source has its own bucket
     assert limiter.allow(a, 1.0)
     assert limiter.dropped == 2
     for i in range(1000):
-        limiter.allow(("10.1.0.0", i), 2.0)
+        limiter.allow(("127.1.0.0", i), 2.0)
     assert len(limiter) == 100

@@ -77,14 +77,14 @@ async def test_a_restarted_node_replaces_its_old_record_and_contact() -> None:
     clock = FakeClock()
     async with network(4, clock) as nodes:
         ident = Identity.generate()
-        old_record = attrs.evolve(make_record(ident, now=clock.now), addresses=("10.0.0.1:1",))
+        old_record = attrs.evolve(make_record(ident, now=clock.now), addresses=("127.0.0.1:1",))
         async with open_dht(ident, LOCAL, 0, rpc_timeout=0.5, clock=clock) as first:
             await first.bootstrap([(LOCAL, nodes[0].port)])
             await first.publish(sign_record(old_record, ident))
             old_port = first.port
         clock.now += 5
         new_record = attrs.evolve(
-            make_record(ident, now=clock.now), seq=old_record.seq + 1, addresses=("10.0.0.2:2",)
+            make_record(ident, now=clock.now), seq=old_record.seq + 1, addresses=("127.0.0.2:2",)
         )
         async with open_dht(ident, LOCAL, 0, rpc_timeout=0.5, clock=clock) as second:
             assert second.port != old_port
@@ -92,7 +92,7 @@ async def test_a_restarted_node_replaces_its_old_record_and_contact() -> None:
             await second.publish(sign_record(new_record, ident))
             for key in (model_key(SHA), directory_key(), node_key(ident.peer_id)):
                 found = await nodes[3].find_records(key)
-                assert [(r.seq, r.addresses) for r in found] == [(new_record.seq, ("10.0.0.2:2",))]
+                assert [(r.seq, r.addresses) for r in found] == [(new_record.seq, ("127.0.0.2:2",))]
             # the routing table follows the node to its new port once it proves itself there
             await nodes[0].run(nodes[0].protocol.settle)
             ports = [n.port for n in nodes[0].contacts() if n.id == second.node_id]

@@ -39,7 +39,7 @@ def test_find_neighbors_is_the_true_k_nearest_even_with_empty_buckets() -> None:
     async def run() -> None:
         me = Node(rng.randbytes(20))
         table = GpunetRoutingTable(_Pinger(), 20, me)
-        contacts = [Node(rng.randbytes(20), "10.0.0.1", 1000 + i) for i in range(300)]
+        contacts = [Node(rng.randbytes(20), "127.0.0.1", 1000 + i) for i in range(300)]
         for c in contacts:
             table.add_contact(c)
         held = [n for b in table.buckets for n in b.nodes.values()]
@@ -68,7 +68,7 @@ def test_find_neighbors_crosses_empty_buckets() -> None:
 
     def contact(lo: int, hi: int, i: int) -> Node:
         value = rng.randrange(lo * unit, hi * unit)
-        return Node(value.to_bytes(20, "big"), "10.0.0.1", 2000 + i)
+        return Node(value.to_bytes(20, "big"), "127.0.0.1", 2000 + i)
 
     table.buckets[1].add_node(contact(128, 192, 0))
     for i in range(20):
@@ -106,12 +106,12 @@ def test_sim_network_delivers_with_latency_and_drops_for_the_dead() -> None:
 
     async def main() -> None:
         net = SimNetwork(loop, LinkModel(0.05, 0.05, 0.0), random.Random(1))
-        a = net.attach(Sink(), ("10.0.0.1", 1))
-        net.attach(Sink(), ("10.0.0.2", 1))
-        a.sendto(b"hi", ("10.0.0.2", 1))
-        a.sendto(b"nobody", ("10.0.0.3", 1))
-        net.dead.add(("10.0.0.2", 1))
-        a.sendto(b"dead", ("10.0.0.2", 1))
+        a = net.attach(Sink(), ("127.0.0.1", 1))
+        net.attach(Sink(), ("127.0.0.2", 1))
+        a.sendto(b"hi", ("127.0.0.2", 1))
+        a.sendto(b"nobody", ("127.0.0.3", 1))
+        net.dead.add(("127.0.0.2", 1))
+        a.sendto(b"dead", ("127.0.0.2", 1))
         await asyncio.sleep(1)
         assert net.dropped == 3  # "hi" was in flight when its receiver died
 
