@@ -427,7 +427,7 @@ class BatchingWorker:
             active.append(
                 _Sequence(
                     job=item,
-                    seq_id=free.pop(),
+                    seq_id=free.pop(),  # the lowest free id: free is kept in descending order
                     prompt=prompt,
                     sampler=Sampler(model.lib, item.request),
                     assembler=TextAssembler(item.request.stop),
@@ -519,6 +519,7 @@ class BatchingWorker:
         seq.sampler.close()
         active.remove(seq)
         free.append(seq.seq_id)
+        free.sort(reverse=True)
         self._active = len(active)
         if error is not None or finish is None:
             self._end(seq.job, error or GenerationError("generation failed"))

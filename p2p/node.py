@@ -17,6 +17,7 @@ from crypto.identity import Identity, load_or_create_identity
 from crypto.network_key import network_id
 from inference.batching import BatchingWorker
 from inference.chat import render_chat
+from inference.generation import PromptTooLong
 from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
 from inference.model_file import ModelInfo
 from inference.offload import OffloadPlan, plan_offload
@@ -346,7 +347,7 @@ class Node:
         except WorkerBusy:
             await conn.send(wire.Error(msg.id, wire.ErrorCode.BUSY, "node is busy; try another"))
         except GenerationError as exc:
-            too_long = "context" in str(exc) or "long" in str(exc)
+            too_long = isinstance(exc, PromptTooLong)
             code = wire.ErrorCode.TOO_LONG if too_long else wire.ErrorCode.BAD_REQUEST
             await conn.send(wire.Error(msg.id, code, str(exc)))
         except SessionError:

