@@ -41,13 +41,12 @@ import math
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 import trio
 
-from inference.benchmark import Throughput
 from inference.generation import (
     GenerationDone,
     GenerationError,
@@ -57,15 +56,15 @@ from inference.generation import (
     WorkerLoad,
 )
 from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel, Sampler
-from inference.model_file import ModelFileError, _check_header
+from inference.model_file import ModelFileError
 from inference.streaming import TextAssembler
 from inference.worker import (
+    ThreadOwnedWorker,
     _Close,
     _Job,
     _Measure,
     _put,
     _rate,
-    _Stream,
     check_fits,
     check_replay,
 )
@@ -99,7 +98,7 @@ class _Sequence:
         return self.job.request
 
 
-class BatchingWorker:
+class BatchingWorker(ThreadOwnedWorker):
     """Serves generation requests from one model, up to `slots` at a time in one batch.
 
     The same interface as ModelWorker (inference/worker.py), so either can serve a model:
@@ -153,13 +152,6 @@ class BatchingWorker:
         self._load_error: Exception | None = None
         self._outbox: list[tuple[_Job, object]] = []  # scheduler thread only
 
-    async def __aenter__(self) -> BatchingWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     @property
     def load(self) -> WorkerLoad:
         active = self._active
@@ -170,55 +162,11 @@ class BatchingWorker:
             decode_steps=self._steps,
         )
 
-    async def start(self) -> None:
-        """Load the model in the scheduler thread; return once it can generate."""
-        if self._thread is not None:
-            raise RuntimeError("BatchingWorker.start() called twice")
-        _check_header(self.model_path)  # a clear ModelFileError before llama.cpp's vaguer one
-        self._token = trio.lowlevel.current_trio_token()
-        loaded = trio.Event()
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(loaded,),
-            name=f"batching-worker:{self.model_path.name}",
-            daemon=True,  # a stuck native call must not keep the process alive at exit
-        )
-        self._thread.start()
-        try:
-            await loaded.wait()
-        except BaseException:
-            self._closing.set()
-            self._gate.set()
-            self._jobs.put(None)
-            raise
-        if self._load_error is not None:
-            raise self._load_error
-        self._loaded = True
+    _thread_label = "batching-worker"
 
-    @contextlib.asynccontextmanager
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Item]]:
-        """Queue a request; the context yields its stream of TokenChunk then GenerationDone.
-
-        Raises WorkerBusy at once when slots + max_queue requests are outstanding. Leaving the
-        context before GenerationDone cancels the request; its slot is free within one step.
-        """
-        job = self._submit(request)
-        try:
-            yield _Stream(job.receive)
-        finally:
-            job.cancelled.set()
-            job.receive.close()
-
-    async def measure_throughput(
-        self, *, prompt_tokens: int = 256, decode_tokens: int = 32, budget_s: float = 3.0
-    ) -> Throughput:
-        """Prefill and single-stream decode tokens/s (inference/benchmark.py). It runs when no
-        request is in the batch, and requests queued behind it wait for it."""
-        if not self._loaded or self._closing.is_set():
-            raise GenerationError("the model worker is not running")
-        item = _Measure(prompt_tokens, decode_tokens, budget_s)
-        self._jobs.put(item)
-        return await item.wait()
+    def _wake(self) -> None:
+        self._gate.set()  # the scheduler may be holding new requests back
+        self._jobs.put(None)
 
     @contextlib.contextmanager
     def admit_together(self) -> Iterator[None]:
@@ -232,17 +180,6 @@ class BatchingWorker:
             yield
         finally:
             self._gate.set()
-
-    async def aclose(self) -> None:
-        """Stop the thread and free the model. Requests in the batch end as "cancelled";
-        queued ones fail with GenerationError."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._closing.set()
-        self._gate.set()
-        self._jobs.put(None)
-        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
 
     # -- trio side -----------------------------------------------------------------------------
 

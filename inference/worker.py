@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import trio
@@ -162,7 +162,99 @@ class _Stream:
         return item
 
 
-class ModelWorker:
+class ThreadOwnedWorker:
+    """What ModelWorker and BatchingWorker share: one thread owns the llama.cpp model, trio
+    talks to it through a job queue, and results come back through memory channels.
+
+    Subclasses set the attributes below in __init__ and provide `_run` (the owning thread's
+    body) and `_submit` (queue a job, raising WorkerBusy over the bound)."""
+
+    _thread_label = "model-worker"
+    model_path: Path
+    _jobs: queue.SimpleQueue[_Job | _Measure | None]
+    _closing: threading.Event
+    _thread: threading.Thread | None
+    _token: trio.lowlevel.TrioToken | None
+    _loaded: bool
+    _load_error: Exception | None
+
+    def _run(self, loaded: trio.Event) -> None:
+        raise NotImplementedError
+
+    def _submit(self, request: GenerationRequest) -> _Job:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Tell the owning thread to stop (it may be waiting for a job)."""
+        self._jobs.put(None)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Load the model in the owning thread; return once it can generate."""
+        if self._thread is not None:
+            raise RuntimeError(f"{type(self).__name__}.start() called twice")
+        _check_header(self.model_path)  # a clear ModelFileError before llama.cpp's vaguer one
+        self._token = trio.lowlevel.current_trio_token()
+        loaded = trio.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(loaded,),
+            name=f"{self._thread_label}:{self.model_path.name}",
+            daemon=True,  # a stuck native call must not keep the process alive at exit
+        )
+        self._thread.start()
+        try:
+            await loaded.wait()
+        except BaseException:
+            self._closing.set()
+            self._wake()
+            raise
+        if self._load_error is not None:
+            raise self._load_error
+        self._loaded = True
+
+    @contextlib.asynccontextmanager
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Item]]:
+        """Queue a request; the context yields its stream of TokenChunk then GenerationDone.
+
+        Raises WorkerBusy at once over the worker's bound. Leaving the context before
+        GenerationDone cancels the request (it stops between two decode steps).
+        """
+        job = self._submit(request)
+        try:
+            yield _Stream(job.receive)
+        finally:
+            job.cancelled.set()
+            job.receive.close()
+
+    async def measure_throughput(
+        self, *, prompt_tokens: int = 256, decode_tokens: int = 32, budget_s: float = 3.0
+    ) -> Throughput:
+        """Prefill and single-stream decode tokens/s of this model as loaded (a few seconds;
+        see inference/benchmark.py). Queued like a request; run it before serving."""
+        if not self._loaded or self._closing.is_set():
+            raise GenerationError("the model worker is not running")
+        item = _Measure(prompt_tokens, decode_tokens, budget_s)
+        self._jobs.put(item)
+        return await item.wait()
+
+    async def aclose(self) -> None:
+        """Stop the thread and free the model; queued requests fail with GenerationError."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._closing.set()
+        self._wake()
+        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+
+
+class ModelWorker(ThreadOwnedWorker):
     """Serves generation requests from one model, one request at a time, in its own thread.
 
         worker = ModelWorker(path)
@@ -213,71 +305,6 @@ class ModelWorker:
             queue_depth=self._waiting,
             decode_steps=self._steps,
         )
-
-    async def __aenter__(self) -> ModelWorker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        """Load the model in the worker thread; return once it can generate."""
-        if self._thread is not None:
-            raise RuntimeError("ModelWorker.start() called twice")
-        _check_header(self.model_path)  # a clear ModelFileError before llama.cpp's vaguer one
-        self._token = trio.lowlevel.current_trio_token()
-        loaded = trio.Event()
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(loaded,),
-            name=f"model-worker:{self.model_path.name}",
-            daemon=True,  # a stuck native call must not keep the process alive at exit
-        )
-        self._thread.start()
-        try:
-            await loaded.wait()
-        except BaseException:
-            self._closing.set()
-            self._jobs.put(None)
-            raise
-        if self._load_error is not None:
-            raise self._load_error
-        self._loaded = True
-
-    @contextlib.asynccontextmanager
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Item]]:
-        """Queue a request; the context yields its stream of TokenChunk then GenerationDone.
-
-        Raises WorkerBusy at once when max_queue requests are already waiting. Leaving the
-        context before GenerationDone cancels the request.
-        """
-        job = self._submit(request)
-        try:
-            yield _Stream(job.receive)
-        finally:
-            job.cancelled.set()
-            job.receive.close()
-
-    async def measure_throughput(
-        self, *, prompt_tokens: int = 256, decode_tokens: int = 32, budget_s: float = 3.0
-    ) -> Throughput:
-        """Prefill and single-stream decode tokens/s of this model as loaded (a few seconds;
-        see inference/benchmark.py). Queued like a request; run it before serving."""
-        if not self._loaded or self._closing.is_set():
-            raise GenerationError("the model worker is not running")
-        item = _Measure(prompt_tokens, decode_tokens, budget_s)
-        self._jobs.put(item)
-        return await item.wait()
-
-    async def aclose(self) -> None:
-        """Stop the thread and free the model; queued requests fail with GenerationError."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._closing.set()
-        self._jobs.put(None)
-        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
 
     # -- trio side -----------------------------------------------------------------------------
 

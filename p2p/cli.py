@@ -508,6 +508,13 @@ def peers(
     "(or its architecture's turn format when the GGUF has none).",
 )
 @click.option(
+    "--prefer",
+    default=None,
+    metavar="PEER_ID",
+    help="Try this node first (peer id or a prefix, as `gpunet peers` shows); others are "
+    "the fallback.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming."
 )
 @click.argument("prompt")
@@ -522,6 +529,7 @@ def ask(
     seed: int | None,
     stop: tuple[str, ...],
     chat: bool,
+    prefer: str | None,
     as_json: bool,
     prompt: str,
 ) -> None:
@@ -562,7 +570,7 @@ def ask(
                 stop=stop,
                 messages=(wire.ChatMessage("user", prompt),) if chat else (),
             )
-            done = await generate(client, chosen, request, on_text, on_provider)
+            done = await generate(client, chosen, request, on_text, on_provider, prefer=prefer)
         if as_json:
             click.echo(
                 json.dumps(

@@ -127,6 +127,14 @@ async def find_providers(client: Client, model: str) -> list[Provider]:
     return [Provider(c.record, c.model, c.reason) for c in client.ranker.rank(found)]
 
 
+def prefer_first(providers: list[Provider], prefer: str | None) -> list[Provider]:
+    if not prefer:
+        return providers
+    key = prefer.lower()
+    chosen = [p for p in providers if p.record.peer_id.startswith(key)]
+    return chosen + [p for p in providers if not p.record.peer_id.startswith(key)]
+
+
 async def describe_offer(client: Client) -> str:
     names = sorted({m.name for r in await list_nodes(client) for m in r.models})
     return ", ".join(names) if names else "nothing (no node publishes a model)"
@@ -147,9 +155,14 @@ async def generate(
     request: wire.Generate,
     on_text: Callable[[str], None],
     on_provider: Callable[[Provider], None] = lambda _p: None,
+    *,
+    prefer: str | None = None,
 ) -> wire.Done:
-    """Stream *request* to `on_text` as one uninterrupted stream, failing over between nodes."""
-    providers = await find_providers(client, model)
+    """Stream *request* to `on_text` as one uninterrupted stream, failing over between nodes.
+
+    *prefer* (a peer id or a prefix of it) puts that node first; the ranking orders the rest.
+    """
+    providers = prefer_first(await find_providers(client, model), prefer)
     if not providers:
         raise AskError(
             f"no node serves model {model!r}; the network offers: {await describe_offer(client)}",

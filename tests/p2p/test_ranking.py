@@ -7,6 +7,7 @@ import random
 import attrs
 
 from crypto.identity import Identity
+from p2p.client import Provider, prefer_first
 from p2p.ranking import BACKOFF_BASE_S, ProviderRanker
 from p2p.records import LoadEntry
 from tests.p2p.test_records import make_record
@@ -73,3 +74,15 @@ def test_jitter_lets_equal_nodes_share_the_work() -> None:
     a, b = provider(50, now=clock.now), provider(50, now=clock.now)
     firsts = {ranker.rank([a, b])[0].record.peer_id for _ in range(50)}
     assert firsts == {a[0].peer_id, b[0].peer_id}
+
+
+def test_prefer_puts_the_named_node_first_and_keeps_the_rest_ranked() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(1))
+    fast, mid, slow = (provider(d, now=clock.now) for d in (100, 50, 10))
+    ranked = [Provider(c.record, c.model) for c in ranker.rank([slow, mid, fast])]
+    prefix = slow[0].peer_id[:10].upper()  # a pasted prefix may come in either case
+    order = [p.record.peer_id for p in prefer_first(ranked, prefix)]
+    assert order == [slow[0].peer_id, fast[0].peer_id, mid[0].peer_id]
+    assert prefer_first(ranked, "ffff" * 16 + "x") == ranked  # no match: ranking unchanged
+    assert prefer_first(ranked, None) == ranked
