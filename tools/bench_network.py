@@ -12,7 +12,7 @@ Each method gets one warm-up run, then --runs measured runs; rounds are interlea
 client, ask, rotating the order each round) so slow drift on a shared machine hits all three
 alike. Medians are printed side by side with the ratios gpunet/direct.
 
-    python tools/bench_ask.py [--runs 5] [--max-tokens 128] [--json]
+    python tools/bench_network.py [--runs 5] [--max-tokens 128] [--json]
 """
 
 from __future__ import annotations
