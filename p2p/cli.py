@@ -508,6 +508,12 @@ def peers(
     "(or its architecture's turn format when the GGUF has none).",
 )
 @click.option(
+    "--reproducible",
+    is_flag=True,
+    help="Decode alone on the node, never batched with other requests: bit-identical to any "
+    "other reproducible run on the same build and hardware, at some cost in the node's throughput.",
+)
+@click.option(
     "--prefer",
     default=None,
     metavar="PEER_ID",
@@ -529,6 +535,7 @@ def ask(
     seed: int | None,
     stop: tuple[str, ...],
     chat: bool,
+    reproducible: bool,
     prefer: str | None,
     as_json: bool,
     prompt: str,
@@ -569,6 +576,7 @@ def ask(
                 seed=seed,
                 stop=stop,
                 messages=(wire.ChatMessage("user", prompt),) if chat else (),
+                reproducible=reproducible,
             )
             done = await generate(client, chosen, request, on_text, on_provider, prefer=prefer)
         if as_json:

@@ -199,6 +199,13 @@ def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
     return value
 
 
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise bad_request(f"{name} must be true or false", name)
+    return value
+
+
 def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     value = body.get("stop")
     if value is None:
@@ -319,6 +326,7 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
         seed=_integer(body, "seed", 0, 2**32 - 2),
         stop=_stop(body),
         messages=_messages(body) if kind == "chat" else (),
+        reproducible=_flag(body, "reproducible"),
     )
     if request.top_p <= 0:
         raise bad_request("top_p must be greater than 0", "top_p")

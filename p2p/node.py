@@ -327,6 +327,7 @@ class Node:
             seed=msg.seed,
             stop=msg.stop,  # type: ignore[arg-type]  # attrs converter confuses mypy
             replay_tokens=msg.replay_tokens,
+            reproducible=msg.reproducible,
         )
         try:
             async with served.worker.generate(request) as stream:
@@ -340,6 +341,7 @@ class Node:
                                 item.completion_tokens,
                                 item.time_to_first_token_s,
                                 item.decode_tokens_per_s,
+                                item.token_ids,
                             )
                         )
                     else:

@@ -88,6 +88,9 @@ class Generate:
     # prefills the prompt as usual, feeds these one per decode step, then continues; max_tokens
     # counts them, so the total matches an uninterrupted run.
     replay_tokens: tuple[int, ...] = ()
+    # Served alone, never batched with other requests: bit-identical to any other reproducible
+    # run on the same build and hardware (what verification compares), at the cost of throughput.
+    reproducible: bool = False
 
 
 @attrs.frozen
@@ -105,6 +108,9 @@ class Done:
     completion_tokens: int
     ttft_s: float
     decode_tok_s: float
+    # Generated tokens no Token message carried (held back by a stop string, then dropped):
+    # the Token messages' ids plus these are every token the node generated.
+    token_ids: tuple[int, ...] = ()
 
 
 @attrs.frozen
@@ -148,7 +154,7 @@ def encode(msg: Message) -> bytes:
         body["stop"] = list(msg.stop)
         body["messages"] = [[m.role, m.content] for m in msg.messages]
         body["replay_tokens"] = list(msg.replay_tokens)
-    if isinstance(msg, Token):
+    if isinstance(msg, Token | Done):
         body["token_ids"] = list(msg.token_ids)
     body["v"] = PROTOCOL_VERSION
     body["t"] = _TAGS[type(msg)]
@@ -178,6 +184,7 @@ def decode(data: bytes) -> Message:
             _int(body.get("completion_tokens"), 0, 2**31, "completion_tokens"),
             _float(body.get("ttft_s"), 0, 1e6, "ttft_s"),
             _float(body.get("decode_tok_s"), 0, 1e9, "decode_tok_s"),
+            _token_ids(body.get("token_ids", []), MAX_TOKENS_LIMIT, "token_ids"),
         )
     if tag == "error":
         return Error(rid, _str(body.get("code"), 64, "code"), _str(body.get("message"), 4096, "m"))
@@ -214,7 +221,13 @@ def _generate(body: dict[str, Any], rid: int) -> Generate:
         stop=tuple(_str(s, MAX_STOP_CHARS, "stop string") for s in stop if s != ""),
         messages=messages,
         replay_tokens=_token_ids(body.get("replay_tokens", []), MAX_TOKENS_LIMIT, "replay_tokens"),
+        reproducible=_bool(body.get("reproducible", False), "reproducible must be true or false"),
     )
+
+
+def _bool(raw: object, what: str) -> bool:
+    _check(isinstance(raw, bool), what)
+    return bool(raw)
 
 
 def _token_ids(raw: object, limit: int, what: str) -> tuple[int, ...]:

@@ -244,6 +244,20 @@ def test_seeded_sampling_repeats(api: openai.OpenAI) -> None:
     assert sample(42) == sample(42)
 
 
+def test_reproducible_extension_is_served(api: openai.OpenAI) -> None:
+    def exact() -> str:
+        r = api.completions.create(
+            model="tiny-llama",
+            prompt=PROMPT,
+            max_tokens=16,
+            temperature=0,
+            extra_body={"reproducible": True},
+        )
+        return r.choices[0].text
+
+    assert exact() == exact()
+
+
 # --- chat ---------------------------------------------------------------------------------------
 
 
@@ -505,8 +519,11 @@ def test_parse_generation_defaults_and_limits() -> None:
     )
     assert chat.request.messages == (wire.ChatMessage("system", "be brief"),)
     assert chat.request.max_tokens == 7 and chat.request.stop == ("\n",)
-    assert chat.request.seed == 3
+    assert chat.request.seed == 3 and not chat.request.reproducible
+    exact = parse_generation({"model": "m", "prompt": "x", "reproducible": True}, "completion")
+    assert exact.request.reproducible
     for bad in (
+        {"model": "m", "prompt": "x", "reproducible": "yes"},
         {"model": "m", "prompt": [1, 2]},
         {"model": "m", "prompt": "x", "n": 2},
         {"model": "m", "prompt": "x", "top_p": 0},

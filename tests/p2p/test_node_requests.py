@@ -66,6 +66,38 @@ async def test_second_request_reuses_the_session_and_requests_multiplex(
         nursery.cancel_scope.cancel()
 
 
+async def test_reproducible_request_over_the_wire_repeats_bit_for_bit_beside_other_traffic(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
+    def ids(messages: list[wire.Message]) -> list[int]:
+        out = [t for m in messages if isinstance(m, wire.Token) for t in m.token_ids]
+        done = messages[-1]
+        assert isinstance(done, wire.Done)
+        return out + list(done.token_ids)
+
+    exact = wire.Generate(0, "tiny-llama", "once upon", 24, stop=("zzz",), reproducible=True)
+    async with serving(tiny_gguf, tmp_path) as (node, address), trio.open_nursery() as nursery:
+        session = await SessionPool(Identity.generate(), nursery).get(
+            node.identity.peer_id, address
+        )
+        alone = await collect(session, exact)
+        results: dict[str, list[wire.Message]] = {}
+
+        async def one(name: str, request: wire.Generate) -> None:
+            results[name] = await collect(session, request)
+
+        async with trio.open_nursery() as inner:
+            for i in range(3):
+                inner.start_soon(one, f"other{i}", wire.Generate(0, "tiny-llama", f"x {i}", 24))
+            inner.start_soon(one, "exact", exact)
+        nursery.cancel_scope.cancel()
+    done = alone[-1]
+    assert isinstance(done, wire.Done) and done.completion_tokens == 24
+    assert len(ids(alone)) == 24  # the chunks' ids and Done's held-back ids are every token
+    assert ids(results["exact"]) == ids(alone)
+    assert all(isinstance(r[-1], wire.Done) for r in results.values())
+
+
 async def test_client_gone_stops_generation(tiny_gguf: Path, tmp_path: Path) -> None:
     async with serving(tiny_gguf, tmp_path) as (node, address), trio.open_nursery() as nursery:
         pool = SessionPool(Identity.generate(), nursery)
