@@ -24,8 +24,9 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,15 @@ import numpy as np
 
 from inference.generation import RANDOM_SEED, GenerationError, GenerationRequest
 from inference.model_file import ModelFileError
+
+
+class LoadFailed(ModelFileError):
+    """llama.cpp refused the model; `out_of_memory` when an allocation failed."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
 
 # llama.cpp's default logical batch: the most tokens (prompt chunks + one per decoding sequence)
 # one decode step takes.
@@ -55,6 +65,48 @@ _LOG.addHandler(logging.NullHandler())  # silent unless the application configur
 _LOG_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
 _log_state = {"level": logging.DEBUG}
 _log_callback: Any = None  # the ctypes callback; kept referenced so it is never collected
+
+
+class _ErrorCapture(logging.Handler):
+    """llama.cpp's error lines during one load (under LOAD_LOCK), to say why it failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < 50:
+            self.lines.append(record.getMessage().strip())
+
+
+@contextlib.contextmanager
+def _capture_errors() -> Iterator[list[str]]:
+    handler = _ErrorCapture()
+    _LOG.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        _LOG.removeHandler(handler)
+
+
+def load_failure(path: Path, errors: Sequence[str]) -> LoadFailed:
+    """One line from llama.cpp's error log: an unknown architecture, or memory, or the last
+    error it printed."""
+    for line in errors:
+        match = re.search(r"unknown model architecture: '([^']{0,64})'", line)
+        if match:
+            return LoadFailed(
+                f"{path.name}: this llama.cpp build cannot load the architecture "
+                f"'{match.group(1)}' (a newer llama-cpp-python may)"
+            )
+    for line in errors:
+        if re.search(r"(failed|unable) to allocate|out of memory|cudaMalloc failed", line, re.I):
+            return LoadFailed(
+                f"{path.name}: not enough memory to load it (llama.cpp: {line[:200]})",
+                out_of_memory=True,
+            )
+    last = errors[-1][:200] if errors else "no error message"
+    return LoadFailed(f"{path.name} could not be loaded by llama.cpp ({last})")
 
 
 def install_log_bridge(llama_cpp: Any) -> None:
@@ -154,18 +206,18 @@ class LoadedModel:
             if not _backend_ready:
                 llama_cpp.llama_backend_init()
                 _backend_ready = True
-            model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+            with _capture_errors() as errors:
+                model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
             if not model:
-                raise ModelFileError(
-                    f"{path} could not be loaded by llama.cpp (unsupported architecture, or "
-                    "not enough memory; its log, on the 'llama.cpp' logger, says which)"
-                )
-            ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+                raise load_failure(path, errors)
+            with _capture_errors() as errors:
+                ctx = llama_cpp.llama_init_from_model(model, ctx_params)
             if not ctx:
                 llama_cpp.llama_model_free(model)
-                raise ModelFileError(
-                    f"llama.cpp could not create a context for {path} ({n_seq} sequences of "
-                    f"{n_ctx} tokens): probably not enough memory for its KV cache"
+                raise LoadFailed(
+                    f"{path.name}: not enough memory for the KV cache of {n_seq} sequences of "
+                    f"{n_ctx} tokens (llama.cpp: {errors[-1][:200] if errors else 'no message'})",
+                    out_of_memory=True,
                 )
         del split  # llama.cpp copied it while loading
         return cls(llama_cpp, model, ctx, owned=True, n_batch=n_batch, n_ctx=n_ctx)

@@ -301,6 +301,13 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     default=None,
     help="Require 'Authorization: Bearer KEY' on the API (env GPUNET_API_KEY).",
 )
+@click.option(
+    "--benchmark/--no-benchmark",
+    default=True,
+    show_default=True,
+    help="Measure each model's prefill and decode speed at start (about 1.5 s a model); the "
+    "record publishes it and clients prefer faster nodes. Without it the node counts as average.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def node(
     data_dir: Path | None,
@@ -319,6 +326,7 @@ def node(
     grace: float,
     api: str | None,
     api_key: str | None,
+    benchmark: bool,
     as_json: bool,
 ) -> None:
     """Run a volunteer node: serve GGUF models to the network.
@@ -360,13 +368,20 @@ def node(
             max_requests=max_requests,
             slots=slots,
             gpu_layers=gpu_layers,
+            benchmark=benchmark,
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signals, shutdown, nursery.cancel_scope, grace)
             async with trio.open_nursery() as node_nursery:
                 ready = await node_nursery.start(
-                    partial(run_node, config, identity=identity, shutdown=shutdown)
+                    partial(
+                        run_node,
+                        config,
+                        identity=identity,
+                        shutdown=shutdown,
+                        on_progress=lambda line: click.echo(line, err=True),
+                    )
                 )
                 print_ready(ready, data_dir, as_json)
             nursery.cancel_scope.cancel()  # the node has drained and returned

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -19,8 +19,9 @@ from inference.batching import BatchingWorker
 from inference.chat import render_chat
 from inference.generation import PromptTooLong
 from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
-from inference.model_file import ModelInfo
-from inference.offload import OffloadPlan, plan_offload
+from inference.llama_lowlevel import LoadFailed
+from inference.model_file import ModelFileError, ModelInfo
+from inference.offload import OffloadPlan, plan_offload, vram_needed
 from inference.worker import (
     GenerationDone,
     GenerationError,
@@ -82,6 +83,7 @@ class NodeConfig:
     # answer is `busy` at once. 0 announces the node but serves nothing (maintenance, tests).
     max_requests: int | None = None
     gpu_layers: str = "auto"  # --gpu-layers: auto | N | 0
+    benchmark: bool = True  # measure each model's speed at start (published; clients rank by it)
 
 
 @attrs.frozen
@@ -371,12 +373,32 @@ class Node:
             await trio.sleep(self.config.ttl_s / 3)
 
 
+def _memory_estimate(info: ModelInfo, n_ctx: int, n_seq: int) -> str:
+    if info.layout is None:
+        return ""
+    need = vram_needed(info.layout, info.layer_count + 1, n_ctx=n_ctx, n_seq=n_seq)
+    size = f"{need / 2**30:.1f} GiB" if need >= 2**30 else f"{need / 2**20:.0f} MiB"
+    return (
+        f"; it needs about {size} (weights and a KV cache of {n_seq} slots "
+        f"x {n_ctx} tokens: try fewer --slots)"
+    )
+
+
 async def load_models(
-    config: NodeConfig, gpus: Sequence[GpuInfo] = (), *, benchmark: bool = True
+    config: NodeConfig,
+    gpus: Sequence[GpuInfo] = (),
+    *,
+    benchmark: bool = True,
+    on_progress: Callable[[str], None] = lambda _line: None,
 ) -> list[ServedModel]:
     """Start one batching worker per model, offloaded as the planner decides for the free VRAM,
-    then measure its prefill/decode speed (published in the record; clients rank by it)."""
+    then measure its prefill/decode speed (published in the record; clients rank by it).
+
+    A model llama.cpp cannot load (unknown architecture, out of memory) is left out with a
+    warning, so the node still serves the others; NodeError when none loads.
+    """
     served: list[ServedModel] = []
+    problems: list[str] = []
     offload_ok = supports_gpu_offload()
     for info in config.models:
         n_ctx = min(config.n_ctx, info.context_length or config.n_ctx)
@@ -384,6 +406,7 @@ async def load_models(
             info, gpus, n_ctx, config.gpu_layers, n_seq=config.slots, offload_supported=offload_ok
         )
         log.info("%s: %s", info.name, plan.reason)
+        on_progress(f"loading {info.name}: {plan.reason}")
         worker = BatchingWorker(
             Path(info.path),
             n_ctx=n_ctx,
@@ -393,12 +416,28 @@ async def load_models(
             max_queue=config.max_queue,
             slots=config.slots,
         )
-        await worker.start()
+        try:
+            await worker.start()
+        except ModelFileError as exc:
+            oom = isinstance(exc, LoadFailed) and exc.out_of_memory
+            reason = f"{exc}{_memory_estimate(info, n_ctx, config.slots) if oom else ''}"
+            log.warning("not serving %s: %s", info.name, reason)
+            on_progress(f"not serving {info.name}: {reason}")
+            problems.append(reason)
+            await worker.aclose()
+            continue
         model = ServedModel(info, worker, plan)
         if benchmark:
+            on_progress(f"measuring {info.name}'s speed ({SELF_BENCHMARK_S:g} s)...")
             speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)
             model.prefill_tok_s, model.decode_tok_s = speed.prefill_tok_s, speed.decode_tok_s
+            on_progress(
+                f"{info.name}: prefill {speed.prefill_tok_s:.0f} tok/s, "
+                f"decode {speed.decode_tok_s:.1f} tok/s"
+            )
         served.append(model)
+    if not served:
+        raise NodeError("no model could be loaded: " + "; ".join(problems[:3]))
     return served
 
 
@@ -408,6 +447,7 @@ async def run_node(
     identity: Identity | None = None,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED,
+    on_progress: Callable[[str], None] = lambda _line: None,
 ) -> None:
     """Serve until cancelled, or until *shutdown* is set: then stop announcing, refuse new
     requests, give in-flight ones `config.grace_s` to finish, cut the rest, and return."""
@@ -415,7 +455,9 @@ async def run_node(
         identity = load_or_create_identity(config.data_dir / "identity.pem")
     node = Node(config, identity)
     node.gpus = await trio.to_thread.run_sync(probe_gpus)
-    node.served = await load_models(config, node.gpus)
+    node.served = await load_models(
+        config, node.gpus, benchmark=config.benchmark, on_progress=on_progress
+    )
     try:
         async with open_dht(
             identity, config.host, config.dht_port, network_id=node.network_id
@@ -455,7 +497,7 @@ async def run_node(
                         peer_id=identity.peer_id,
                         dht_address=f"{host}:{dht.port}",
                         session_address=session_address,
-                        models=config.models,
+                        models=tuple(m.info for m in node.served),
                         api_url=api_url,
                     )
                 )

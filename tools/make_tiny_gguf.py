@@ -92,8 +92,12 @@ def _tensors(rng: np.random.Generator, n_vocab: int) -> dict[str, np.ndarray]:
     return out
 
 
-def make_tiny_gguf(path: Path, *, seed: int = 0, quantize: str = "F32") -> Path:
-    """Write the tiny model to `path` (deterministic for a given seed) and return the path."""
+def make_tiny_gguf(
+    path: Path, *, seed: int = 0, quantize: str = "F32", architecture: str = "llama"
+) -> Path:
+    """Write the tiny model to `path` (deterministic for a given seed) and return the path.
+
+    Another `architecture` name gives a file llama.cpp refuses (tests of that refusal)."""
     if quantize not in _QUANTIZE:
         raise ValueError(f"quantize must be one of {', '.join(_QUANTIZE)}, not {quantize!r}")
     qtype, ftype = _QUANTIZE[quantize]
@@ -102,7 +106,7 @@ def make_tiny_gguf(path: Path, *, seed: int = 0, quantize: str = "F32") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_name("tiny-llama")
     writer.add_file_type(int(ftype))
     writer.add_context_length(N_CTX)
