@@ -432,6 +432,11 @@ def run_client(main_fn: Callable[[], Any]) -> None:
         fail(str(err))
 
 
+def printable(text: str) -> str:
+    """Text from a stranger's record, with control characters (terminal escapes) replaced."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 @main.command()
 @common_options
 @click.option(
@@ -485,13 +490,20 @@ def peers(
                 )
                 or f"CPU, {r.cpu.cores} cores"
             )
-            click.echo(
+            lines = [
                 f"{r.peer_id[:16]}  {','.join(r.addresses)}  {hw}  load {r.load.active_requests}"
-            )
-            for m in r.models:
-                click.echo(
-                    f"    {m.name}  {m.quantization}  {m.architecture}  sha256 {m.sha256[:16]}..."
-                )
+            ]
+            if r.build or r.hardware_class:
+                lines.append(f"    {r.build or 'build unknown'}  on  {r.hardware_class or '?'}")
+            on_cpu = r.hardware_class.startswith("cpu ") if r.hardware_class else not r.gpus
+            if on_cpu and r.cpu.simd:
+                lines.append(f"    simd {' '.join(r.cpu.simd)}")
+            lines += [
+                f"    {m.name}  {m.quantization}  {m.architecture}  sha256 {m.sha256[:16]}..."
+                for m in r.models
+            ]
+            for line in lines:
+                click.echo(printable(line))
 
     run_client(amain)
 

@@ -2,10 +2,11 @@
 
 A request goes to the best-ranked provider; if that node fails before finishing (connection lost,
 stalled, `busy`/`internal`/`shutting_down`), the request continues on the next provider of the
-same model file (same sha256) by exact replay: the new node prefills the prompt as the first one
-did, feeds the tokens already delivered one per decode step, and continues. With greedy decoding
-on the same build and hardware the text is identical to an uninterrupted run; across hardware
-only "nothing lost, nothing repeated" holds.
+same model file (same sha256; those of the failed node's build and hardware class first) by exact
+replay: the new node prefills the prompt as the first one did, feeds the tokens already delivered
+one per decode step, and continues. With greedy decoding on the same build and hardware class the
+text is identical to an uninterrupted run; across classes only "nothing lost, nothing repeated"
+holds.
 """
 
 from __future__ import annotations
@@ -135,6 +136,20 @@ def prefer_first(providers: list[Provider], prefer: str | None) -> list[Provider
     return chosen + [p for p in providers if not p.record.peer_id.startswith(key)]
 
 
+def prefer_same_class(providers: Sequence[Provider], failed: CapabilityRecord) -> list[Provider]:
+    """Providers of *failed*'s build and hardware class first, the ranking order kept otherwise.
+
+    After a mid-stream failure the text continues by replay; greedy text stays identical to an
+    uninterrupted run only on the same llama.cpp build and hardware class (across classes only
+    "nothing lost, nothing repeated" holds). Nodes too old to publish both are not matched.
+    """
+    if not (failed.build and failed.hardware_class):
+        return list(providers)
+    same = (failed.build, failed.hardware_class)
+    first = [p for p in providers if (p.record.build, p.record.hardware_class) == same]
+    return first + [p for p in providers if (p.record.build, p.record.hardware_class) != same]
+
+
 async def describe_offer(client: Client) -> str:
     names = sorted({m.name for r in await list_nodes(client) for m in r.models})
     return ", ".join(names) if names else "nothing (no node publishes a model)"
@@ -171,7 +186,9 @@ async def generate(
     progress = _Progress()
     pinned: str | None = None  # after the first delivered token, only the same model file
     problems: list[str] = []
-    for provider in providers:
+    remaining = list(providers)
+    while remaining:
+        provider = remaining.pop(0)
         if pinned is not None and provider.model.sha256 != pinned:
             continue
         if progress.chunks and not progress.replayable:
@@ -182,6 +199,7 @@ async def generate(
         problems.append(outcome)
         if progress.chunks:
             pinned = provider.model.sha256
+            remaining = prefer_same_class(remaining, provider.record)
     if progress.chunks:
         raise AskError(
             f"the stream broke after {len(progress.token_ids) or progress.chunks} tokens were "

@@ -152,6 +152,8 @@ function renderNode(n) {
     el("h3", {title: n.peer_id}, n.peer_id.slice(0, 16) + "…"),
     row("address", n.addresses.join(", "), "mono"),
     row("version", n.software_version),
+    row("build", n.build || "unknown"),
+    row("hardware class", n.hardware_class || "unknown"),
     ...gpuRows,
     row("load", n.load.active_requests + " active, " + n.load.free_slots + " free, " +
         n.load.queue_depth + " queued"),

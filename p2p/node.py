@@ -18,7 +18,14 @@ from crypto.network_key import network_id
 from inference.batching import BatchingWorker
 from inference.chat import render_chat
 from inference.generation import PromptTooLong
-from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
+from inference.gpu import (
+    GpuInfo,
+    HostFacts,
+    hardware_class,
+    probe_gpus,
+    probe_host,
+    supports_gpu_offload,
+)
 from inference.llama_lowlevel import LoadFailed
 from inference.model_file import ModelFileError, ModelInfo
 from inference.offload import OffloadPlan, plan_offload, vram_needed
@@ -134,10 +141,6 @@ def _write_seq(path: Path, seq: int) -> None:
         log.warning("cannot persist the record sequence number in %s: %s", path, exc)
 
 
-def _int_or_zero(value: object) -> int:
-    return value if isinstance(value, int) else 0
-
-
 class Node:
     def __init__(self, config: NodeConfig, identity: Identity) -> None:
         self.config = config
@@ -167,7 +170,11 @@ class Node:
         # Milliseconds since the epoch: a restarted node's records still sort after its old ones.
         self._seq = max(self._seq + 1, int(now * 1000))
         _write_seq(self._seq_file, self._seq)
-        cpu = cpu_summary()
+        # CPU, RAM and the llama.cpp build do not change while the node runs: probed once.
+        host: HostFacts | None = getattr(self, "_host", None)
+        if host is None:
+            host = self._host = probe_host()
+        on_gpu = host.gpu_offload and any(m.worker.n_gpu_layers > 0 for m in self.served)
         return CapabilityRecord(
             peer_id=self.identity.peer_id,
             public_key=self.identity.public_key,
@@ -189,7 +196,14 @@ class Node:
                 for g in self.gpus
             ),
             cpu=CpuEntry(
-                cores=_int_or_zero(cpu.get("cores")), ram_bytes=_int_or_zero(cpu.get("ram_bytes"))
+                cores=host.cores,
+                ram_bytes=host.ram_bytes,
+                simd=host.cpu_flags,
+                gpu_offload=host.gpu_offload,
+            ),
+            build=host.build,
+            hardware_class=hardware_class(
+                self.gpus, offload=on_gpu, cpu_flags=host.cpu_flags, machine=host.machine
             ),
             models=tuple(
                 ModelEntry(

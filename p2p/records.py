@@ -50,6 +50,12 @@ MAX_STRING = 256
 MAX_ADDRESSES = 8
 MAX_GPUS = 16
 MAX_MODELS = 32
+# The build and hardware class (failover prefers a node with the same pair: see p2p/client.py)
+# and the CPU's SIMD flags as llama.cpp names them (AVX2, NEON, ...; ~20 exist today).
+MAX_BUILD = 64
+MAX_HARDWARE_CLASS = 128
+MAX_SIMD_FLAGS = 32
+_SIMD_FLAG_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,23}$")
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -96,16 +102,38 @@ def dht_digest(key: str) -> bytes:
 
 
 def is_sha256(text: str) -> bool:
-    return bool(_SHA256_RE.match(text))
+    return bool(_SHA256_RE.fullmatch(text))
 
 
 def is_model_name(text: str) -> bool:
-    return bool(_NAME_RE.match(text))
+    return bool(_NAME_RE.fullmatch(text))
 
 
 def _bounded_str(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or len(value) > MAX_STRING:
         raise RecordError(f"{attr.name}: expected a string of at most {MAX_STRING} characters")
+
+
+def _short_str(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, str) or len(value) > limit:
+            raise RecordError(f"{attr.name}: expected a string of at most {limit} characters")
+
+    return check
+
+
+def _bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise RecordError(f"{attr.name}: expected true or false")
+
+
+def _simd_flags(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or len(value) > MAX_SIMD_FLAGS
+        or not all(isinstance(f, str) and _SIMD_FLAG_RE.fullmatch(f) for f in value)
+    ):
+        raise RecordError(f"{attr.name}: expected at most {MAX_SIMD_FLAGS} flags like 'AVX2'")
 
 
 def _non_negative_int(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
@@ -148,6 +176,9 @@ class GpuEntry:
 class CpuEntry:
     cores: int = attrs.field(validator=_non_negative_int)
     ram_bytes: int = attrs.field(validator=_non_negative_int)
+    # llama.cpp's CPU features of this build (`llama_print_system_info`), sorted
+    simd: tuple[str, ...] = attrs.field(default=(), validator=_simd_flags)
+    gpu_offload: bool = attrs.field(default=False, validator=_bool)  # llama_supports_gpu_offload
 
 
 @attrs.frozen
@@ -211,6 +242,10 @@ class CapabilityRecord:
     # None: the public network, and the field is left out of the signed body, so public records
     # are byte-for-byte what they were before private networks existed.
     network_id: bytes | None = attrs.field(default=None)
+    # "llama-cpp-python 0.3.36 cuda+cpu" and "NVIDIA H100 80GB HBM3 sm90" / "cpu x86_64 avx2";
+    # "" from nodes older than these fields.
+    build: str = attrs.field(default="", validator=_short_str(MAX_BUILD))
+    hardware_class: str = attrs.field(default="", validator=_short_str(MAX_HARDWARE_CLASS))
 
     @network_id.validator
     def _check_network(self, _attr: attrs.Attribute[Any], value: object) -> None:
@@ -286,7 +321,7 @@ def record_from_plain(data: object) -> CapabilityRecord:
         fields["models"] = tuple(
             _build(ModelEntry, m) for m in _as_list(fields.get("models"), MAX_MODELS)
         )
-        fields["cpu"] = _build(CpuEntry, fields.get("cpu"))
+        fields["cpu"] = _build(CpuEntry, _with_tuple(fields.get("cpu"), "simd", MAX_SIMD_FLAGS))
         fields["load"] = _build(LoadEntry, fields.get("load"))
     except TypeError as exc:
         raise RecordError("record: wrong field types") from exc
@@ -297,6 +332,13 @@ def _as_list(value: object, limit: int) -> list[object]:
     if not isinstance(value, list) or len(value) > limit:
         raise RecordError(f"expected a list of at most {limit} entries")
     return value
+
+
+def _with_tuple(data: object, name: str, limit: int) -> object:
+    """*data* with its msgpack list *name* as a tuple (attrs fields hold tuples)."""
+    if not isinstance(data, Mapping) or name not in data:
+        return data
+    return {**data, name: tuple(_as_list(data[name], limit))}
 
 
 def sign_record(record: CapabilityRecord, identity: Identity) -> SignedRecord:

@@ -118,6 +118,7 @@ def test_dashboard_shows_the_nodes_and_models(net: LiveNetwork, tmp_path: Path) 
     for n in net.nodes:
         assert n.session_address in text  # the node's address
     assert "CPU" in text  # no GPU on the test machine: the CPU fallback is shown
+    assert "llama-cpp-python" in text and "hardware class" in text
     assert "decode / prefill" in text
     assert "last seen" in text and "s ago" in text
     assert "cannot reach" not in text

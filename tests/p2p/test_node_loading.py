@@ -48,7 +48,7 @@ async def test_a_model_of_an_unknown_architecture_is_left_out_with_the_reason(
 
 async def test_no_loadable_model_is_a_node_error(foreign_arch: Path, tmp_path: Path) -> None:
     config = NodeConfig(data_dir=tmp_path, models=(inspect_gguf(foreign_arch),))
-    with pytest.raises(NodeError, match="no model could be loaded: alien.gguf: this llama.cpp"):
+    with pytest.raises(NodeError, match=r"no model could be loaded: alien\.gguf: this llama\.cpp"):
         await load_models(config, benchmark=False)
 
 

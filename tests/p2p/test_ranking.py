@@ -7,7 +7,7 @@ import random
 import attrs
 
 from crypto.identity import Identity
-from p2p.client import Provider, prefer_first
+from p2p.client import Provider, prefer_first, prefer_same_class
 from p2p.ranking import BACKOFF_BASE_S, ProviderRanker
 from p2p.records import LoadEntry
 from tests.p2p.test_records import make_record
@@ -86,3 +86,39 @@ def test_prefer_puts_the_named_node_first_and_keeps_the_rest_ranked() -> None:
     assert order == [slow[0].peer_id, fast[0].peer_id, mid[0].peer_id]
     assert prefer_first(ranked, "ffff" * 16 + "x") == ranked  # no match: ranking unchanged
     assert prefer_first(ranked, None) == ranked
+
+
+H100 = ("llama-cpp-python 0.3.36 cuda+cpu", "NVIDIA H100 80GB HBM3 sm90")
+A100 = ("llama-cpp-python 0.3.36 cuda+cpu", "NVIDIA A100-SXM4-80GB sm80")
+CPU = ("llama-cpp-python 0.3.36 cpu", "cpu x86_64 avx2")
+
+
+def of_class(build_and_class: tuple[str, str], decode: float, now: float) -> Provider:
+    record, model = provider(decode, now=now)
+    build, hardware = build_and_class
+    return Provider(attrs.evolve(record, build=build, hardware_class=hardware), model)
+
+
+def test_failover_prefers_the_failed_providers_build_and_hardware_class() -> None:
+    now = 1_000_000.0
+    failed = of_class(H100, 100, now)
+    ranked = [
+        of_class(CPU, 90, now),
+        of_class(H100, 80, now),
+        of_class(A100, 70, now),
+        of_class(H100, 60, now),
+        of_class(("llama-cpp-python 0.3.35 cuda+cpu", H100[1]), 50, now),  # another build
+    ]
+    order = prefer_same_class(ranked, failed.record)
+    assert order == [ranked[1], ranked[3], ranked[0], ranked[2], ranked[4]]
+    # no one of the same class: the ranking as it was
+    assert prefer_same_class([ranked[0], ranked[2]], failed.record) == [ranked[0], ranked[2]]
+    assert prefer_same_class([], failed.record) == []
+
+
+def test_failover_order_is_unchanged_when_the_failed_node_publishes_no_class() -> None:
+    now = 1_000_000.0
+    older = Provider(*provider(100, now=now))  # a node from before build/hardware_class
+    assert (older.record.build, older.record.hardware_class) == ("", "")
+    ranked = [of_class(CPU, 90, now), Provider(*provider(80, now=now)), of_class(H100, 70, now)]
+    assert prefer_same_class(ranked, older.record) == ranked
