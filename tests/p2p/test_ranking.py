@@ -122,3 +122,29 @@ def test_failover_order_is_unchanged_when_the_failed_node_publishes_no_class() -
     assert (older.record.build, older.record.hardware_class) == ("", "")
     ranked = [of_class(CPU, 90, now), Provider(*provider(80, now=now)), of_class(H100, 70, now)]
     assert prefer_same_class(ranked, older.record) == ranked
+
+
+async def test_client_reuses_a_lookup_briefly_and_forgets_it_after_a_failure() -> None:
+    from p2p.client import LOOKUP_CACHE_S, Client
+
+    clock = Clock()
+    record, _model = provider(50, now=clock.now)
+
+    class CountingDht:  # the DHT's answer is not under test here, only how often it is asked
+        calls = 0
+
+        async def find_records(self, key: str) -> list[object]:
+            self.calls += 1
+            return [record]
+
+    dht = CountingDht()
+    client = Client(dht, Identity.generate(), pool=None, clock=clock)  # type: ignore[arg-type]
+    assert (await client.find_records("k")) == ([record], False)
+    assert (await client.find_records("k")) == ([record], True)
+    assert dht.calls == 1
+    clock.now += LOOKUP_CACHE_S
+    assert (await client.find_records("k"))[1] is False  # expired: asked again
+    client.forget_lookups()
+    assert (await client.find_records("k"))[1] is False  # a provider failed: asked again
+    assert (await client.find_records("k", fresh=True))[1] is False
+    assert dht.calls == 4
