@@ -31,102 +31,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.util
 import json
 import os
 import platform
-import queue
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench_servers import (
+    DEFAULT_BENCH,
+    ROOT,
+    THREADS,
+    Process,
+    Target,
+    has_llama_cpp_server,
+    llama_cpp_server,
+    llama_server,
+    load_bench,
+    log,
+    wait_for_models,
+)
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_BENCH = Path("/work/shared/bench/openai_stream_bench.py")
-THREADS = 2
-N_CTX = 2048
-START_TIMEOUT_S = 300.0
 CONCURRENCY = (2, 4, 8)
 # Until `gpunet gateway` is registered in the CLI, the command is run straight from its module.
 GATEWAY_CODE = "from p2p.gateway import gateway_command as g; g(prog_name='gpunet gateway')"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Process:
-    """A child process whose stdout lines are read on a thread; stderr goes to a log file."""
-
-    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.cmd = cmd
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT
-        )
-        self.lines: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # keep draining so the child never blocks on a full pipe
-            self.lines.put(line)
-        self.lines.put(b"")
-
-    def ready_json(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if not line:
-                break
-            with contextlib.suppress(ValueError):
-                data = json.loads(line)
-                if isinstance(data, dict) and data.get("event") == "ready":
-                    return data
-        raise RuntimeError(f"{self.cmd[:4]} did not report ready; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def wait_for_models(base_url: str, timeout: float = START_TIMEOUT_S) -> list[str]:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-            r = httpx.get(base_url + "/models", timeout=5)
-            if r.status_code == 200 and r.json()["data"]:
-                return [m["id"] for m in r.json()["data"]]
-        time.sleep(0.5)
-    raise RuntimeError(f"{base_url} did not list a model in {timeout:.0f} s")
 
 
 # --- servers ----------------------------------------------------------------------------------
@@ -141,11 +74,11 @@ def gateway_cmd() -> list[str]:
 
 
 @contextlib.contextmanager
-def gateway_server(model: Path, work: Path) -> Iterator[str]:
+def gateway_server(model: Path, work: Path, slots: int = 8) -> Iterator[str]:
     env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
     env["PYTHONUNBUFFERED"] = "1"
     node_cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    node_cmd += ["--port", "0", "--threads", str(THREADS), "--json"]
+    node_cmd += ["--port", "0", "--threads", str(THREADS), "--slots", str(slots), "--json"]
     node = Process(node_cmd, work / "node.log", env)
     gateway: Process | None = None
     try:
@@ -165,88 +98,7 @@ def gateway_server(model: Path, work: Path) -> Iterator[str]:
         node.stop()
 
 
-@contextlib.contextmanager
-def llama_cpp_server(python: str, model: Path, work: Path) -> Iterator[str]:
-    port = free_port()
-    cmd = [python, "-m", "llama_cpp.server", "--model", str(model), "--n_threads", str(THREADS)]
-    cmd += ["--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)]
-    server = Process(cmd, work / "llama_cpp_server.log")
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        wait_for_models(url)
-        yield url
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def llama_server(binary: Path, model: Path, work: Path) -> Iterator[str]:
-    port = free_port()
-    cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-t", str(THREADS), "-c", str(N_CTX * 4), "-np", "8"]
-    env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
-    server = Process(cmd, work / "llama_server.log", env)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        wait_for_models(url)
-        yield url
-    finally:
-        server.stop()
-
-
-def has_llama_cpp_server(python: str) -> bool:
-    probe = subprocess.run(
-        [python, "-c", "import llama_cpp.server.app"], capture_output=True, timeout=120
-    )
-    return probe.returncode == 0
-
-
 # --- measuring ------------------------------------------------------------------------------
-
-
-def load_bench(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("openai_stream_bench", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class Target:
-    """One running server, measured with the yardstick's own `stream()`."""
-
-    def __init__(self, name: str, url: str, bench: Any) -> None:
-        import openai
-
-        self.name, self.url, self.bench = name, url, bench
-        self.client = openai.OpenAI(base_url=url, api_key="none", timeout=600)
-        self.model = self.client.models.list().data[0].id
-        bench.stream(self.client, self.model, 16)  # warm-up, as measure() does
-
-    def single(self) -> dict[str, float]:
-        first, n, total = self.bench.stream(self.client, self.model)
-        return {"ttft_ms": first * 1000, "decode_tok_s": (n - 1) / (total - first)}
-
-    def concurrent(self, k: int) -> float:
-        results: list[tuple[float, int, float]] = []
-        errors: list[BaseException] = []
-
-        def one() -> None:
-            try:
-                results.append(self.bench.stream(self.client, self.model))
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one) for _ in range(k)]
-        t = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        if errors:
-            raise RuntimeError(f"{self.name}: {len(errors)} of {k} streams failed: {errors[0]}")
-        return sum(r[1] for r in results) / (time.monotonic() - t)
 
 
 def paired(
@@ -306,6 +158,9 @@ def main() -> None:
         help="interpreter with llama-cpp-python[server] installed (default: this one)",
     )
     parser.add_argument("--llama-server", type=Path, default=None, metavar="BIN")
+    parser.add_argument(
+        "--slots", type=int, default=8, help="the node's --slots (8 matches llama-server -np 8)"
+    )
     parser.add_argument("--only", action="append", default=None, help="run only these servers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -316,11 +171,12 @@ def main() -> None:
 
         args.model = ensure_default_model()
     servers: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
-        "gateway": lambda work: gateway_server(args.model, work),
+        "gateway": lambda work: gateway_server(args.model, work, args.slots),
     }
     if has_llama_cpp_server(args.llama_cpp_python):
+        # its default interrupt_requests=True cuts a stream short when the next request arrives
         servers["llama_cpp.server"] = lambda work: llama_cpp_server(
-            args.llama_cpp_python, args.model, work
+            args.llama_cpp_python, args.model, work, interrupt_requests=False
         )
     else:
         log(f"llama_cpp.server skipped: {args.llama_cpp_python} lacks llama-cpp-python[server]")

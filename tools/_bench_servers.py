@@ -1,0 +1,218 @@
+"""The OpenAI-compatible servers the benchmarks compare against, and how they are measured.
+
+Shared by tools/bench_gateway.py and tools/bench_inference.py:
+
+  llama_cpp.server   `python -m llama_cpp.server --n_threads 2 --n_ctx 2048` (needs
+                     llama-cpp-python's [server] extras in the interpreter that runs it);
+                     optionally `--interrupt_requests False`
+  llama-server       llama.cpp's own server, `-t 2 -c 8192 -np 8` (build it with
+                     /work/shared/bench/build-llama-server.sh; its libraries sit beside it)
+
+Each runs as a child process on a free loopback port and is ready once /v1/models lists a model.
+Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.py `stream()`):
+streaming /v1/completions, greedy, the same prompt; a token is a chunk with non-empty text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BENCH = Path("/work/shared/bench/openai_stream_bench.py")
+THREADS = 2
+N_CTX = 2048
+START_TIMEOUT_S = 300.0
+
+# One streamed request: (seconds to the first token or None, tokens, seconds to the end).
+Stream = tuple[float | None, int, float]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A child process whose stdout lines are read on a thread; stderr goes to a log file."""
+
+    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.cmd = cmd
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT
+        )
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # keep draining so the child never blocks on a full pipe
+            self.lines.put(line)
+        self.lines.put(b"")
+
+    def ready_json(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if not line:
+                break
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if isinstance(data, dict) and data.get("event") == "ready":
+                    return data
+        raise RuntimeError(f"{self.cmd[:4]} did not report ready; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_for_models(base_url: str, timeout: float = START_TIMEOUT_S) -> list[str]:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            r = httpx.get(base_url + "/models", timeout=5)
+            if r.status_code == 200 and r.json()["data"]:
+                return [m["id"] for m in r.json()["data"]]
+        time.sleep(0.5)
+    raise RuntimeError(f"{base_url} did not list a model in {timeout:.0f} s")
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def llama_cpp_server(
+    python: str, model: Path, work: Path, *, interrupt_requests: bool = True
+) -> Iterator[str]:
+    """`interrupt_requests`: the server's own default (True) ends a streaming request when the
+    next one arrives, so of K concurrent streams all but the last stop after a token or so;
+    False makes it serve them one after another, each to the end."""
+    port = free_port()
+    cmd = [python, "-m", "llama_cpp.server", "--model", str(model), "--n_threads", str(THREADS)]
+    cmd += ["--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)]
+    if not interrupt_requests:
+        cmd += ["--interrupt_requests", "False"]
+    server = Process(cmd, work / "llama_cpp_server.log")
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_for_models(url)
+        yield url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def llama_server(binary: Path, model: Path, work: Path) -> Iterator[str]:
+    port = free_port()
+    cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["-t", str(THREADS), "-c", str(N_CTX * 4), "-np", "8"]
+    env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
+    server = Process(cmd, work / "llama_server.log", env)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_for_models(url)
+        yield url
+    finally:
+        server.stop()
+
+
+def has_llama_cpp_server(python: str) -> bool:
+    probe = subprocess.run(
+        [python, "-c", "import llama_cpp.server.app"], capture_output=True, timeout=120
+    )
+    return probe.returncode == 0
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def load_bench(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("openai_stream_bench", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Target:
+    """One running server, measured with the yardstick's own `stream()`."""
+
+    def __init__(self, name: str, url: str, bench: Any, max_tokens: int = 128) -> None:
+        import openai
+
+        self.name, self.url, self.bench = name, url, bench
+        self.max_tokens = max_tokens
+        self.client = openai.OpenAI(base_url=url, api_key="none", timeout=600)
+        self.model = self.client.models.list().data[0].id
+        bench.stream(self.client, self.model, 16)  # warm-up, as measure() does
+
+    def stream(self) -> Stream:
+        first, n, total = self.bench.stream(self.client, self.model, self.max_tokens)
+        return first, n, total
+
+    def single(self) -> dict[str, float]:
+        first, n, total = self.stream()
+        assert first is not None, f"{self.name}: a stream without text"
+        return {"ttft_ms": first * 1000, "decode_tok_s": (n - 1) / (total - first)}
+
+    def streams(self, k: int) -> tuple[list[Stream], float]:
+        """k streams started together: each one's figures, and the seconds until all ended."""
+        results: list[Stream] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                results.append(self.stream())
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(k)]
+        t = time.monotonic()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.monotonic() - t
+        if errors:
+            raise RuntimeError(f"{self.name}: {len(errors)} of {k} streams failed: {errors[0]}")
+        return results, wall
+
+    def concurrent(self, k: int) -> float:
+        """Aggregate tok/s of k streams started together."""
+        results, wall = self.streams(k)
+        short = [r[1] for r in results if r[1] < self.max_tokens]
+        if short:  # a server that cuts streams short would look fast for the wrong reason
+            log(f"WARNING {self.name}: {len(short)} of {k} streams ended early: {short} chunks")
+        return sum(r[1] for r in results) / wall

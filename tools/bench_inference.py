@@ -1,0 +1,467 @@
+"""Benchmark gpunet's scheduler beside direct llama-cpp-python and two servers, in one run.
+
+Same model (default: the project's default model, Gemma 3 270M Q4_K_M), 2 threads each, greedy,
+128 tokens, the prompt of the shared yardstick (/work/shared/bench/openai_stream_bench.py):
+
+  direct             llama_cpp.Llama in this process, create_completion(stream=True), after
+                     llm.reset() so every request really prefills its prompt (bench_network.py);
+                     single stream only
+  gpunet             our scheduler in this process: inference.batching.BatchingWorker, slots=8
+  llama_cpp.server   `python -m llama_cpp.server --n_threads 2 --interrupt_requests False` over
+                     HTTP on loopback (its default, True, ends a stream when the next request
+                     arrives: the others of K concurrent streams stop after one token; False
+                     serves them one after another); needs an interpreter with
+                     llama-cpp-python[server], given with --llama-cpp-python
+  llama-server       llama.cpp's server `-t 2 -c 8192 -np 8` over HTTP on loopback, when
+                     --llama-server names the binary (tools/_bench_servers.py)
+
+The servers' requests are the yardstick's `stream()` (streaming /v1/completions); the in-process
+ones are timed the same way. Each measurement unit is either
+
+  a single stream    TTFT, decode tok/s = (tokens - 1) / (seconds after the first token), and the
+                     aggregate at 1 = tokens / seconds from sending the request to its end, or
+  K streams (2/4/8)  all sent together (ours: joining the batch in the same step), aggregate =
+                     all tokens / seconds from sending them to the end of the last one.
+
+Both servers keep the KV cache of the previous request and reuse its prefix (llama_cpp.server
+logs "prefix-match hit"; llama-server caches prompts per slot), so with the yardstick's one
+prompt their TTFT mostly skips the prefill; direct (reset) and gpunet prefill every prompt.
+
+Paired rounds: all servers run at once (idle ones use no CPU) and the methods are measured in
+alternation, unit by unit — a single stream from each, then 2 concurrent streams from each, then
+4, then 8 — rotating which method goes first each round. Reported: the median over rounds of
+each figure, and the median (min–max) of the per-round ratios, so slow drift in the load of a
+shared machine hits both sides of a ratio alike. Every request must produce --max-tokens tokens
+(the exit status is 1 where one did not). Progress goes to stderr; the table (or --json) to
+stdout.
+
+On a machine shared with other work a unit that overlaps someone else's burst collapses (two
+2-thread llama.cpp jobs on 2 cores slow each other far more than 2x). --quiet-wait SECONDS waits,
+before each unit, up to that long for the CPUs to be at most 10% busy (bench_batching.py's
+wait_quiet); the busiest reading before a method's units in a round is kept as `busy_before`.
+
+    python tools/bench_inference.py [--rounds 3] [--max-tokens 128] [--concurrency 2 4 8]
+        [--llama-cpp-python PYTHON] [--llama-server BIN] [--quiet-wait SECONDS]
+        [--only METHOD ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+from _bench_servers import (
+    DEFAULT_BENCH,
+    N_CTX,
+    ROOT,
+    THREADS,
+    Stream,
+    Target,
+    has_llama_cpp_server,
+    llama_cpp_server,
+    llama_server,
+    load_bench,
+    log,
+)
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench_batching import one, wait_quiet
+from bench_network import PROMPT, run_direct
+
+from inference.batching import BatchingWorker
+
+SLOTS = 8
+CONCURRENCY = (2, 4, 8)
+WARMUP_TOKENS = 16  # as the yardstick's measure() warms up
+METHODS = ("direct", "gpunet", "llama_cpp.server", "llama-server")
+LABELS = {
+    "direct": "direct llama-cpp-python",
+    "gpunet": "gpunet BatchingWorker",
+    "llama_cpp.server": "llama_cpp.server (HTTP)",
+    "llama-server": "llama-server -np 8 (HTTP)",
+}
+# (numerator method, figure, denominator method, figure, target, what the target means)
+TARGETS = (
+    ("gpunet", "decode_tok_s", "direct", "decode_tok_s", 0.98, "target"),
+    ("gpunet", "agg4_tok_s", "llama-server", "agg4_tok_s", 1.0, "target"),
+    ("gpunet", "agg8_tok_s", "llama-server", "agg8_tok_s", 1.0, "target"),
+    ("gpunet", "agg4_tok_s", "gpunet", "decode_tok_s", 2.5, "aim"),
+    ("gpunet", "agg8_tok_s", "gpunet", "decode_tok_s", 4.0, "aim"),
+)
+
+# One unit's outcome: each request's (seconds to first token, tokens, seconds to its end), all
+# from the moment the unit sent its requests, and the seconds until the last one ended.
+Unit = tuple[list[Stream], float]
+
+
+class Method:
+    """A way of serving requests; `run(k)` sends k requests together and times them."""
+
+    def __init__(self, name: str, run: Callable[[int], Awaitable[Unit]], concurrent: bool) -> None:
+        self.name = name
+        self.run = run
+        self.concurrent = concurrent
+
+
+def direct_method(llm: Any, max_tokens: int) -> Method:
+    async def run(k: int) -> Unit:
+        assert k == 1, "direct llama-cpp-python serves one stream at a time"
+        r = await trio.to_thread.run_sync(run_direct, llm, max_tokens)
+        return [(r["ttft_s"], r["tokens"], r["wall_s"])], r["wall_s"]
+
+    return Method("direct", run, concurrent=False)
+
+
+def scheduler_method(worker: BatchingWorker, max_tokens: int) -> Method:
+    async def run(k: int) -> Unit:
+        results: list[tuple[int, float, float]] = []
+
+        async def request() -> None:
+            results.append(await one(worker, PROMPT, max_tokens))
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            with worker.admit_together():  # all k join the batch in the same decode step
+                for _ in range(k):
+                    nursery.start_soon(request)
+                await trio.testing.wait_all_tasks_blocked()
+        wall = time.perf_counter() - started
+        return [(first or None, tokens, total) for tokens, first, total in results], wall
+
+    return Method("gpunet", run, concurrent=True)
+
+
+def server_method(target: Target) -> Method:
+    async def run(k: int) -> Unit:
+        return await trio.to_thread.run_sync(target.streams, k)
+
+    return Method(target.name, run, concurrent=True)
+
+
+# --- the rounds -------------------------------------------------------------------------------
+
+
+def single_figures(unit: Unit) -> dict[str, float]:
+    (first, tokens, total), wall = unit[0][0], unit[1]
+    if first is None or tokens < 2 or total <= first:
+        raise RuntimeError(f"a single stream produced {tokens} tokens")
+    return {
+        "ttft_ms": first * 1000,
+        "decode_tok_s": (tokens - 1) / (total - first),
+        "agg1_tok_s": tokens / wall,
+    }
+
+
+async def measure(
+    methods: list[Method], rounds: int, ks: tuple[int, ...], max_tokens: int, quiet_wait: float
+) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
+    """Per method, one dict of figures per round; and every request that fell short."""
+    runs: dict[str, list[dict[str, float]]] = {m.name: [] for m in methods}
+    short: list[str] = []
+
+    async def unit(r: int, m: Method, k: int, figures: dict[str, float]) -> Unit:
+        busy = await wait_quiet(quiet_wait) if quiet_wait > 0 else 0.0
+        figures["busy_before"] = max(figures.get("busy_before", 0.0), busy)
+        streams, wall = await m.run(k)
+        counts = [s[1] for s in streams]
+        if any(c != max_tokens for c in counts):
+            what = "single" if k == 1 else f"agg{k}"
+            short.append(f"round {r + 1} {what} {m.name}: tokens {counts}")
+            log(f"  !! {m.name} {what}: tokens {counts}, expected {max_tokens} each")
+        return streams, wall
+
+    for r in range(rounds):
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
+        row: dict[str, dict[str, float]] = {m.name: {} for m in methods}
+        for m in order:
+            f = row[m.name]
+            f.update(single_figures(await unit(r, m, 1, f)))
+            log(
+                f"round {r + 1}/{rounds} single {m.name:<16} TTFT {f['ttft_ms']:6.1f} ms  "
+                f"decode {f['decode_tok_s']:6.1f} tok/s  agg1 {f['agg1_tok_s']:6.1f} tok/s"
+            )
+        for k in ks:
+            for m in order:
+                if not m.concurrent:
+                    continue
+                streams, wall = await unit(r, m, k, row[m.name])
+                tokens = sum(s[1] for s in streams)
+                row[m.name][f"agg{k}_tok_s"] = tokens / wall
+                log(
+                    f"round {r + 1}/{rounds} agg{k:<4} {m.name:<16} {tokens / wall:6.1f} tok/s  "
+                    f"({tokens} tokens in {wall:.2f} s)"
+                )
+        load = os.getloadavg()[0]
+        for name, figures in row.items():
+            figures["load1"] = load
+            runs[name].append(figures)
+        log(f"round {r + 1}/{rounds} done, load average {load:.2f}")
+    return runs, short
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def paired_ratio(
+    runs: dict[str, list[dict[str, float]]], num: str, fig_num: str, den: str, fig_den: str
+) -> dict[str, float] | None:
+    """Median (min-max) over rounds of num's figure / den's figure from the same round."""
+    if num not in runs or den not in runs:
+        return None
+    values = [
+        a[fig_num] / b[fig_den]
+        for a, b in zip(runs[num], runs[den], strict=True)
+        if fig_num in a and b.get(fig_den)
+    ]
+    return summary(values) if values else None
+
+
+# --- setting up -------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def server_starters(
+    args: argparse.Namespace, skipped: dict[str, str]
+) -> dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]]:
+    """The servers that can run here; a note in `skipped` for each that cannot."""
+    starters: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {}
+    python = args.llama_cpp_python
+    if python is None:
+        skipped["llama_cpp.server"] = "no --llama-cpp-python PYTHON given"
+    else:
+        try:
+            usable = has_llama_cpp_server(python)
+        except (OSError, ValueError) as exc:
+            usable = False
+            log(f"cannot run {python}: {exc}")
+        if usable:
+            # Its default interrupts a stream when the next request arrives: serve each to the end.
+            starters["llama_cpp.server"] = lambda work: llama_cpp_server(
+                python, args.model, work, interrupt_requests=False
+            )
+        else:
+            skipped["llama_cpp.server"] = f"{python} cannot import llama_cpp.server ([server])"
+    binary = args.llama_server
+    if binary is None:
+        skipped["llama-server"] = "no --llama-server BIN given"
+    elif not (binary.is_file() and os.access(binary, os.X_OK)):
+        skipped["llama-server"] = f"{binary} is not an executable file"
+    else:
+        starters["llama-server"] = lambda work: llama_server(binary, args.model, work)
+    return starters
+
+
+async def run_all(
+    args: argparse.Namespace, llm: Any, targets: list[Target]
+) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
+    methods: list[Method] = []
+    worker: BatchingWorker | None = None
+    try:
+        if llm is not None:
+            methods.append(direct_method(llm, args.max_tokens))
+            await trio.to_thread.run_sync(run_direct, llm, WARMUP_TOKENS)
+        if "gpunet" in args.only:
+            log(f"loading BatchingWorker (slots={SLOTS})...")
+            worker = BatchingWorker(
+                args.model, n_ctx=N_CTX, n_threads=THREADS, slots=SLOTS, max_queue=0
+            )
+            await worker.start()
+            await one(worker, PROMPT, WARMUP_TOKENS)
+            methods.append(scheduler_method(worker, args.max_tokens))
+        methods += [server_method(t) for t in targets]
+        methods.sort(key=lambda m: METHODS.index(m.name))
+        return await measure(
+            methods, args.rounds, args.concurrency, args.max_tokens, args.quiet_wait
+        )
+    finally:
+        if worker is not None:
+            await worker.aclose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="GGUF (default: Gemma 3 270M)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="per request (default 128)")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), metavar="K"
+    )
+    parser.add_argument(
+        "--llama-cpp-python",
+        default=None,
+        metavar="PYTHON",
+        help="interpreter with llama-cpp-python[server] (llama_cpp.server is skipped without)",
+    )
+    parser.add_argument(
+        "--llama-server", type=Path, default=None, metavar="BIN", help="llama.cpp's llama-server"
+    )
+    parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each unit, wait up to this long for the CPUs to be <=10%% busy (default: off)",
+    )
+    parser.add_argument("--bench-script", type=Path, default=DEFAULT_BENCH)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.max_tokens < 2 or any(k < 2 for k in args.concurrency):
+        parser.error("--rounds must be >= 1, --max-tokens >= 2 and each K >= 2")
+    args.concurrency = tuple(sorted(set(args.concurrency)))
+
+    bench = load_bench(args.bench_script)
+    if bench.PROMPT != PROMPT:
+        raise SystemExit(f"the yardstick's prompt changed ({bench.PROMPT!r}); update bench_network")
+    if args.model is None:
+        from inference.default_model import ensure_default_model
+
+        args.model = ensure_default_model()
+    import llama_cpp
+
+    load_start = os.getloadavg()
+    started = datetime.datetime.now(datetime.UTC)
+    skipped: dict[str, str] = {}
+    starters = {k: v for k, v in server_starters(args, skipped).items() if k in args.only}
+    for name, why in skipped.items():
+        if name in args.only:
+            log(f"{name} skipped: {why}")
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp,
+        contextlib.ExitStack() as st,
+    ):
+        targets = []
+        for name, start in starters.items():
+            work = Path(tmp) / name
+            work.mkdir()
+            log(f"starting {name}...")
+            url = st.enter_context(start(work))
+            targets.append(Target(name, url, bench, args.max_tokens))
+        llm = None
+        if "direct" in args.only:
+            log("loading llama_cpp.Llama...")
+            llm = llama_cpp.Llama(
+                model_path=str(args.model), n_ctx=N_CTX, n_threads=THREADS, verbose=False
+            )
+        runs, short = trio.run(run_all, args, llm, targets)
+
+    medians = {
+        name: {k: statistics.median(f[k] for f in figs) for k in figs[0]}
+        for name, figs in runs.items()
+    }
+    ratios = [
+        {
+            "ratio": f"{num} {fn} / {den} {fd}",
+            goal: target,
+            "paired": paired_ratio(runs, num, fn, den, fd),
+        }
+        for num, fn, den, fd, target, goal in TARGETS
+    ]
+    report = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "python": platform.python_version(),
+        "llama_cpp_python": llama_cpp.__version__,
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "model": args.model.name,
+        "threads": THREADS,
+        "max_tokens": args.max_tokens,
+        "prompt": PROMPT,
+        "slots": SLOTS,
+        "rounds": args.rounds,
+        "quiet_wait_s": args.quiet_wait,
+        "concurrency": [1, *args.concurrency],
+        "skipped": {k: v for k, v in skipped.items() if k in args.only},
+        "medians": medians,
+        "ratios": ratios,
+        "all_full_length": not short,
+        "short_requests": short,
+        "runs": runs,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 1 if short else 0
+
+
+def print_report(report: dict[str, Any]) -> None:
+    ks = report["concurrency"]
+    print(
+        f"{report['model']}, {report['threads']} threads, greedy, {report['max_tokens']} tokens, "
+        f"median of {report['rounds']} paired rounds"
+    )
+    print(
+        f"{report['date']}; {report['machine']}; Python {report['python']}, "
+        f"llama-cpp-python {report['llama_cpp_python']}"
+    )
+    start, end = report["load_average_start"], report["load_average_end"]
+    print(
+        "load average at start "
+        + " ".join(f"{x:.2f}" for x in start)
+        + ", at end "
+        + " ".join(f"{x:.2f}" for x in end)
+    )
+    keys = ["ttft_ms", "decode_tok_s", *[f"agg{k}_tok_s" for k in ks]]
+    heads = ["TTFT ms", "decode tok/s", *[f"agg{k} tok/s" for k in ks]]
+    print(f"| {'method':<26} | " + " | ".join(f"{h:>12}" for h in heads) + " |")
+    print(f"|{'-' * 28}|" + "|".join("-" * 14 for _ in heads) + "|")
+    for name, m in report["medians"].items():
+        cells = [f"{m[k]:12.1f}" if k in m else f"{'-':>12}" for k in keys]
+        print(f"| {LABELS[name]:<26} | " + " | ".join(cells) + " |")
+    for name, why in report["skipped"].items():
+        print(f"{name} skipped: {why}")
+    if report["quiet_wait_s"] > 0:
+        busiest = max(f["busy_before"] for figs in report["runs"].values() for f in figs)
+        print(
+            f"CPUs at most {busiest:.0%} busy just before a unit "
+            f"(--quiet-wait {report['quiet_wait_s']:g})"
+        )
+    print("ratios, median (min-max) of the per-round ratios:")
+    for r in report["ratios"]:
+        goal = "target" if "target" in r else "aim"
+        p = r["paired"]
+        if p is None:
+            print(f"  {r['ratio']:<46} -       ({goal} {r[goal]})")
+            continue
+        verdict = ("met" if p["median"] >= r[goal] else "NOT met") if goal == "target" else ""
+        print(
+            f"  {r['ratio']:<46} {p['median']:.2f}x ({p['min']:.2f}-{p['max']:.2f})  "
+            f"{goal} >= {r[goal]} {verdict}".rstrip()
+        )
+    if report["all_full_length"]:
+        print(f"check: every request produced {report['max_tokens']} tokens")
+    else:
+        print(f"CHECK FAILED: {len(report['short_requests'])} units had short requests:")
+        for line in report["short_requests"]:
+            print(f"  {line}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
