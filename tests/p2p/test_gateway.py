@@ -427,7 +427,7 @@ def test_concurrent_requests_share_one_client(net: LiveNetwork) -> None:
     """More streams than a node admits from one peer at once (4): the rest wait at the gateway
     for a free slot instead of failing."""
     api = net.openai(timeout=120)
-    results: list[str] = []
+    results: list[int] = []
     errors: list[BaseException] = []
 
     def one() -> None:
@@ -435,7 +435,8 @@ def test_concurrent_requests_share_one_client(net: LiveNetwork) -> None:
             r = api.completions.create(
                 model="tiny-llama", prompt=PROMPT, max_tokens=100, temperature=0
             )
-            results.append(r.choices[0].text)
+            assert r.usage is not None and r.choices[0].text
+            results.append(r.usage.completion_tokens)
         except BaseException as exc:
             errors.append(exc)
 
@@ -445,7 +446,9 @@ def test_concurrent_requests_share_one_client(net: LiveNetwork) -> None:
     for t in threads:
         t.join(120)
     assert errors == [] and len(results) == 8
-    assert len(set(results)) == 1  # greedy: every stream got the same text
+    # every stream ran to its length; the texts may differ in the last digits of the logits, as
+    # batched decoding is not batch-invariant (identical text is what `reproducible` is for)
+    assert results == [100] * 8
 
 
 # --- the command ------------------------------------------------------------------------------
