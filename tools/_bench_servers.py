@@ -123,13 +123,8 @@ def llama_cpp_server(
     cmd += ["--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)]
     if not interrupt_requests:
         cmd += ["--interrupt_requests", "False"]
-    server = Process(cmd, work / "llama_cpp_server.log")
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        wait_for_models(url)
+    with _serving(cmd, work / "llama_cpp_server.log", port) as url:
         yield url
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -138,7 +133,16 @@ def llama_server(binary: Path, model: Path, work: Path) -> Iterator[str]:
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-t", str(THREADS), "-c", str(N_CTX * 4), "-np", "8"]
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
-    server = Process(cmd, work / "llama_server.log", env)
+    with _serving(cmd, work / "llama_server.log", port, env) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(
+    cmd: list[str], log_path: Path, port: int, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run an OpenAI-compatible server; its /v1 URL once it lists its models."""
+    server = Process(cmd, log_path, env)
     try:
         url = f"http://127.0.0.1:{port}/v1"
         wait_for_models(url)

@@ -3,7 +3,8 @@
 Same model (default: the project's default model, Gemma 3 270M Q4_K_M), 2 threads each, greedy,
 128 tokens, the prompt of the shared yardstick (/work/shared/bench/openai_stream_bench.py):
 
-  direct             llama_cpp.Llama in this process, create_completion(stream=True), after
+  direct             llama_cpp.Llama in a child process of its own (see direct_process),
+                     create_completion(stream=True), after
                      llm.reset() so every request really prefills its prompt (bench_network.py);
                      single stream only
   gpunet             our scheduler in this process: inference.batching.BatchingWorker, slots=8
@@ -48,9 +49,11 @@ wait_quiet); the busiest reading before a method's units in a round is kept as `
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -118,10 +121,44 @@ class Method:
         self.concurrent = concurrent
 
 
-def direct_method(llm: Any, max_tokens: int) -> Method:
+_child_llm: Any = None
+
+
+def _load_in_child(model: str) -> None:
+    global _child_llm
+    import llama_cpp
+
+    _child_llm = llama_cpp.Llama(model_path=model, n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+
+
+def _direct_in_child(max_tokens: int) -> dict[str, Any]:
+    return run_direct(_child_llm, max_tokens)
+
+
+def direct_process(model: Path) -> concurrent.futures.ProcessPoolExecutor:
+    """Direct llama-cpp-python in a process of its own. In this process its llama.cpp threads
+    would share the machine with BatchingWorker's thread's: measured here, a direct run left
+    the worker's next requests up to 35 % slower for several seconds (and the reverse), which
+    no server in its own process suffers."""
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_load_in_child,
+        initargs=(str(model),),
+    )
+    pool.submit(run_direct_warmup).result()
+    return pool
+
+
+def run_direct_warmup() -> None:
+    run_direct(_child_llm, WARMUP_TOKENS)
+
+
+def direct_method(pool: concurrent.futures.ProcessPoolExecutor, max_tokens: int) -> Method:
     async def run(k: int) -> Unit:
         assert k == 1, "direct llama-cpp-python serves one stream at a time"
-        r = await trio.to_thread.run_sync(run_direct, llm, max_tokens)
+        future = pool.submit(_direct_in_child, max_tokens)
+        r = await trio.to_thread.run_sync(future.result)
         return [(r["ttft_s"], r["tokens"], r["wall_s"])], r["wall_s"]
 
     return Method("direct", run, concurrent=False)
@@ -277,14 +314,15 @@ def server_starters(
 
 
 async def run_all(
-    args: argparse.Namespace, llm: Any, targets: list[Target]
+    args: argparse.Namespace,
+    llm: concurrent.futures.ProcessPoolExecutor | None,
+    targets: list[Target],
 ) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
     methods: list[Method] = []
     worker: BatchingWorker | None = None
     try:
         if llm is not None:
             methods.append(direct_method(llm, args.max_tokens))
-            await trio.to_thread.run_sync(run_direct, llm, WARMUP_TOKENS)
         if "gpunet" in args.only:
             log(f"loading BatchingWorker (slots={SLOTS})...")
             worker = BatchingWorker(
@@ -364,10 +402,8 @@ def main() -> int:
             targets.append(Target(name, url, bench, args.max_tokens))
         llm = None
         if "direct" in args.only:
-            log("loading llama_cpp.Llama...")
-            llm = llama_cpp.Llama(
-                model_path=str(args.model), n_ctx=N_CTX, n_threads=THREADS, verbose=False
-            )
+            log("loading llama_cpp.Llama in a child process...")
+            llm = st.enter_context(direct_process(args.model))
         runs, short = trio.run(run_all, args, llm, targets)
 
     medians = {
