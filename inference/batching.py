@@ -25,6 +25,14 @@ small logit margin of it. A request that needs bit-reproducible output sets `rep
 waits for the batch to drain, then runs alone — nothing joins until it leaves — so it decodes
 exactly as any other reproducible run of it on this build and hardware.
 
+**Prompt-prefix cache.** A finished sequence's cells stay in its slot (the unified pool holds
+n_ctx cells per slot anyway). A new request takes the free slot whose cached tokens share the
+longest prefix with its prompt and prefills only the rest: at least the prompt's last token,
+whose logits it needs. A repeated system prompt or a conversation's next turn thus skips most of
+its prefill, as llama-server's and llama_cpp.server's caches do. The reused cells were computed in
+another batch shape, so this is "greedy up to noise" like batching; a `reproducible` request
+never reuses (its slot is cleared) and the self-benchmark drops the cache first.
+
 **Exact replay** (GenerationRequest.replay_tokens): the prompt is prefilled as for a fresh
 request, then each replayed token is fed in a decode step of its own, as if sampled (the sampler
 draws and discards, so a seeded chain's random state stays in step), with no text sent; then
@@ -72,6 +80,15 @@ from inference.worker import (
 DEFAULT_SLOTS = 4
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _put_all(items: list[tuple[_Job, object]]) -> None:
     """Runs in trio (via run_sync_soon): deliver a step's items in order; never raises."""
     for job, item in items:
@@ -87,6 +104,8 @@ class _Sequence:
     assembler: TextAssembler
     started: float
     prefilled: int = 0  # prompt tokens in the KV cache
+    cached: int = 0  # of which reused from the slot's previous request
+    fed: list[int] = attrs.field(factory=list)  # generated/replayed tokens added to the cache
     completion: int = 0  # replayed + generated tokens so far
     next_token: int | None = None  # fed in the next step
     out: int = -1  # batch index of this sequence's logits in the current step
@@ -125,6 +144,7 @@ class BatchingWorker(ThreadOwnedWorker):
         slots: int = DEFAULT_SLOTS,
         tensor_split: Sequence[float] | None = None,
         n_batch: int = DEFAULT_N_BATCH,
+        prefix_cache: bool = True,
     ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots}")
@@ -151,6 +171,11 @@ class BatchingWorker(ThreadOwnedWorker):
         self._loaded = False
         self._load_error: Exception | None = None
         self._outbox: list[tuple[_Job, object]] = []  # scheduler thread only
+        # A free slot keeps its last request's cells; these are the tokens in them (scheduler
+        # thread only). Each slot holds at most n_ctx cells, so the pool of n_ctx x slots never
+        # runs out however the cache is used.
+        self.prefix_cache = prefix_cache
+        self._kv_tokens: dict[int, list[int]] = {}
 
     @property
     def load(self) -> WorkerLoad:
@@ -343,6 +368,7 @@ class BatchingWorker(ThreadOwnedWorker):
                 if active:
                     return
                 backlog.pop(0)
+                self._drop_prefix_cache(model)  # it uses the context's sequences itself
                 item.run(model, self._token)
                 continue
             if item.cancelled.is_set():
@@ -361,17 +387,44 @@ class BatchingWorker(ThreadOwnedWorker):
             except GenerationError as e:
                 self._end(item, e)
                 continue
+            seq_id, cached = self._pick_slot(model, free, prompt, item.request)
             active.append(
                 _Sequence(
                     job=item,
-                    seq_id=free.pop(),  # the lowest free id: free is kept in descending order
+                    seq_id=seq_id,
                     prompt=prompt,
                     sampler=Sampler(model.lib, item.request),
                     assembler=TextAssembler(item.request.stop),
                     started=time.perf_counter(),
+                    prefilled=cached,
+                    cached=cached,
                 )
             )
             self._active = len(active)
+
+    def _pick_slot(
+        self, model: LoadedModel, free: list[int], prompt: list[int], request: GenerationRequest
+    ) -> tuple[int, int]:
+        """The free slot whose cached tokens share the longest prefix with `prompt`, and how
+        many of them to reuse: at most all but the prompt's last token, which must be evaluated
+        for its logits. A reproducible request reuses nothing, so it is prefilled exactly as a
+        solo run is (a reused prefix was computed in another batch shape: close, not bitwise)."""
+        best, reuse = free[-1], 0  # default: the lowest free id (free is kept descending)
+        if self.prefix_cache and not request.reproducible:
+            for slot in reversed(free):
+                n = _common_prefix(self._kv_tokens.get(slot, ()), prompt)
+                if n > reuse:
+                    best, reuse = slot, n
+        reuse = min(reuse, len(prompt) - 1)
+        free.remove(best)
+        if len(self._kv_tokens.pop(best, ())) > reuse:
+            model.forget_from(best, reuse)
+        return best, reuse
+
+    def _drop_prefix_cache(self, model: LoadedModel) -> None:
+        for slot in self._kv_tokens:
+            model.forget(slot)
+        self._kv_tokens.clear()
 
     def _step(self, model: LoadedModel, free: list[int], active: list[_Sequence]) -> None:
         """One llama_decode: every generating sequence's next token, then prompt chunks."""
@@ -381,6 +434,7 @@ class BatchingWorker(ThreadOwnedWorker):
             if seq.next_token is not None:
                 pos = len(seq.prompt) + seq.completion - 1
                 seq.out = model.add(seq.next_token, pos, seq.seq_id, True)
+                seq.fed.append(seq.next_token)
                 seq.next_token = None
         for seq in active:
             left = len(seq.prompt) - seq.prefilled
@@ -414,6 +468,7 @@ class BatchingWorker(ThreadOwnedWorker):
             for seq in list(active):
                 self._retire(model, seq, None, free, active, error=error)
             model.forget_all()
+            self._kv_tokens.clear()
 
     def _advance(self, model: LoadedModel, seq: _Sequence, now: float) -> str | None:
         """Take this step's token for `seq`; the finish reason when it is done."""
@@ -451,8 +506,12 @@ class BatchingWorker(ThreadOwnedWorker):
         *,
         error: BaseException | None = None,
     ) -> None:
-        """The sequence leaves the batch: free its cells, sampler and slot, then answer."""
-        model.forget(seq.seq_id)
+        """The sequence leaves the batch: its slot keeps its cells for a later request with the
+        same prompt prefix (not after an error); free its sampler and slot, then answer."""
+        if error is None and finish is not None and self.prefix_cache:
+            self._kv_tokens[seq.seq_id] = seq.prompt[: seq.prefilled] + seq.fed
+        else:
+            model.forget(seq.seq_id)
         seq.sampler.close()
         active.remove(seq)
         free.append(seq.seq_id)
@@ -476,5 +535,6 @@ class BatchingWorker(ThreadOwnedWorker):
                 time_to_first_token_s=first - seq.started,
                 decode_tokens_per_s=_rate(generated - 1, seq.last - first),
                 token_ids=seq.assembler.unreleased,
+                cached_prompt_tokens=seq.cached,
             ),
         )

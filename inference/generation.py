@@ -95,6 +95,8 @@ class GenerationDone:
     # tokens are not sent back, but completion_tokens counts them (as max_tokens does), so
     # completion_tokens = len(replay_tokens) + that count.
     token_ids: tuple[int, ...] = ()
+    # Prompt tokens whose KV cells were reused from an earlier request (not prefilled again).
+    cached_prompt_tokens: int = 0
 
 
 Item = TokenChunk | GenerationDone

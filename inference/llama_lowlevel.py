@@ -307,6 +307,10 @@ class LoadedModel:
         """Drop a sequence from the KV cache (its cells become free)."""
         self.lib.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
+    def forget_from(self, seq_id: int, pos: int) -> None:
+        """Drop a sequence's cells from position `pos` on, keeping its prefix."""
+        self.lib.llama_memory_seq_rm(self.memory, seq_id, pos, -1)
+
     def forget_all(self) -> None:
         self.lib.llama_memory_clear(self.memory, True)
 

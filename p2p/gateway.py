@@ -346,11 +346,13 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
 # --- response bodies (pure functions) -------------------------------------------------------
 
 
-def usage_json(done: wire.Done) -> dict[str, int]:
+def usage_json(done: wire.Done) -> dict[str, Any]:
     return {
         "prompt_tokens": done.prompt_tokens,
         "completion_tokens": done.completion_tokens,
         "total_tokens": done.prompt_tokens + done.completion_tokens,
+        # OpenAI's field for prompt tokens served from a cache (the node's prompt-prefix cache)
+        "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
     }
 
 

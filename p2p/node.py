@@ -358,6 +358,7 @@ class Node:
                                 item.time_to_first_token_s,
                                 item.decode_tokens_per_s,
                                 item.token_ids,
+                                item.cached_prompt_tokens,
                             )
                         )
                     else:

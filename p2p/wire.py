@@ -111,6 +111,7 @@ class Done:
     # Generated tokens no Token message carried (held back by a stop string, then dropped):
     # the Token messages' ids plus these are every token the node generated.
     token_ids: tuple[int, ...] = ()
+    cached_tokens: int = 0  # prompt tokens the node reused from its prompt-prefix cache
 
 
 @attrs.frozen
@@ -185,6 +186,7 @@ def decode(data: bytes) -> Message:
             _float(body.get("ttft_s"), 0, 1e6, "ttft_s"),
             _float(body.get("decode_tok_s"), 0, 1e9, "decode_tok_s"),
             _token_ids(body.get("token_ids", []), MAX_TOKENS_LIMIT, "token_ids"),
+            _int(body.get("cached_tokens", 0), 0, 2**31, "cached_tokens"),
         )
     if tag == "error":
         return Error(rid, _str(body.get("code"), 64, "code"), _str(body.get("message"), 4096, "m"))

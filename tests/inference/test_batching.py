@@ -396,3 +396,78 @@ async def test_model_worker_load(tiny_gguf: Path) -> None:
             assert worker.load.active_requests == 1 and worker.load.free_slots == 0
         await wait_until(lambda: worker.load.active_requests == 0)
         assert worker.load.decode_steps > 1
+
+
+# -- prompt-prefix cache ----------------------------------------------------------------------
+
+
+async def test_a_repeated_prompt_reuses_its_cached_prefix(
+    tiny_gguf: Path, tiny_batch: BatchingWorker
+) -> None:
+    prompt = "the capital of france is"
+    first = await run(tiny_batch, GenerationRequest(prompt, max_tokens=20))
+    assert first.done.cached_prompt_tokens == 0
+    again = await run(tiny_batch, GenerationRequest(prompt, max_tokens=20))
+    # all but the last prompt token, which is evaluated again for its logits
+    assert again.done.cached_prompt_tokens == again.done.prompt_tokens - 1
+    margins = teacher_forced_margins(tiny_gguf, prompt, again.ids)
+    assert max(margins) <= GREEDY_MARGIN, margins
+
+
+async def test_a_continued_conversation_reuses_the_previous_answer(
+    tiny_gguf: Path, tiny_batch: BatchingWorker
+) -> None:
+    first = await run(tiny_batch, GenerationRequest("once upon a time", max_tokens=12))
+    follow = "once upon a time" + first.text + " and then"
+    second = await run(tiny_batch, GenerationRequest(follow, max_tokens=12))
+    # the prompt and the fed answer tokens are in the cache, but the text re-tokenizes
+    # differently where prompt and answer meet (the tiny model's vocabulary merges across it),
+    # so only the first prompt's tokens before that joint are sure to match
+    assert second.done.cached_prompt_tokens >= first.done.prompt_tokens - 1
+    margins = teacher_forced_margins(tiny_gguf, follow, second.ids)
+    assert max(margins) <= GREEDY_MARGIN, margins
+
+
+async def test_reproducible_requests_never_reuse_and_stay_bit_identical(
+    tiny_batch: BatchingWorker,
+) -> None:
+    exact = GenerationRequest("the capital of", max_tokens=30, reproducible=True)
+    alone = await run(tiny_batch, exact)
+    await run(tiny_batch, GenerationRequest("the capital of", max_tokens=30))  # fills a cache
+    again = await run(tiny_batch, exact)
+    assert again.done.cached_prompt_tokens == 0
+    assert again.ids == alone.ids
+
+
+async def test_the_cache_never_exhausts_the_kv_pool(tiny_gguf: Path) -> None:
+    """Long prompts cycling through two small slots, with shared and unshared prefixes: every
+    request still fits (each slot's cells stay within n_ctx)."""
+    async with BatchingWorker(tiny_gguf, n_ctx=96, n_threads=2, slots=2, max_queue=8) as worker:
+        base = "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 2
+        requests = [
+            GenerationRequest((base if i % 2 else base[::-1]) + f"{i}", max_tokens=24)
+            for i in range(8)
+        ]
+        results: list[Result] = []
+        for i in range(0, 8, 2):
+            results += await run_together(worker, requests[i : i + 2])
+        assert all(r.done.completion_tokens == 24 for r in results)
+        assert any(r.done.cached_prompt_tokens > 0 for r in results)
+
+
+async def test_the_prefix_cache_can_be_turned_off(tiny_gguf: Path) -> None:
+    async with BatchingWorker(tiny_gguf, n_ctx=256, n_threads=2, prefix_cache=False) as worker:
+        for _ in range(2):
+            result = await run(worker, GenerationRequest("hello there", max_tokens=8))
+            assert result.done.cached_prompt_tokens == 0
+
+
+async def test_self_benchmark_after_cached_requests_leaves_serving_sound(
+    tiny_batch: BatchingWorker,
+) -> None:
+    request = GenerationRequest("the quick brown fox", max_tokens=16)
+    await run(tiny_batch, request)
+    await tiny_batch.measure_throughput(budget_s=0.2)
+    after = await run(tiny_batch, request)
+    assert after.done.cached_prompt_tokens == 0  # the benchmark dropped the cache
+    assert after.done.completion_tokens == 16

@@ -195,7 +195,10 @@ PROMPT = "The capital of France is"
 
 
 def test_completion_whole_and_streamed_agree(api: openai.OpenAI) -> None:
-    whole = api.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=12, temperature=0)
+    exact = {"reproducible": True}  # bit-identical text however the node batches or caches
+    whole = api.completions.create(
+        model="tiny-llama", prompt=PROMPT, max_tokens=12, temperature=0, extra_body=exact
+    )
     assert whole.object == "text_completion"
     choice = whole.choices[0]
     assert choice.text and choice.finish_reason == "length"
@@ -211,10 +214,11 @@ def test_completion_whole_and_streamed_agree(api: openai.OpenAI) -> None:
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
+            extra_body=exact,
         )
     )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
-    assert text == choice.text  # greedy: the same tokens either way
+    assert text == choice.text
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "length" and not any(finishes[:-1])
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
@@ -242,6 +246,14 @@ def test_seeded_sampling_repeats(api: openai.OpenAI) -> None:
         return r.choices[0].text
 
     assert sample(42) == sample(42)
+
+
+def test_a_repeated_prompt_is_served_from_the_nodes_prompt_cache(api: openai.OpenAI) -> None:
+    prompt = "A prompt that only this test sends, to be repeated:"
+    api.completions.create(model="tiny-llama", prompt=prompt, max_tokens=4, temperature=0)
+    again = api.completions.create(model="tiny-llama", prompt=prompt, max_tokens=4, temperature=0)
+    assert again.usage is not None and again.usage.prompt_tokens_details is not None
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
 
 
 def test_reproducible_extension_is_served(api: openai.OpenAI) -> None:

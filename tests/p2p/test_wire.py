@@ -21,7 +21,7 @@ from p2p import wire
         wire.Token(2, "x", (5, 6)),
         wire.Generate(3, "m", "p", 40, replay_tokens=(1, 2, 3)),
         wire.Done(3, "length", 4, 16, 0.03, 35.5),
-        wire.Done(3, "stop", 4, 16, 0.03, 35.5, token_ids=(7, 8)),
+        wire.Done(3, "stop", 4, 16, 0.03, 35.5, token_ids=(7, 8), cached_tokens=3),
         wire.Generate(3, "m", "p", reproducible=True),
         wire.Error(4, wire.ErrorCode.BUSY, "busy"),
         wire.Cancel(5),
