@@ -308,6 +308,13 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     help="Measure each model's prefill and decode speed at start (about 1.5 s a model); the "
     "record publishes it and clients prefer faster nodes. Without it the node counts as average.",
 )
+@click.option(
+    "--prompt-cache/--no-prompt-cache",
+    default=True,
+    show_default=True,
+    help="Keep each slot's last prompt and answer in the KV cache, so a request that starts the "
+    "same way skips that part of the prefill.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def node(
     data_dir: Path | None,
@@ -327,6 +334,7 @@ def node(
     api: str | None,
     api_key: str | None,
     benchmark: bool,
+    prompt_cache: bool,
     as_json: bool,
 ) -> None:
     """Run a volunteer node: serve GGUF models to the network.
@@ -369,6 +377,7 @@ def node(
             slots=slots,
             gpu_layers=gpu_layers,
             benchmark=benchmark,
+            prompt_cache=prompt_cache,
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:

@@ -91,6 +91,7 @@ class NodeConfig:
     max_requests: int | None = None
     gpu_layers: str = "auto"  # --gpu-layers: auto | N | 0
     benchmark: bool = True  # measure each model's speed at start (published; clients rank by it)
+    prompt_cache: bool = True  # reuse a slot's cached prompt prefix (inference/batching.py)
 
 
 @attrs.frozen
@@ -430,6 +431,7 @@ async def load_models(
             tensor_split=plan.tensor_split or None,
             max_queue=config.max_queue,
             slots=config.slots,
+            prefix_cache=config.prompt_cache,
         )
         try:
             await worker.start()

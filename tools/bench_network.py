@@ -62,6 +62,8 @@ def child_env(data_dir: Path) -> dict[str, str]:
 
 def start_node(data_dir: Path, stderr_file: Any) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     cmd = [sys.executable, "-m", "p2p", "node", "--dht-port", "0", "--port", "0", "--json"]
+    # the same prompt every run: without this the node would skip its prefill, direct would not
+    cmd += ["--no-prompt-cache"]
     cmd += ["--threads", str(THREADS)]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=stderr_file, env=child_env(data_dir)
