@@ -40,6 +40,7 @@ from p2p.admission import AdmissionControl
 from p2p.client import Client
 from p2p.dht import Dht, open_dht
 from p2p.gateway import serve_gateway
+from p2p.local_session import Connection
 from p2p.records import (
     DEFAULT_TTL_S,
     CapabilityRecord,
@@ -49,7 +50,7 @@ from p2p.records import (
     ModelEntry,
     sign_record,
 )
-from p2p.session import SecureConnection, SessionError, serve_sessions
+from p2p.session import SessionError, serve_sessions
 from p2p.session_pool import SessionPool
 from p2p.version import SOFTWARE_VERSION
 
@@ -231,7 +232,7 @@ class Node:
             ),
         )
 
-    async def handle_connection(self, conn: SecureConnection) -> None:
+    async def handle_connection(self, conn: Connection) -> None:
         scopes: dict[int, trio.CancelScope] = {}
         async with trio.open_nursery() as nursery:
             while True:
@@ -266,7 +267,7 @@ class Node:
 
     async def _run_generate(
         self,
-        conn: SecureConnection,
+        conn: Connection,
         msg: wire.Generate,
         scope: trio.CancelScope,
         scopes: dict[int, trio.CancelScope],
@@ -284,7 +285,7 @@ class Node:
         while self.active_requests:
             await self._request_ended.wait()
 
-    async def _generate(self, conn: SecureConnection, msg: wire.Generate) -> None:
+    async def _generate(self, conn: Connection, msg: wire.Generate) -> None:
         if self.draining:
             await conn.send(
                 wire.Error(msg.id, wire.ErrorCode.SHUTTING_DOWN, "node is shutting down")
@@ -313,7 +314,7 @@ class Node:
             self._request_ended.set()
             self._request_ended = trio.Event()
 
-    async def _serve_request(self, conn: SecureConnection, msg: wire.Generate) -> None:
+    async def _serve_request(self, conn: Connection, msg: wire.Generate) -> None:
         served = self.find_model(msg.model)
         if served is None:
             offered = ", ".join(m.info.name for m in self.served)
@@ -501,7 +502,9 @@ async def run_node(
                     client = Client(
                         dht,
                         identity,
-                        SessionPool(identity, nursery, psk=config.psk),
+                        SessionPool(
+                            identity, nursery, psk=config.psk, local=node.handle_connection
+                        ),
                         network_id=node.network_id,
                     )
                     api_url = await nursery.start(

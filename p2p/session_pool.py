@@ -7,7 +7,7 @@ incoming message to its request by id; a connection with no request for `IDLE_CL
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
 import attrs
@@ -15,7 +15,8 @@ import trio
 
 from crypto.identity import Identity
 from p2p import wire
-from p2p.session import SecureConnection, SessionError, connect
+from p2p.local_session import Connection, local_pair
+from p2p.session import SessionError, connect
 
 IDLE_CLOSE_S = 60.0
 
@@ -23,7 +24,7 @@ Inbox = trio.MemoryReceiveChannel[wire.Message | SessionError]
 
 
 class MultiplexedSession:
-    def __init__(self, conn: SecureConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.closed = False
         self._routes: dict[int, trio.MemorySendChannel[wire.Message | SessionError]] = {}
@@ -85,9 +86,17 @@ class MultiplexedSession:
 
 class SessionPool:
     def __init__(
-        self, identity: Identity, nursery: trio.Nursery, *, psk: bytes | None = None
+        self,
+        identity: Identity,
+        nursery: trio.Nursery,
+        *,
+        psk: bytes | None = None,
+        local: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
+        """`local`: the node's own connection handler, when this pool belongs to a node (its
+        `--api` gateway); requests the ranking sends to the node itself then stay in-process."""
         self._identity = identity
+        self._local = local
         self._psk = psk
         self._nursery = nursery
         self._sessions: dict[str, MultiplexedSession] = {}
@@ -100,12 +109,25 @@ class SessionPool:
             session = self._sessions.get(peer_id)
             if session is not None and not session.closed:
                 return session
-            conn = await connect(address, self._identity, peer_id, psk=self._psk)
-            self.handshakes += 1
-            session = MultiplexedSession(conn)
+            if self._local is not None and peer_id == self._identity.peer_id:
+                conn, node_side = local_pair(peer_id)
+                self._nursery.start_soon(self._serve_local, node_side)
+                session = MultiplexedSession(conn)
+            else:
+                session = MultiplexedSession(
+                    await connect(address, self._identity, peer_id, psk=self._psk)
+                )
+                self.handshakes += 1
             self._sessions[peer_id] = session
             self._nursery.start_soon(session.run)
             return session
+
+    async def _serve_local(self, conn: Connection) -> None:
+        assert self._local is not None
+        try:
+            await self._local(conn)
+        finally:
+            await conn.aclose()
 
     def drop(self, peer_id: str) -> None:
         """Forget a session that misbehaved, so the next request dials again."""

@@ -243,3 +243,21 @@ def test_loose_key_file_permissions_are_refused(tiny_gguf: Path, tmp_path: Path)
         run("node", "--model", str(tiny_gguf), "--dht-port", "0", "--port", "0", data_dir=data)
     )
     assert "chmod 600" in line
+
+
+def test_node_api_serves_the_openai_api_from_the_node(tiny_gguf: Path, tmp_path: Path) -> None:
+    """`node --api`: the gateway in the node's process (it reaches its own node in-process,
+    tests/p2p/test_node_requests.py)."""
+    import openai
+
+    node = NodeProcess(["--model", str(tiny_gguf), "--api", "127.0.0.1:0"], tmp_path / "n")
+    try:
+        api = openai.OpenAI(base_url=node.ready["api"], api_key="none", max_retries=0)
+        raw = api.completions.with_raw_response.create(
+            model="tiny-llama", prompt="hello", max_tokens=5, temperature=0
+        )
+        assert raw.headers["x-gpunet-provider"] == node.ready["peer_id"]
+        completion = raw.parse()
+        assert completion.usage is not None and completion.usage.completion_tokens == 5
+    finally:
+        assert node.stop() == 0

@@ -6,6 +6,8 @@ Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.
 
   gateway            a `gpunet node --threads 2` process and a gateway process joined to it
                      through the DHT; requests travel HTTP -> gateway -> Noise session -> node
+  node --api         one `gpunet node --api` process: the gateway inside the node, which
+                     reaches the node in-process (p2p/local_session.py)
   llama_cpp.server   `python -m llama_cpp.server --n_threads 2` (needs the [server] extras; give
                      an interpreter that has them with --llama-cpp-python)
   llama-server       llama.cpp's server, `-t 2 -c 8192 -np 8`, when --llama-server names the
@@ -98,6 +100,23 @@ def gateway_server(model: Path, work: Path, slots: int = 8) -> Iterator[str]:
         node.stop()
 
 
+@contextlib.contextmanager
+def node_api_server(model: Path, work: Path, slots: int = 8) -> Iterator[str]:
+    """`gpunet node --api`: the gateway inside the node's process, reaching it in-process."""
+    env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
+    cmd += ["--port", "0", "--threads", str(THREADS), "--slots", str(slots), "--json"]
+    cmd += ["--api", "127.0.0.1:0"]
+    node = Process(cmd, work / "node.log", env)
+    try:
+        url = str(node.ready_json()["api"])
+        wait_for_models(url)
+        yield url
+    finally:
+        node.stop()
+
+
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -129,9 +148,14 @@ def paired(
     return medians, runs
 
 
-def paired_ratios(runs: dict[str, list[dict[str, float]]], other: str) -> dict[str, float]:
-    """Median over rounds of gateway/other, per figure (measured minutes apart at most)."""
-    gw, ot = runs["gateway"], runs[other]
+OURS = ("gateway", "node --api")
+
+
+def paired_ratios(
+    runs: dict[str, list[dict[str, float]]], ours: str, other: str
+) -> dict[str, float]:
+    """Median over rounds of ours/other, per figure (measured minutes apart at most)."""
+    gw, ot = runs[ours], runs[other]
     return {
         k: statistics.median(g[k] / o[k] for g, o in zip(gw, ot, strict=True) if o[k])
         for k in gw[0]
@@ -172,6 +196,7 @@ def main() -> None:
         args.model = ensure_default_model()
     servers: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
         "gateway": lambda work: gateway_server(args.model, work, args.slots),
+        "node --api": lambda work: node_api_server(args.model, work, args.slots),
     }
     if has_llama_cpp_server(args.llama_cpp_python):
         # its default interrupt_requests=True cuts a stream short when the next request arrives
@@ -220,11 +245,13 @@ def main() -> None:
             keys = ["ttft_ms", "decode_tok_s", *[f"agg{k}_tok_s" for k in CONCURRENCY]]
 
     ratios = {
-        other: paired_ratios(runs, other)
+        f"{ours} / {other}": paired_ratios(runs, ours, other)
         if args.mode == "paired"
-        else {k: medians["gateway"][k] / medians[other][k] for k in keys if medians[other][k]}
+        else {k: medians[ours][k] / medians[other][k] for k in keys if medians[other][k]}
+        for ours in OURS
+        if ours in medians
         for other in medians
-        if other != "gateway" and "gateway" in medians
+        if other not in OURS
     }
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -243,8 +270,8 @@ def main() -> None:
     print(f"{'server':18}" + "".join(f"{k:>14}" for k in [*keys, "load1"]))
     for name, m in medians.items():
         print(f"{name:18}" + "".join(f"{m[k]:14.1f}" for k in [*keys, "load1"]))
-    for other, rs in ratios.items():
-        print(f"gateway / {other}: " + "  ".join(f"{k} {v:.2f}x" for k, v in rs.items()))
+    for pair, rs in ratios.items():
+        print(f"{pair}: " + "  ".join(f"{k} {v:.2f}x" for k, v in rs.items()))
 
 
 if __name__ == "__main__":

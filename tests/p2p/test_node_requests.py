@@ -98,6 +98,29 @@ async def test_reproducible_request_over_the_wire_repeats_bit_for_bit_beside_oth
     assert all(isinstance(r[-1], wire.Done) for r in results.values())
 
 
+async def test_a_nodes_own_gateway_reaches_it_in_process(tiny_gguf: Path, tmp_path: Path) -> None:
+    async with serving(tiny_gguf, tmp_path) as (node, address), trio.open_nursery() as nursery:
+        pool = SessionPool(node.identity, nursery, local=node.handle_connection)
+        session = await pool.get(node.identity.peer_id, address)
+        results = await collect(session, wire.Generate(0, "tiny-llama", "hi", 8))
+        assert isinstance(results[-1], wire.Done) and results[-1].completion_tokens == 8
+        assert pool.handshakes == 0  # no Noise session, no socket
+        # leaving a request early cancels it on the node, as over a real session
+        async with session.request(wire.Generate(0, "tiny-llama", "hello", 400)) as (_r, inbox):
+            assert isinstance(await inbox.receive(), wire.Token)
+            assert node.active_requests == 1
+        with trio.fail_after(10):
+            await node.wait_idle()
+        # another peer id still goes over the network
+        other = await SessionPool(Identity.generate(), nursery, local=node.handle_connection).get(
+            node.identity.peer_id, address
+        )
+        assert isinstance(
+            (await collect(other, wire.Generate(0, "tiny-llama", "x", 2)))[-1], wire.Done
+        )
+        nursery.cancel_scope.cancel()
+
+
 async def test_client_gone_stops_generation(tiny_gguf: Path, tmp_path: Path) -> None:
     async with serving(tiny_gguf, tmp_path) as (node, address), trio.open_nursery() as nursery:
         pool = SessionPool(Identity.generate(), nursery)
