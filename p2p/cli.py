@@ -25,7 +25,7 @@ from p2p import wire
 from p2p.cli_identity import identity_group, identity_path, load_node_identity
 from p2p.client import AskError, Provider, generate, list_nodes, open_client
 from p2p.dht import resolve
-from p2p.gateway import gateway_command, parse_api_address, warn_if_exposed
+from p2p.gateway_cli import gateway_command, parse_api_address, warn_if_exposed
 from p2p.node import NodeConfig, NodeError, NodeReady, run_node
 from p2p.provider_query import filter_providers, parse_size
 from p2p.records import record_to_json

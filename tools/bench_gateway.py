@@ -61,7 +61,7 @@ if str(ROOT) not in sys.path:
 
 CONCURRENCY = (2, 4, 8)
 # Until `gpunet gateway` is registered in the CLI, the command is run straight from its module.
-GATEWAY_CODE = "from p2p.gateway import gateway_command as g; g(prog_name='gpunet gateway')"
+GATEWAY_CODE = "from p2p.gateway_cli import gateway_command as g; g(prog_name='gpunet gateway')"
 
 
 # --- servers ----------------------------------------------------------------------------------

@@ -29,15 +29,12 @@ import trio
 from inference.model_file import inspect_gguf
 from p2p import wire
 from p2p.client import AskError, open_client
-from p2p.gateway import (
-    ApiError,
-    error_from_ask,
-    model_table,
-    parse_generation,
-    serve_gateway,
-)
+from p2p.gateway import serve_gateway
 from p2p.metrics import Metrics, count_refused_record, observe_dht_lookup
+from p2p.network_view import model_table
 from p2p.node import NodeConfig, NodeReady, run_node
+from p2p.openai_requests import ApiError, parse_generation
+from p2p.openai_responses import error_from_ask
 
 API_KEY = "test-key-123"
 START_TIMEOUT_S = 60.0
@@ -468,7 +465,9 @@ def test_concurrent_requests_share_one_client(net: LiveNetwork) -> None:
 
 def test_gateway_command_serves_and_stops_on_ctrl_c(net: LiveNetwork, tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    code = "from p2p.gateway import gateway_command; gateway_command(prog_name='gpunet gateway')"
+    code = (
+        "from p2p.gateway_cli import gateway_command; gateway_command(prog_name='gpunet gateway')"
+    )
     boot = net.nodes[0].dht_address
     env = dict(os.environ, GPUNET_DATA_DIR=str(tmp_path), GPUNET_BOOTSTRAP="")
     proc = subprocess.Popen(
