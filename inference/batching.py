@@ -45,7 +45,6 @@ The thread sends results to trio without blocking either side, exactly as ModelW
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
 import threading
 import time
@@ -59,7 +58,6 @@ from inference.generation import (
     GenerationDone,
     GenerationError,
     GenerationRequest,
-    Item,
     WorkerBusy,
     WorkerLoad,
 )
@@ -208,11 +206,7 @@ class BatchingWorker(ThreadOwnedWorker):
 
     # -- trio side -----------------------------------------------------------------------------
 
-    def _submit(self, request: GenerationRequest) -> _Job:
-        if not self._loaded:
-            raise GenerationError("the model worker has not been started")
-        if self._closing.is_set():
-            raise GenerationError("the model worker is closed")
+    def _reserve(self) -> None:
         with self._count_lock:
             if self._outstanding >= self.slots + self.max_queue:
                 raise WorkerBusy(
@@ -220,10 +214,6 @@ class BatchingWorker(ThreadOwnedWorker):
                     "requests waiting for this model"
                 )
             self._outstanding += 1
-        send, receive = trio.open_memory_channel[Item | BaseException](math.inf)
-        job = _Job(request, send, receive)
-        self._jobs.put(job)
-        return job
 
     # -- scheduler thread ----------------------------------------------------------------------
 

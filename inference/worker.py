@@ -167,7 +167,7 @@ class ThreadOwnedWorker:
     talks to it through a job queue, and results come back through memory channels.
 
     Subclasses set the attributes below in __init__ and provide `_run` (the owning thread's
-    body) and `_submit` (queue a job, raising WorkerBusy over the bound)."""
+    body) and `_reserve` (count a new request in, raising WorkerBusy over the bound)."""
 
     _thread_label = "model-worker"
     model_path: Path
@@ -181,8 +181,19 @@ class ThreadOwnedWorker:
     def _run(self, loaded: trio.Event) -> None:
         raise NotImplementedError
 
-    def _submit(self, request: GenerationRequest) -> _Job:
+    def _reserve(self) -> None:
         raise NotImplementedError
+
+    def _submit(self, request: GenerationRequest) -> _Job:
+        if not self._loaded:
+            raise GenerationError("the model worker has not been started")
+        if self._closing.is_set():
+            raise GenerationError("the model worker is closed")
+        self._reserve()
+        send, receive = trio.open_memory_channel[Item | BaseException](math.inf)
+        job = _Job(request, send, receive)
+        self._jobs.put(job)
+        return job
 
     def _wake(self) -> None:
         """Tell the owning thread to stop (it may be waiting for a job)."""
@@ -308,19 +319,11 @@ class ModelWorker(ThreadOwnedWorker):
 
     # -- trio side -----------------------------------------------------------------------------
 
-    def _submit(self, request: GenerationRequest) -> _Job:
-        if not self._loaded:
-            raise GenerationError("the model worker has not been started")
-        if self._closing.is_set():
-            raise GenerationError("the model worker is closed")
+    def _reserve(self) -> None:
         with self._waiting_lock:
             if self._waiting >= self.max_queue:
                 raise WorkerBusy(f"{self._waiting} requests already waiting for this model")
             self._waiting += 1
-        send, receive = trio.open_memory_channel[Item | BaseException](math.inf)
-        job = _Job(request, send, receive)
-        self._jobs.put(job)
-        return job
 
     # -- worker thread -------------------------------------------------------------------------
 
