@@ -148,18 +148,11 @@ async def list_nodes(client: Client) -> list[CapabilityRecord]:
     return sorted(records, key=lambda r: r.peer_id)
 
 
-async def find_providers(client: Client, model: str, *, fresh: bool = False) -> list[Provider]:
-    """Verified, unexpired providers of *model* (name or sha256), best first."""
-    records, _cached = await client.find_records(lookup_key(model, client.network_id), fresh=fresh)
-    return _rank(client, records, model)
-
-
 def prefer_first(providers: list[Provider], prefer: str | None) -> list[Provider]:
     if not prefer:
         return providers
     key = prefer.lower()
-    chosen = [p for p in providers if p.record.peer_id.startswith(key)]
-    return chosen + [p for p in providers if not p.record.peer_id.startswith(key)]
+    return sorted(providers, key=lambda p: not p.record.peer_id.startswith(key))  # stable
 
 
 def prefer_same_class(providers: Sequence[Provider], failed: CapabilityRecord) -> list[Provider]:
@@ -172,8 +165,7 @@ def prefer_same_class(providers: Sequence[Provider], failed: CapabilityRecord) -
     if not (failed.build and failed.hardware_class):
         return list(providers)
     same = (failed.build, failed.hardware_class)
-    first = [p for p in providers if (p.record.build, p.record.hardware_class) == same]
-    return first + [p for p in providers if (p.record.build, p.record.hardware_class) != same]
+    return sorted(providers, key=lambda p: (p.record.build, p.record.hardware_class) != same)
 
 
 async def describe_offer(client: Client) -> str:
