@@ -302,24 +302,47 @@ async def _stream(
     progress: _Progress,
     on_text: Callable[[str], None],
 ) -> wire.Done | str:
-    timeout = FIRST_TOKEN_TIMEOUT_S
+    """The node's answer to *request*; a string saying what went wrong when it failed in a way
+    another provider may not. "node stalled" when nothing came for FIRST_TOKEN_TIMEOUT_S before
+    the first message, or for TOKEN_TIMEOUT_S since the latest one."""
     async with session.request(request) as (_rid, inbox):
+        heard = trio.current_time()
+        timeout = FIRST_TOKEN_TIMEOUT_S
         while True:
-            with trio.move_on_after(timeout) as waited:
-                msg = await inbox.receive()
-            if waited.cancelled_caught:
+            # One scope for many messages, not one per token: its deadline is moved only when
+            # it fires (to the latest message's time + timeout), since entering a scope and
+            # moving a deadline per token are CPU the node's llama.cpp threads would wait for
+            # where they share the cores (docs/benchmarks.md).
+            with trio.CancelScope(deadline=heard + timeout) as waiting:
+                while True:
+                    msg = await inbox.receive()
+                    heard = trio.current_time()
+                    if timeout != TOKEN_TIMEOUT_S:
+                        timeout = TOKEN_TIMEOUT_S
+                        waiting.deadline = heard + timeout
+                    outcome = _take(msg, progress, on_text)
+                    if outcome is not None:
+                        return outcome
+            if trio.current_time() >= heard + timeout:
                 return "node stalled"
-            timeout = TOKEN_TIMEOUT_S
-            if isinstance(msg, SessionError):
-                return str(msg)
-            if isinstance(msg, wire.Token):
-                on_text(msg.text)
-                progress.chunks += 1
-                progress.token_ids.extend(msg.token_ids)
-                progress.replayable = progress.replayable and bool(msg.token_ids)
-            elif isinstance(msg, wire.Done):
-                return msg
-            elif isinstance(msg, wire.Error):
-                if msg.code in RETRYABLE:
-                    return f"{msg.code}: {msg.message}"
-                raise AskError(f"{msg.code}: {msg.message}", msg.code)
+
+
+def _take(
+    msg: wire.Message | SessionError, progress: _Progress, on_text: Callable[[str], None]
+) -> wire.Done | str | None:
+    """Handle one message of the answer; the outcome once the answer is over."""
+    if isinstance(msg, SessionError):
+        return str(msg)
+    if isinstance(msg, wire.Token):
+        on_text(msg.text)
+        progress.chunks += 1
+        progress.token_ids.extend(msg.token_ids)
+        progress.replayable = progress.replayable and bool(msg.token_ids)
+        return None
+    if isinstance(msg, wire.Done):
+        return msg
+    if isinstance(msg, wire.Error):
+        if msg.code in RETRYABLE:
+            return f"{msg.code}: {msg.message}"
+        raise AskError(f"{msg.code}: {msg.message}", msg.code)
+    return None  # a message of no request (a pong): nothing to do

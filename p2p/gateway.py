@@ -163,14 +163,17 @@ class GenerationResponse(Response):
         def on_provider(provider: Provider) -> None:
             p.provider = provider
 
+        inter_token = None  # the histogram of this request's model, looked up once
+
         def on_text(text: str) -> None:
-            nonlocal last
+            nonlocal last, inter_token
             now = trio.current_time()
-            label = metrics.model_label(p.provider.model.name if p.provider else NO_MODEL)
-            if p.chunks == 0:
+            if inter_token is None:
+                label = metrics.model_label(p.provider.model.name if p.provider else NO_MODEL)
+                inter_token = metrics.inter_token.labels(label)
                 metrics.ttft.labels(label).observe(now - started)
             else:
-                metrics.inter_token.labels(label).observe(now - last)
+                inter_token.observe(now - last)
             last = now
             p.chunks += 1
             events.send_nowait(text)
@@ -249,7 +252,7 @@ class GenerationResponse(Response):
         event: Event = first
         while True:
             if isinstance(event, str):
-                await emit(sse(self.shape.chunk(event)))
+                await emit(self.shape.text_event(event))
             elif isinstance(event, wire.Done):
                 await emit(sse(self.shape.chunk("", openai_finish_reason(event))))
                 if self.call.include_usage:

@@ -6,6 +6,7 @@ client sees can be read (and tested) apart from the streaming and cancellation a
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -126,6 +127,19 @@ class ResponseShape:
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         return {**self._head("text_completion"), "choices": [choice]}
+
+    def text_event(self, text: str) -> bytes:
+        """`sse(self.chunk(text))` for non-empty text, from a template: this runs once per
+        token, and only the text needs encoding (the rest of the chunk is fixed)."""
+        head, tail = self._text_event_parts
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
+
+    @functools.cached_property
+    def _text_event_parts(self) -> tuple[bytes, bytes]:
+        marker = "\x00text\x00"  # json.dumps escapes NUL, so the marker cannot occur otherwise
+        event = sse(self.chunk(marker))
+        head, _, tail = event.partition(json.dumps(marker, ensure_ascii=False).encode())
+        return head, tail
 
     def usage_chunk(self, done: wire.Done) -> dict[str, Any]:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"

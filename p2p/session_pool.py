@@ -39,21 +39,22 @@ class MultiplexedSession:
         """Route messages until the peer closes, the connection breaks, or it idles out."""
         reason = "node closed the connection"
         try:
+            heard = trio.current_time()
             while True:
-                with trio.move_on_after(idle_close_s) as idle:
-                    msg = await self.conn.receive()
-                if idle.cancelled_caught:
+                # One scope for many messages (see client._stream): when it fires, the session
+                # closes only if nothing arrived for idle_close_s and no request is open.
+                with trio.CancelScope(deadline=heard + idle_close_s):
+                    while True:
+                        msg = await self.conn.receive()
+                        if msg is None:
+                            return
+                        heard = trio.current_time()
+                        self._route(msg)
+                if trio.current_time() >= heard + idle_close_s:
                     if not self._routes:
                         reason = "idle"
                         return
-                    continue
-                if msg is None:
-                    return
-                route = self._routes.get(msg.id)
-                if route is not None:
-                    if isinstance(msg, (wire.Done, wire.Error)):
-                        self._answered.add(msg.id)
-                    route.send_nowait(msg)
+                    heard = trio.current_time()  # a request is open: wait another period
         except SessionError as exc:
             reason = str(exc)
         finally:
@@ -62,6 +63,13 @@ class MultiplexedSession:
                 route.send_nowait(SessionError(reason))
             with trio.CancelScope(shield=True):
                 await self.conn.aclose()
+
+    def _route(self, msg: wire.Message) -> None:
+        route = self._routes.get(msg.id)
+        if route is not None:
+            if isinstance(msg, (wire.Done, wire.Error)):
+                self._answered.add(msg.id)
+            route.send_nowait(msg)
 
     @asynccontextmanager
     async def request(self, msg: wire.Generate) -> AsyncIterator[tuple[int, Inbox]]:

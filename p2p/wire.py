@@ -150,6 +150,11 @@ _TAGS: dict[type, str] = {
 
 
 def encode(msg: Message) -> bytes:
+    if type(msg) is Token:  # one per generated token: skip attrs.asdict's generic walk
+        token: dict[str, Any] = {"id": msg.id, "text": msg.text, "token_ids": list(msg.token_ids)}
+        token["v"], token["t"] = PROTOCOL_VERSION, "token"
+        packed_token: bytes = msgpack.packb(token, use_bin_type=True)
+        return packed_token
     body: dict[str, Any] = attrs.asdict(msg)
     if isinstance(msg, Generate):
         body["stop"] = list(msg.stop)

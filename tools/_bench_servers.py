@@ -113,13 +113,18 @@ def wait_for_models(base_url: str, timeout: float = START_TIMEOUT_S) -> list[str
 
 @contextlib.contextmanager
 def llama_cpp_server(
-    python: str, model: Path, work: Path, *, interrupt_requests: bool = True
+    python: str,
+    model: Path,
+    work: Path,
+    *,
+    interrupt_requests: bool = True,
+    threads: int = THREADS,
 ) -> Iterator[str]:
     """`interrupt_requests`: the server's own default (True) ends a streaming request when the
     next one arrives, so of K concurrent streams all but the last stop after a token or so;
     False makes it serve them one after another, each to the end."""
     port = free_port()
-    cmd = [python, "-m", "llama_cpp.server", "--model", str(model), "--n_threads", str(THREADS)]
+    cmd = [python, "-m", "llama_cpp.server", "--model", str(model), "--n_threads", str(threads)]
     cmd += ["--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)]
     if not interrupt_requests:
         cmd += ["--interrupt_requests", "False"]
@@ -128,10 +133,10 @@ def llama_cpp_server(
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path, model: Path, work: Path) -> Iterator[str]:
+def llama_server(binary: Path, model: Path, work: Path, threads: int = THREADS) -> Iterator[str]:
     port = free_port()
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-t", str(THREADS), "-c", str(N_CTX * 4), "-np", "8"]
+    cmd += ["-t", str(threads), "-c", str(N_CTX * 4), "-np", "8"]
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
     with _serving(cmd, work / "llama_server.log", port, env) as url:
         yield url

@@ -76,11 +76,13 @@ def gateway_cmd() -> list[str]:
 
 
 @contextlib.contextmanager
-def gateway_server(model: Path, work: Path, slots: int = 8) -> Iterator[str]:
+def gateway_server(
+    model: Path, work: Path, slots: int = 8, threads: int = THREADS
+) -> Iterator[str]:
     env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
     env["PYTHONUNBUFFERED"] = "1"
     node_cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    node_cmd += ["--port", "0", "--threads", str(THREADS), "--slots", str(slots), "--json"]
+    node_cmd += ["--port", "0", "--threads", str(threads), "--slots", str(slots), "--json"]
     node = Process(node_cmd, work / "node.log", env)
     gateway: Process | None = None
     try:
@@ -101,12 +103,14 @@ def gateway_server(model: Path, work: Path, slots: int = 8) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def node_api_server(model: Path, work: Path, slots: int = 8) -> Iterator[str]:
+def node_api_server(
+    model: Path, work: Path, slots: int = 8, threads: int = THREADS
+) -> Iterator[str]:
     """`gpunet node --api`: the gateway inside the node's process, reaching it in-process."""
     env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    cmd += ["--port", "0", "--threads", str(THREADS), "--slots", str(slots), "--json"]
+    cmd += ["--port", "0", "--threads", str(threads), "--slots", str(slots), "--json"]
     cmd += ["--api", "127.0.0.1:0"]
     node = Process(cmd, work / "node.log", env)
     try:
@@ -185,6 +189,13 @@ def main() -> None:
     parser.add_argument(
         "--slots", type=int, default=8, help="the node's --slots (8 matches llama-server -np 8)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help=f"llama.cpp threads of every server (default {THREADS}, all cores here; 1 leaves "
+        "the HTTP and session work a core of its own)",
+    )
     parser.add_argument("--only", action="append", default=None, help="run only these servers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -195,18 +206,20 @@ def main() -> None:
 
         args.model = ensure_default_model()
     servers: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
-        "gateway": lambda work: gateway_server(args.model, work, args.slots),
-        "node --api": lambda work: node_api_server(args.model, work, args.slots),
+        "gateway": lambda work: gateway_server(args.model, work, args.slots, args.threads),
+        "node --api": lambda work: node_api_server(args.model, work, args.slots, args.threads),
     }
     if has_llama_cpp_server(args.llama_cpp_python):
         # its default interrupt_requests=True cuts a stream short when the next request arrives
         servers["llama_cpp.server"] = lambda work: llama_cpp_server(
-            args.llama_cpp_python, args.model, work, interrupt_requests=False
+            args.llama_cpp_python, args.model, work, interrupt_requests=False, threads=args.threads
         )
     else:
         log(f"llama_cpp.server skipped: {args.llama_cpp_python} lacks llama-cpp-python[server]")
     if args.llama_server is not None:
-        servers["llama-server"] = lambda work: llama_server(args.llama_server, args.model, work)
+        servers["llama-server"] = lambda work: llama_server(
+            args.llama_server, args.model, work, args.threads
+        )
     if args.only:
         servers = {k: v for k, v in servers.items() if k in args.only}
 
@@ -257,7 +270,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "model": args.model.name,
-        "threads": THREADS,
+        "threads": args.threads,
         "mode": args.mode,
         "rounds": rounds,
         "medians": medians,
