@@ -197,8 +197,10 @@ class LoadedModel:
         ctx_params.n_seq_max = n_seq
         ctx_params.n_batch = n_batch
         ctx_params.n_ubatch = n_batch
+        # An explicit thread count holds for prompts and batches too, as llama-server's -t: a
+        # node told --threads 1 must not take every core for a batched step.
         ctx_params.n_threads = n_threads or threads
-        ctx_params.n_threads_batch = max(n_threads or threads, threads_batch)
+        ctx_params.n_threads_batch = n_threads or threads_batch
         ctx_params.kv_unified = True  # see the module docstring
         ctx_params.no_perf = True
         with LOAD_LOCK:

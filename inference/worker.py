@@ -396,6 +396,7 @@ class ModelWorker(ThreadOwnedWorker):
                     model_path=str(self.model_path),
                     n_ctx=self.n_ctx,
                     n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,  # None: llama-cpp-python's default
                     n_gpu_layers=self.n_gpu_layers,
                     tensor_split=self.tensor_split,
                     verbose=False,

@@ -252,7 +252,7 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     "--threads",
     type=click.IntRange(1, 512),
     default=None,
-    help="CPU threads for llama.cpp (default: all cores).",
+    help="CPU threads for llama.cpp, for decoding and for prompts (default: all cores).",
 )
 @click.option(
     "--slots",
