@@ -60,7 +60,7 @@ def thread_cpu(pids: list[int]) -> dict[tuple[int, int], tuple[str, float]]:
     return out
 
 
-def measure(url: str, streams: int, bench: object) -> dict[str, object]:
+def measure(url: str, streams: int, threads: int, bench: object) -> dict[str, object]:
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="none", timeout=600)
@@ -74,20 +74,20 @@ def measure(url: str, streams: int, bench: object) -> dict[str, object]:
         tokens += n
         rates.append((n - 1) / (end - first))
     after, own = thread_cpu(pids), time.process_time() - own_before
-    threads, other = [], 0.0
+    shown, other = [], 0.0
     for key, (name, cpu) in sorted(after.items()):
         ms = (cpu - before.get(key, (name, 0.0))[1]) * 1000 / tokens
         if ms >= SHOWN_MS:
-            threads.append({"pid": key[0], "tid": key[1], "name": name, "ms_per_token": ms})
+            shown.append({"pid": key[0], "tid": key[1], "name": name, "ms_per_token": ms})
         else:
             other += max(ms, 0.0)
-    # the busiest two are llama.cpp's compute threads (with -t 2); the rest is serving work
-    by_cpu = sorted(threads, key=lambda t: -float(t["ms_per_token"]))  # type: ignore[arg-type]
-    serving = sum(float(t["ms_per_token"]) for t in by_cpu[2:]) + other  # type: ignore[arg-type]
+    # the busiest `threads` are llama.cpp's compute threads; the rest is serving work
+    by_cpu = sorted(shown, key=lambda t: -float(t["ms_per_token"]))  # type: ignore[arg-type]
+    serving = sum(float(t["ms_per_token"]) for t in by_cpu[threads:]) + other  # type: ignore[arg-type]
     return {
         "decode_tok_s": statistics.median(rates),
         "tokens": tokens,
-        "threads": threads,
+        "threads": shown,
         "other_ms_per_token": other,
         "serving_ms_per_token": serving,
         "client_ms_per_token": own * 1000 / tokens,
@@ -130,7 +130,7 @@ def main() -> None:
             work.mkdir()
             log(f"{name}: starting")
             with start(work) as url:
-                results[name] = measure(url, args.streams, bench)
+                results[name] = measure(url, args.streams, args.threads, bench)
     if args.json:
         print(json.dumps({"threads": args.threads, "streams": args.streams, **results}, indent=2))
         return
