@@ -75,19 +75,28 @@ def gateway_cmd() -> list[str]:
     return [sys.executable, "-c", GATEWAY_CODE]
 
 
+def node_env(work: Path) -> dict[str, str]:
+    env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _node_process(model: Path, work: Path, slots: int, threads: int, *extra: str) -> Process:
+    """A `gpunet node` on free ports, alone in its own DHT, reporting ready as JSON."""
+    cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
+    cmd += ["--port", "0", "--threads", str(threads), "--slots", str(slots), "--json", *extra]
+    return Process(cmd, work / "node.log", node_env(work))
+
+
 @contextlib.contextmanager
 def gateway_server(
     model: Path, work: Path, slots: int = 8, threads: int = THREADS
 ) -> Iterator[str]:
-    env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
-    env["PYTHONUNBUFFERED"] = "1"
-    node_cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    node_cmd += ["--port", "0", "--threads", str(threads), "--slots", str(slots), "--json"]
-    node = Process(node_cmd, work / "node.log", env)
+    node = _node_process(model, work, slots, threads)
     gateway: Process | None = None
     try:
         dht = node.ready_json()["dht"]
-        gw_env = dict(env, GPUNET_DATA_DIR=str(work / "gateway"))
+        gw_env = dict(node_env(work), GPUNET_DATA_DIR=str(work / "gateway"))
         gw_cmd = [*gateway_cmd(), "--bootstrap", dht]
         # Throughput is measured here, not the admission policy: let requests queue as long as
         # they need (a burst of 8 x 128 tokens on a loaded CPU can take minutes).
@@ -107,12 +116,7 @@ def node_api_server(
     model: Path, work: Path, slots: int = 8, threads: int = THREADS
 ) -> Iterator[str]:
     """`gpunet node --api`: the gateway inside the node's process, reaching it in-process."""
-    env = dict(os.environ, GPUNET_DATA_DIR=str(work / "node"), GPUNET_BOOTSTRAP="")
-    env["PYTHONUNBUFFERED"] = "1"
-    cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    cmd += ["--port", "0", "--threads", str(threads), "--slots", str(slots), "--json"]
-    cmd += ["--api", "127.0.0.1:0"]
-    node = Process(cmd, work / "node.log", env)
+    node = _node_process(model, work, slots, threads, "--api", "127.0.0.1:0")
     try:
         url = str(node.ready_json()["api"])
         wait_for_models(url)
