@@ -119,6 +119,7 @@ def llama_cpp_server(
     *,
     interrupt_requests: bool = True,
     threads: int = THREADS,
+    gpu_layers: int = 0,
 ) -> Iterator[str]:
     """`interrupt_requests`: the server's own default (True) ends a streaming request when the
     next one arrives, so of K concurrent streams all but the last stop after a token or so;
@@ -128,15 +129,21 @@ def llama_cpp_server(
     cmd += ["--n_ctx", str(N_CTX), "--host", "127.0.0.1", "--port", str(port)]
     if not interrupt_requests:
         cmd += ["--interrupt_requests", "False"]
+    if gpu_layers:
+        cmd += ["--n_gpu_layers", str(gpu_layers)]
     with _serving(cmd, work / "llama_cpp_server.log", port) as url:
         yield url
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path, model: Path, work: Path, threads: int = THREADS) -> Iterator[str]:
+def llama_server(
+    binary: Path, model: Path, work: Path, threads: int = THREADS, gpu_layers: int = 0
+) -> Iterator[str]:
     port = free_port()
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["-t", str(threads), "-c", str(N_CTX * 4), "-np", "8"]
+    if gpu_layers:
+        cmd += ["-ngl", str(gpu_layers)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
     with _serving(cmd, work / "llama_server.log", port, env) as url:
         yield url

@@ -1,6 +1,7 @@
 """Benchmark gpunet's scheduler beside direct llama-cpp-python and two servers, in one run.
 
-Same model (default: the project's default model, Gemma 3 270M Q4_K_M), 2 threads each, greedy,
+Same model (default: the project's default model, Gemma 3 270M Q4_K_M), 2 threads each (--threads),
+on the CPU unless --gpu-layers says otherwise (N, or auto: the node's offload planner), greedy,
 128 tokens, the prompt of the shared yardstick (/work/shared/bench/openai_stream_bench.py):
 
   direct             llama_cpp.Llama in a child process of its own (see direct_process),
@@ -43,7 +44,7 @@ wait_quiet); the busiest reading before a method's units in a round is kept as `
 
     python tools/bench_inference.py [--rounds 3] [--max-tokens 128] [--concurrency 2 4 8]
         [--llama-cpp-python PYTHON] [--llama-server BIN] [--quiet-wait SECONDS]
-        [--only METHOD ...] [--json]
+        [--threads N] [--gpu-layers N|auto] [--only METHOD ...] [--json]
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ from bench_batching import one, wait_quiet
 from bench_network import PROMPT, run_direct
 
 from inference.batching import BatchingWorker
+from inference.gpu import probe_gpus, supports_gpu_offload
+from inference.model_file import inspect_gguf
+from inference.offload import parse_gpu_layers, plan_offload
 
 SLOTS = 8
 CONCURRENCY = (2, 4, 8)
@@ -124,18 +128,27 @@ class Method:
 _child_llm: Any = None
 
 
-def _load_in_child(model: str) -> None:
+def _load_in_child(model: str, threads: int, gpu_layers: int) -> None:
     global _child_llm
     import llama_cpp
 
-    _child_llm = llama_cpp.Llama(model_path=model, n_ctx=N_CTX, n_threads=THREADS, verbose=False)
+    _child_llm = llama_cpp.Llama(
+        model_path=model,
+        n_ctx=N_CTX,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=gpu_layers,
+        verbose=False,
+    )
 
 
 def _direct_in_child(max_tokens: int) -> dict[str, Any]:
     return run_direct(_child_llm, max_tokens)
 
 
-def direct_process(model: Path) -> concurrent.futures.ProcessPoolExecutor:
+def direct_process(
+    model: Path, threads: int, gpu_layers: int
+) -> concurrent.futures.ProcessPoolExecutor:
     """Direct llama-cpp-python in a process of its own. In this process its llama.cpp threads
     would share the machine with BatchingWorker's thread's: measured here, a direct run left
     the worker's next requests up to 35 % slower for several seconds (and the reverse), which
@@ -144,7 +157,7 @@ def direct_process(model: Path) -> concurrent.futures.ProcessPoolExecutor:
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_load_in_child,
-        initargs=(str(model),),
+        initargs=(str(model), threads, gpu_layers),
     )
     pool.submit(run_direct_warmup).result()
     return pool
@@ -272,6 +285,20 @@ def paired_ratio(
 # --- setting up -------------------------------------------------------------------------------
 
 
+def offload_plan(model: Path, gpu_layers: str) -> dict[str, Any]:
+    """--gpu-layers as a node reads it, planned for this benchmark's context (N_CTX x SLOTS)."""
+    gpus = probe_gpus()
+    info = inspect_gguf(model)
+    plan = plan_offload(
+        info, gpus, N_CTX, gpu_layers, n_seq=SLOTS, offload_supported=supports_gpu_offload()
+    )
+    return {
+        "n_gpu_layers": plan.n_gpu_layers,
+        "reason": plan.reason,
+        "gpus": [f"{g.name}, {g.vram_total / 2**30:.0f} GiB" for g in gpus],
+    }
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -299,7 +326,12 @@ def server_starters(
         if usable:
             # Its default interrupts a stream when the next request arrives: serve each to the end.
             starters["llama_cpp.server"] = lambda work: llama_cpp_server(
-                python, args.model, work, interrupt_requests=False
+                python,
+                args.model,
+                work,
+                interrupt_requests=False,
+                threads=args.threads,
+                gpu_layers=args.gpu_layers,
             )
         else:
             skipped["llama_cpp.server"] = f"{python} cannot import llama_cpp.server ([server])"
@@ -309,7 +341,9 @@ def server_starters(
     elif not (binary.is_file() and os.access(binary, os.X_OK)):
         skipped["llama-server"] = f"{binary} is not an executable file"
     else:
-        starters["llama-server"] = lambda work: llama_server(binary, args.model, work)
+        starters["llama-server"] = lambda work: llama_server(
+            binary, args.model, work, args.threads, args.gpu_layers
+        )
     return starters
 
 
@@ -326,7 +360,12 @@ async def run_all(
         if "gpunet" in args.only:
             log(f"loading BatchingWorker (slots={SLOTS})...")
             worker = BatchingWorker(
-                args.model, n_ctx=N_CTX, n_threads=THREADS, slots=SLOTS, max_queue=0
+                args.model,
+                n_ctx=N_CTX,
+                n_threads=args.threads,
+                n_gpu_layers=args.gpu_layers,
+                slots=SLOTS,
+                max_queue=0,
             )
             await worker.start()
             await one(worker, PROMPT, WARMUP_TOKENS)
@@ -360,6 +399,20 @@ def main() -> int:
     )
     parser.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        metavar="N",
+        help=f"llama.cpp threads of every method (default {THREADS}, as the issue's anchors)",
+    )
+    parser.add_argument(
+        "--gpu-layers",
+        default="0",
+        metavar="N|auto",
+        help="layers on the GPU for every method: a number, or auto for what a node would "
+        "choose (the offload planner over NVML's free memory); default 0, CPU only",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=0.0,
@@ -371,16 +424,31 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1 or args.max_tokens < 2 or any(k < 2 for k in args.concurrency):
         parser.error("--rounds must be >= 1, --max-tokens >= 2 and each K >= 2")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    try:
+        parse_gpu_layers(args.gpu_layers)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.concurrency = tuple(sorted(set(args.concurrency)))
 
-    bench = load_bench(args.bench_script)
-    if bench.PROMPT != PROMPT:
-        raise SystemExit(f"the yardstick's prompt changed ({bench.PROMPT!r}); update bench_network")
+    # The yardstick (it imports openai) times the servers; without them it is not needed.
+    bench = None
+    if {"llama_cpp.server", "llama-server"} & set(args.only):
+        bench = load_bench(args.bench_script)
+        if bench.PROMPT != PROMPT:
+            raise SystemExit(
+                f"the yardstick's prompt changed ({bench.PROMPT!r}); update bench_network"
+            )
     if args.model is None:
         from inference.default_model import ensure_default_model
 
         args.model = ensure_default_model()
     import llama_cpp
+
+    offload = offload_plan(args.model, args.gpu_layers)
+    args.gpu_layers = offload["n_gpu_layers"]
+    log(f"offload: {offload['reason']}")
 
     load_start = os.getloadavg()
     started = datetime.datetime.now(datetime.UTC)
@@ -399,11 +467,12 @@ def main() -> int:
             work.mkdir()
             log(f"starting {name}...")
             url = st.enter_context(start(work))
+            assert bench is not None
             targets.append(Target(name, url, bench, args.max_tokens))
         llm = None
         if "direct" in args.only:
             log("loading llama_cpp.Llama in a child process...")
-            llm = st.enter_context(direct_process(args.model))
+            llm = st.enter_context(direct_process(args.model, args.threads, args.gpu_layers))
         runs, short = trio.run(run_all, args, llm, targets)
 
     medians = {
@@ -426,7 +495,9 @@ def main() -> int:
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
         "model": args.model.name,
-        "threads": THREADS,
+        "threads": args.threads,
+        "gpu_layers": args.gpu_layers,
+        "offload": offload,
         "max_tokens": args.max_tokens,
         "prompt": PROMPT,
         "slots": SLOTS,
@@ -453,6 +524,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"{report['model']}, {report['threads']} threads, greedy, {report['max_tokens']} tokens, "
         f"median of {report['rounds']} paired rounds"
     )
+    print(f"offload: {report['offload']['reason']}")
     print(
         f"{report['date']}; {report['machine']}; Python {report['python']}, "
         f"llama-cpp-python {report['llama_cpp_python']}"
