@@ -19,11 +19,18 @@ answer is WorkerBusy, at once. Admission is first come, first served.
 
 **Not batch-invariant.** llama.cpp's kernels give slightly different logits for a sequence
 decoded beside others than alone, so a batched greedy run can take a different (near-tie) token
-than a solo run. What does hold, and is tested: identical requests that join together give
-identical outputs (no cross-talk), and every batched greedy token is the solo argmax or within a
-small logit margin of it. A request that needs bit-reproducible output sets `reproducible`: it
-waits for the batch to drain, then runs alone — nothing joins until it leaves — so it decodes
-exactly as any other reproducible run of it on this build and hardware.
+than a solo run. What does hold, and is tested: every batched greedy token is the solo argmax or
+within a small logit margin of it. A request that needs bit-reproducible output sets
+`reproducible`: it waits for the batch to drain, empties the KV cache (the prompt-prefix cache
+below included), then runs alone — nothing joins until it leaves — so it decodes exactly as any
+other reproducible run of it on this build and hardware, whatever ran before.
+
+On the CPU more holds, and is tested there: identical requests that join together give
+bit-identical outputs (no cross-talk), and so does a replay in another slot. Not with the layers
+on a CUDA GPU (seen on an H100 with the default model and the tiny test model): identical
+requests in one batch drift apart after some tokens, each still greedy within the margin. The
+likely cause is that the GPU's attention kernels sum over the pool's cells in tiles, so a
+sequence's logits depend on where its cells lie among the others'.
 
 **Prompt-prefix cache.** A finished sequence's cells stay in its slot (the unified pool holds
 n_ctx cells per slot anyway). A new request takes the free slot whose cached tokens share the
@@ -31,7 +38,7 @@ longest prefix with its prompt and prefills only the rest: at least the prompt's
 whose logits it needs. A repeated system prompt or a conversation's next turn thus skips most of
 its prefill, as llama-server's and llama_cpp.server's caches do. The reused cells were computed in
 another batch shape, so this is "greedy up to noise" like batching; a `reproducible` request
-never reuses (its slot is cleared) and the self-benchmark drops the cache first.
+never reuses (the whole cache is cleared) and the self-benchmark drops the cache first.
 
 **Exact replay** (GenerationRequest.replay_tokens): the prompt is prefilled as for a fresh
 request, then each replayed token is fed in a decode step of its own, as if sampled (the sampler
@@ -368,6 +375,11 @@ class BatchingWorker(ThreadOwnedWorker):
             if not free or (item.request.reproducible and active):
                 return  # a reproducible request waits for the batch to drain
             backlog.pop(0)
+            if item.request.reproducible:
+                # Alone in the pool too, not only in the batch: on a CUDA GPU the attention of
+                # a lone sequence depends on where its cells lie among other cached ones.
+                self._drop_prefix_cache(model)
+                model.forget_all()
             try:
                 prompt = model.tokenize(item.request.prompt)
                 if not prompt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,17 @@ def tiny_gguf(
 ) -> Path:
     """A ~6 MB random-weight Llama (2 layers, 512-token vocab, 512 context), F32."""
     return make_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny-llama.gguf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def gpu_layers() -> int:
+    """Layers the model worker tests ask to offload: $GPUNET_TEST_GPU_LAYERS, default 0.
+
+    CI has no GPU, so it runs them on the CPU. On a machine with an NVIDIA GPU and a CUDA build
+    of llama-cpp-python, `GPUNET_TEST_GPU_LAYERS=99 pytest tests/inference` checks that
+    batching, the reproducible lane and cancellation hold there too (tools/cuda_check.py).
+    """
+    return int(os.environ.get("GPUNET_TEST_GPU_LAYERS", "0"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from inference.gpu import supports_gpu_offload
 from inference.model_file import ModelFileError
 from inference.worker import (
     GenerationDone,
@@ -34,21 +35,23 @@ async def run(worker: ModelWorker, request: GenerationRequest) -> tuple[str, Gen
 
 
 @pytest.fixture
-async def tiny_worker(tiny_gguf: Path) -> AsyncIterator[ModelWorker]:
+async def tiny_worker(gpu_layers: int, tiny_gguf: Path) -> AsyncIterator[ModelWorker]:
     started = time.perf_counter()
-    async with ModelWorker(tiny_gguf, n_ctx=512, n_threads=2, max_queue=1) as worker:
+    async with ModelWorker(
+        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, max_queue=1
+    ) as worker:
         print(f"tiny model load: {time.perf_counter() - started:.3f}s")
         yield worker
 
 
-async def test_generates_exactly_max_tokens(tiny_worker: ModelWorker) -> None:
+async def test_generates_exactly_max_tokens(gpu_layers: int, tiny_worker: ModelWorker) -> None:
     text, done = await run(tiny_worker, GenerationRequest("hello world", max_tokens=24))
     assert text
     assert done.finish_reason == "length"
     assert done.completion_tokens == 24
     assert done.prompt_tokens >= 2
     assert done.time_to_first_token_s > 0 and done.decode_tokens_per_s > 0
-    assert tiny_worker.n_gpu_layers == 0
+    assert tiny_worker.n_gpu_layers == (min(gpu_layers, 3) if supports_gpu_offload() else 0)
 
 
 async def test_greedy_is_deterministic(tiny_worker: ModelWorker) -> None:
@@ -118,8 +121,8 @@ async def test_prompt_too_long_is_a_clear_error(tiny_worker: ModelWorker) -> Non
     assert done.completion_tokens == 3
 
 
-async def test_closed_worker_refuses(tiny_gguf: Path) -> None:
-    worker = ModelWorker(tiny_gguf, n_ctx=512)
+async def test_closed_worker_refuses(gpu_layers: int, tiny_gguf: Path) -> None:
+    worker = ModelWorker(tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers)
     with pytest.raises(GenerationError, match="not been started"):
         await run(worker, GenerationRequest("x"))
     await worker.start()
@@ -155,9 +158,11 @@ def test_split_at_stop() -> None:
 
 
 @pytest.mark.slow
-async def test_default_model_knows_paris(default_model: Path) -> None:
+async def test_default_model_knows_paris(gpu_layers: int, default_model: Path) -> None:
     started = time.perf_counter()
-    async with ModelWorker(default_model, n_ctx=2048, n_threads=2) as worker:
+    async with ModelWorker(
+        default_model, n_ctx=2048, n_gpu_layers=gpu_layers, n_threads=2
+    ) as worker:
         load_s = time.perf_counter() - started
         text, done = await run(worker, GenerationRequest("The capital of France is", max_tokens=16))
         _, long = await run(worker, GenerationRequest("Once upon a time", max_tokens=128))
@@ -169,8 +174,10 @@ async def test_default_model_knows_paris(default_model: Path) -> None:
     assert done.completion_tokens == 16 and done.finish_reason == "length"
 
 
-async def test_aclose_cancels_the_running_request_and_fails_waiting_ones(tiny_gguf: Path) -> None:
-    worker = ModelWorker(tiny_gguf, n_ctx=512, max_queue=2)
+async def test_aclose_cancels_the_running_request_and_fails_waiting_ones(
+    gpu_layers: int, tiny_gguf: Path
+) -> None:
+    worker = ModelWorker(tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, max_queue=2)
     await worker.start()
     long = GenerationRequest("hello", max_tokens=400)
     async with worker.generate(long) as running, worker.generate(long) as waiting:
