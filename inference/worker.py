@@ -79,6 +79,7 @@ class _Job:
     send: trio.MemorySendChannel[Item | BaseException]
     receive: trio.MemoryReceiveChannel[Item | BaseException]
     cancelled: threading.Event = attrs.field(factory=threading.Event)
+    queued: bool = True  # ModelWorker: still counted as waiting (under its lock)
 
 
 class _Close:
@@ -167,7 +168,8 @@ class ThreadOwnedWorker:
     talks to it through a job queue, and results come back through memory channels.
 
     Subclasses set the attributes below in __init__ and provide `_run` (the owning thread's
-    body) and `_reserve` (count a new request in, raising WorkerBusy over the bound)."""
+    body) and `_reserve` (count a new request in, raising WorkerBusy over the bound); and
+    `_abandon` where a request given up while it waits must leave the count at once."""
 
     _thread_label = "model-worker"
     model_path: Path
@@ -183,6 +185,9 @@ class ThreadOwnedWorker:
 
     def _reserve(self) -> None:
         raise NotImplementedError
+
+    def _abandon(self, job: _Job) -> None:
+        """The client left (the request may still be queued)."""
 
     def _submit(self, request: GenerationRequest) -> _Job:
         if not self._loaded:
@@ -243,6 +248,7 @@ class ThreadOwnedWorker:
         finally:
             job.cancelled.set()
             job.receive.close()
+            self._abandon(job)
 
     async def measure_throughput(
         self, *, prompt_tokens: int = 256, decode_tokens: int = 32, budget_s: float = 3.0
@@ -325,6 +331,16 @@ class ModelWorker(ThreadOwnedWorker):
                 raise WorkerBusy(f"{self._waiting} requests already waiting for this model")
             self._waiting += 1
 
+    def _abandon(self, job: _Job) -> None:
+        # A request cancelled while queued frees its place now, not when the thread reaches it.
+        self._unqueue(job)
+
+    def _unqueue(self, job: _Job) -> None:
+        with self._waiting_lock:
+            if job.queued:
+                job.queued = False
+                self._waiting -= 1
+
     # -- worker thread -------------------------------------------------------------------------
 
     def _to_trio(self, job: _Job, item: object) -> None:
@@ -346,8 +362,7 @@ class ModelWorker(ThreadOwnedWorker):
                 if isinstance(job, _Measure):
                     self._measure(llm, job)
                     continue
-                with self._waiting_lock:
-                    self._waiting -= 1
+                self._unqueue(job)
                 if not (job.cancelled.is_set() or self._closing.is_set()):
                     self._active = 1
                     try:

@@ -92,6 +92,21 @@ async def test_queue_bound(tiny_worker: ModelWorker) -> None:
                 break
 
 
+async def test_a_request_given_up_while_queued_frees_its_place_at_once(
+    tiny_worker: ModelWorker,
+) -> None:
+    long = GenerationRequest("hello", max_tokens=400)
+    async with tiny_worker.generate(long) as running:
+        await running.__anext__()  # the worker is busy with it until it ends
+        async with tiny_worker.generate(long):
+            assert tiny_worker.load.queue_depth == 1
+        assert tiny_worker.load.queue_depth == 0
+        # and the place is really free: another request queues rather than being refused
+        async with tiny_worker.generate(GenerationRequest("hello", max_tokens=2)):
+            assert tiny_worker.load.queue_depth == 1
+        assert tiny_worker.load.queue_depth == 0
+
+
 async def test_cancel_mid_generation_then_next_request_works(tiny_worker: ModelWorker) -> None:
     request = GenerationRequest("the capital of france is", max_tokens=200)
     expected, _ = await run(tiny_worker, request)
