@@ -33,12 +33,19 @@ likely cause is that the GPU's attention kernels sum over the pool's cells in ti
 sequence's logits depend on where its cells lie among the others'.
 
 **Prompt-prefix cache.** A finished sequence's cells stay in its slot (the unified pool holds
-n_ctx cells per slot anyway). A new request takes the free slot whose cached tokens share the
-longest prefix with its prompt and prefills only the rest: at least the prompt's last token,
-whose logits it needs. A repeated system prompt or a conversation's next turn thus skips most of
-its prefill, as llama-server's and llama_cpp.server's caches do. The reused cells were computed in
-another batch shape, so this is "greedy up to noise" like batching; a `reproducible` request
-never reuses (the whole cache is cleared) and the self-benchmark drops the cache first.
+n_ctx cells per slot anyway). A new request reuses the longest prefix of its prompt that is in
+the pool, cached in a free slot or prefilled by a sequence in the batch, and prefills only the
+rest: at least the prompt's last token, whose logits it needs. Its slot shares the prefix's
+cells (the unified pool tags a cell with several sequences; `llama_memory_seq_cp` copies
+nothing), and it runs in a slot that caches nothing while there is one, so the cache outlives
+it. A repeated system prompt or a conversation's next turn thus skips most of its prefill, as
+llama-server's and llama_cpp.server's caches do, and concurrent requests with one prompt prefix
+compute it once. The cache keeps one copy of each token run: a free slot whose tokens begin a
+newly finished sequence's lets go of them. That matters because idle cells are not free: every
+token decoded later attends over the pool up to its highest used cell (7 idle slots of 140 cells
+made a lone sequence's steps 3 % slower on 2 cores). The reused cells were computed in another
+batch shape, so this is "greedy up to noise" like batching; a `reproducible` request never
+reuses (the whole cache is cleared) and the self-benchmark drops the cache first.
 
 **Exact replay** (GenerationRequest.replay_tokens): the prompt is prefilled as for a fresh
 request, then each replayed token is fed in a decode step of its own, as if sampled (the sampler
@@ -181,6 +188,7 @@ class BatchingWorker(ThreadOwnedWorker):
         # runs out however the cache is used.
         self.prefix_cache = prefix_cache
         self._kv_tokens: dict[int, list[int]] = {}
+        self._cached_tokens = 0  # their total, for `load` (read from other threads)
 
     @property
     def load(self) -> WorkerLoad:
@@ -190,6 +198,7 @@ class BatchingWorker(ThreadOwnedWorker):
             free_slots=self.slots - active,
             queue_depth=max(0, self._outstanding - active),
             decode_steps=self._steps,
+            cached_tokens=self._cached_tokens,
         )
 
     _thread_label = "batching-worker"
@@ -389,7 +398,7 @@ class BatchingWorker(ThreadOwnedWorker):
             except GenerationError as e:
                 self._end(item, e)
                 continue
-            seq_id, cached = self._pick_slot(model, free, prompt, item.request)
+            seq_id, cached = self._pick_slot(model, free, prompt, item.request, active)
             active.append(
                 _Sequence(
                     job=item,
@@ -405,28 +414,75 @@ class BatchingWorker(ThreadOwnedWorker):
             self._active = len(active)
 
     def _pick_slot(
-        self, model: LoadedModel, free: list[int], prompt: list[int], request: GenerationRequest
+        self,
+        model: LoadedModel,
+        free: list[int],
+        prompt: list[int],
+        request: GenerationRequest,
+        active: list[_Sequence],
     ) -> tuple[int, int]:
-        """The free slot whose cached tokens share the longest prefix with `prompt`, and how
-        many of them to reuse: at most all but the prompt's last token, which must be evaluated
-        for its logits. A reproducible request reuses nothing, so it is prefilled exactly as a
-        solo run is (a reused prefix was computed in another batch shape: close, not bitwise)."""
-        best, reuse = free[-1], 0  # default: the lowest free id (free is kept descending)
+        """A free slot for `prompt`, and how many of its first tokens are already in the KV
+        cache: at most all but the last, which must be evaluated for its logits.
+
+        The longest common prefix in the pool is reused, whether a free slot caches it or a
+        sequence in the batch has prefilled it: the request's slot shares those cells (the
+        unified pool tags a cell with several sequences; nothing is copied). It runs in a slot
+        that caches nothing while there is one, so the caches stay for later requests; else in
+        the slot holding its prefix, else in the lowest. A reproducible request reuses nothing,
+        so it is prefilled exactly as a solo run is (a reused prefix was computed in another
+        batch shape: close, not bitwise)."""
+        reuse, source = 0, -1
         if self.prefix_cache and not request.reproducible:
             for slot in reversed(free):
                 n = _common_prefix(self._kv_tokens.get(slot, ()), prompt)
                 if n > reuse:
-                    best, reuse = slot, n
+                    reuse, source = n, slot
+            for seq in active:
+                n = _common_prefix(seq.prompt[: seq.prefilled], prompt)
+                if n > reuse:
+                    reuse, source = n, seq.seq_id
         reuse = min(reuse, len(prompt) - 1)
+        empty = [s for s in free if s not in self._kv_tokens]  # descending, as free is
+        best = empty[-1] if empty else source if source in free else free[-1]
         free.remove(best)
-        if len(self._kv_tokens.pop(best, ())) > reuse:
-            model.forget_from(best, reuse)
+        cached = self._kv_tokens.pop(best, None)
+        if best == source:
+            assert cached is not None
+            if len(cached) > reuse:
+                model.forget_from(best, reuse)
+        else:
+            if cached is not None:
+                model.forget(best)
+            if reuse:
+                model.share(source, best, reuse)
+        self._recount()
         return best, reuse
+
+    def _keep_cached(self, model: LoadedModel, slot: int, tokens: list[int]) -> None:
+        """Cache a finished sequence's tokens in its slot, keeping one copy of each: a free
+        slot whose tokens begin the new ones holds nothing the new ones lack, so it lets go (and
+        the other way round). Idle cells are not free: every token decoded later attends over
+        the pool up to its highest used cell, so duplicates would slow a lone stream."""
+        for other, cached in list(self._kv_tokens.items()):
+            common = _common_prefix(cached, tokens)
+            if common == len(cached):
+                del self._kv_tokens[other]
+                model.forget(other)
+            elif common == len(tokens):
+                model.forget(slot)
+                break
+        else:
+            self._kv_tokens[slot] = tokens
+        self._recount()
+
+    def _recount(self) -> None:
+        self._cached_tokens = sum(len(tokens) for tokens in self._kv_tokens.values())
 
     def _drop_prefix_cache(self, model: LoadedModel) -> None:
         for slot in self._kv_tokens:
             model.forget(slot)
         self._kv_tokens.clear()
+        self._recount()
 
     def _step(self, model: LoadedModel, free: list[int], active: list[_Sequence]) -> None:
         """One llama_decode: every generating sequence's next token, then prompt chunks."""
@@ -471,6 +527,7 @@ class BatchingWorker(ThreadOwnedWorker):
                 self._retire(model, seq, None, free, active, error=error)
             model.forget_all()
             self._kv_tokens.clear()
+            self._recount()
 
     def _advance(self, model: LoadedModel, seq: _Sequence, now: float) -> str | None:
         """Take this step's token for `seq`; the finish reason when it is done."""
@@ -511,7 +568,7 @@ class BatchingWorker(ThreadOwnedWorker):
         """The sequence leaves the batch: its slot keeps its cells for a later request with the
         same prompt prefix (not after an error); free its sampler and slot, then answer."""
         if error is None and finish is not None and self.prefix_cache:
-            self._kv_tokens[seq.seq_id] = seq.prompt[: seq.prefilled] + seq.fed
+            self._keep_cached(model, seq.seq_id, seq.prompt[: seq.prefilled] + seq.fed)
         else:
             model.forget(seq.seq_id)
         seq.sampler.close()

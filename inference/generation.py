@@ -123,3 +123,4 @@ class WorkerLoad:
     free_slots: int
     queue_depth: int  # accepted, waiting for a slot
     decode_steps: int  # llama_decode calls so far
+    cached_tokens: int = 0  # tokens the prompt-prefix cache keeps in free slots

@@ -313,6 +313,11 @@ class LoadedModel:
         """Drop a sequence's cells from position `pos` on, keeping its prefix."""
         self.lib.llama_memory_seq_rm(self.memory, seq_id, pos, -1)
 
+    def share(self, src: int, dst: int, n: int) -> None:
+        """Let sequence `dst` use `src`'s cells for positions [0, n) as well: in the unified pool
+        the cells are tagged with both sequences, not copied."""
+        self.lib.llama_memory_seq_cp(self.memory, src, dst, 0, n)
+
     def forget_all(self) -> None:
         self.lib.llama_memory_clear(self.memory, True)
 

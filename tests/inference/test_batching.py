@@ -498,6 +498,58 @@ async def test_a_continued_conversation_reuses_the_previous_answer(
     assert max(margins) <= GREEDY_MARGIN, margins
 
 
+async def test_concurrent_requests_share_a_cached_prefix(
+    gpu_layers: int, tiny_gguf: Path, tiny_batch: BatchingWorker
+) -> None:
+    system = "you are a helpful assistant. answer briefly and politely. " * 3
+    first = await run(tiny_batch, GenerationRequest(system + "hello", max_tokens=4))
+    assert tiny_batch.load.cached_tokens > first.done.prompt_tokens
+    # one slot caches the prefix; the three others join the batch together with the request
+    # that takes it, and share its cells instead of prefilling them
+    prompts = [system + q for q in ("why", "how", "when", "where")]
+    results = await run_together(tiny_batch, [GenerationRequest(p, max_tokens=16) for p in prompts])
+    shared = _common_prefix_len(tiny_gguf, system + "hello", prompts)
+    assert all(r.done.cached_prompt_tokens >= shared for r in results), [
+        (r.done.cached_prompt_tokens, shared) for r in results
+    ]
+    for prompt, r in zip(prompts, results, strict=True):
+        margins = teacher_forced_margins(tiny_gguf, prompt, r.ids, gpu_layers)
+        assert max(margins) <= GREEDY_MARGIN, margins
+
+
+def _common_prefix_len(model: Path, cached: str, prompts: list[str]) -> int:
+    """Tokens every prompt shares with `cached` (the tokenizer may merge across the joint)."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    base = vocab.tokenize(cached.encode(), add_bos=True, special=True)
+    n = len(base)
+    for p in prompts:
+        ids = vocab.tokenize(p.encode(), add_bos=True, special=True)
+        common = 0
+        while common < min(n, len(ids)) and base[common] == ids[common]:
+            common += 1
+        n = common
+    return n
+
+
+async def test_the_cache_keeps_one_copy_of_each_prompt(tiny_batch: BatchingWorker) -> None:
+    request = GenerationRequest("the capital of france is", max_tokens=20)
+    alone = await run(tiny_batch, request)
+    one_copy = tiny_batch.load.cached_tokens
+    assert one_copy == alone.done.prompt_tokens + 20 - 1  # the last token is never fed
+    await run(tiny_batch, request)
+    assert tiny_batch.load.cached_tokens == one_copy  # taken, then cached again
+    results = await run_together(tiny_batch, [request] * 4)
+    if bit_exact_batches(tiny_batch):
+        assert all(r.ids == alone.ids for r in results)
+        assert tiny_batch.load.cached_tokens == one_copy  # four identical runs, one copy
+    else:
+        assert tiny_batch.load.cached_tokens <= 4 * one_copy
+    other = await run(tiny_batch, GenerationRequest("once upon a time", max_tokens=20))
+    assert tiny_batch.load.cached_tokens > one_copy + other.done.prompt_tokens
+
+
 async def test_reproducible_requests_never_reuse_and_stay_bit_identical(
     tiny_batch: BatchingWorker,
 ) -> None:
