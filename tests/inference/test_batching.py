@@ -160,7 +160,7 @@ def bit_exact_batches(worker: Any) -> bool:
     return bool(worker.n_gpu_layers == 0)
 
 
-async def assert_identical_or_within_margin(
+def assert_identical_or_within_margin(
     model: Path, request: GenerationRequest, results: list[Result], worker: Any
 ) -> None:
     if bit_exact_batches(worker):
@@ -177,7 +177,7 @@ async def test_identical_requests_together_give_identical_outputs(
     request = GenerationRequest("the capital of france is", max_tokens=48)
     results = await run_together(tiny_batch, [request] * 4)
     assert tiny_batch.load.decode_steps >= 48
-    await assert_identical_or_within_margin(tiny_gguf, request, results, tiny_batch)
+    assert_identical_or_within_margin(tiny_gguf, request, results, tiny_batch)
 
 
 async def test_each_sequence_keeps_its_own_limits_and_sampling(
@@ -383,7 +383,7 @@ async def test_default_model_batched(gpu_layers: int, default_model: Path) -> No
     ) as worker:
         request = GenerationRequest(PROMPTS[0], max_tokens=32)
         same = await run_together(worker, [request] * 4)
-        await assert_identical_or_within_margin(default_model, request, same, worker)
+        assert_identical_or_within_margin(default_model, request, same, worker)
         assert all("Paris" in r.text or "France" in r.text for r in same)
         requests = [GenerationRequest(p, max_tokens=48) for p in PROMPTS]
         results = await run_together(worker, requests)
