@@ -364,8 +364,12 @@ class BatchingWorker(ThreadOwnedWorker):
     ) -> None:
         """Backlog items join in order while slots are free. A self-benchmark or a reproducible
         request waits for an empty batch, holding back everything behind it; a reproducible
-        request then runs alone."""
+        request then runs alone. Requests given up while waiting leave first, wherever they
+        are in line, so they stop counting against the bound within one step."""
         assert self._token is not None
+        for gone in [i for i in backlog if isinstance(i, _Job) and i.cancelled.is_set()]:
+            backlog.remove(gone)
+            self._end(gone)
         while backlog:
             if any(seq.request.reproducible for seq in active):
                 return  # it runs alone

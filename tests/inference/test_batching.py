@@ -4,6 +4,7 @@ margin of the solo argmax, cancellation within one step, busy at once, exact rep
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -282,6 +283,20 @@ async def test_busy_at_once_over_slots_plus_queue(tiny_batch: BatchingWorker) ->
         assert tiny_batch.load.queue_depth == 2 and tiny_batch.load.free_slots == 0
     await wait_until(lambda: tiny_batch.load.free_slots == 4)
     assert (await run(tiny_batch, GenerationRequest("x", max_tokens=3))).ids
+
+
+async def test_a_request_given_up_at_the_back_of_the_line_frees_its_place(
+    tiny_batch: BatchingWorker,
+) -> None:
+    long = GenerationRequest("hello", max_tokens=400)
+    async with contextlib.AsyncExitStack() as running:
+        for _ in range(5):  # 4 slots busy, one waiting at the front of the line
+            await running.enter_async_context(tiny_batch.generate(long))
+        async with tiny_batch.generate(long):  # second in line: given up at once
+            pass
+        await wait_until(lambda: tiny_batch.load.queue_depth == 1)
+        async with tiny_batch.generate(long):  # so there is room for another
+            assert tiny_batch.load.queue_depth == 2
 
 
 async def test_bad_requests_fail_alone(tiny_batch: BatchingWorker) -> None:
