@@ -53,6 +53,15 @@ def gpu_layers() -> int:
 
 
 @pytest.fixture(scope="session")
+def tiny_layers_offloaded(gpu_layers: int) -> int:
+    """What a worker reports offloading of the tiny model when asked for `gpu_layers`: at most
+    its 2 blocks and the output layer, and nothing with a CPU build of llama.cpp."""
+    from inference.gpu import supports_gpu_offload
+
+    return min(gpu_layers, 3) if supports_gpu_offload() else 0
+
+
+@pytest.fixture(scope="session")
 def default_model() -> Path:
     """The real default model, assembled into the machine's model cache (once per machine).
 

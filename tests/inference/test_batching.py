@@ -17,7 +17,6 @@ import trio
 import trio.testing
 
 from inference.batching import BatchingWorker
-from inference.gpu import supports_gpu_offload
 from inference.model_file import ModelFileError
 from inference.worker import (
     GenerationDone,
@@ -120,14 +119,16 @@ def teacher_forced_margins(
 # -- basics ---------------------------------------------------------------------------------
 
 
-async def test_generates_exactly_max_tokens(gpu_layers: int, tiny_batch: BatchingWorker) -> None:
+async def test_generates_exactly_max_tokens(
+    tiny_layers_offloaded: int, tiny_batch: BatchingWorker
+) -> None:
     result = await run(tiny_batch, GenerationRequest("hello world", max_tokens=24))
     assert result.text
     assert result.done.finish_reason == "length"
     assert result.done.completion_tokens == 24 and len(result.ids) == 24
     assert result.done.prompt_tokens >= 2
     assert result.done.time_to_first_token_s > 0 and result.done.decode_tokens_per_s > 0
-    assert tiny_batch.n_gpu_layers == (min(gpu_layers, 3) if supports_gpu_offload() else 0)
+    assert tiny_batch.n_gpu_layers == tiny_layers_offloaded
     await wait_until(lambda: tiny_batch.load.free_slots == 4)
     assert tiny_batch.load.active_requests == tiny_batch.load.queue_depth == 0
 

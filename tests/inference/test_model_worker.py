@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from inference.gpu import supports_gpu_offload
 from inference.model_file import ModelFileError
 from inference.worker import (
     GenerationDone,
@@ -44,14 +43,16 @@ async def tiny_worker(gpu_layers: int, tiny_gguf: Path) -> AsyncIterator[ModelWo
         yield worker
 
 
-async def test_generates_exactly_max_tokens(gpu_layers: int, tiny_worker: ModelWorker) -> None:
+async def test_generates_exactly_max_tokens(
+    tiny_layers_offloaded: int, tiny_worker: ModelWorker
+) -> None:
     text, done = await run(tiny_worker, GenerationRequest("hello world", max_tokens=24))
     assert text
     assert done.finish_reason == "length"
     assert done.completion_tokens == 24
     assert done.prompt_tokens >= 2
     assert done.time_to_first_token_s > 0 and done.decode_tokens_per_s > 0
-    assert tiny_worker.n_gpu_layers == (min(gpu_layers, 3) if supports_gpu_offload() else 0)
+    assert tiny_worker.n_gpu_layers == tiny_layers_offloaded
 
 
 async def test_greedy_is_deterministic(tiny_worker: ModelWorker) -> None:
