@@ -97,6 +97,10 @@ class GenerationDone:
     token_ids: tuple[int, ...] = ()
     # Prompt tokens whose KV cells were reused from an earlier request (not prefilled again).
     cached_prompt_tokens: int = 0
+    # Greedy speculation (inference/speculation.py): tokens guessed and fed ahead, and how many
+    # of them were the model's own choice and kept.
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
 
 
 Item = TokenChunk | GenerationDone

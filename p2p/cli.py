@@ -315,6 +315,13 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     help="Keep each slot's last prompt and answer in the KV cache, so a request that starts the "
     "same way skips that part of the prefill.",
 )
+@click.option(
+    "--speculate/--no-speculate",
+    default=True,
+    show_default=True,
+    help="Greedy requests whose text repeats itself (lists, loops, quoted prompt) guess the "
+    "repeat's next tokens and check them in one step: the same greedy tokens, sooner.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
 def node(
     data_dir: Path | None,
@@ -335,6 +342,7 @@ def node(
     api_key: str | None,
     benchmark: bool,
     prompt_cache: bool,
+    speculate: bool,
     as_json: bool,
 ) -> None:
     """Run a volunteer node: serve GGUF models to the network.
@@ -378,6 +386,7 @@ def node(
             gpu_layers=gpu_layers,
             benchmark=benchmark,
             prompt_cache=prompt_cache,
+            speculate=speculate,
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:

@@ -93,6 +93,7 @@ class NodeConfig:
     gpu_layers: str = "auto"  # --gpu-layers: auto | N | 0
     benchmark: bool = True  # measure each model's speed at start (published; clients rank by it)
     prompt_cache: bool = True  # reuse a slot's cached prompt prefix (inference/batching.py)
+    speculate: bool = True  # greedy requests draft from their repeats (inference/speculation.py)
 
 
 @attrs.frozen
@@ -433,6 +434,7 @@ async def load_models(
             max_queue=config.max_queue,
             slots=config.slots,
             prefix_cache=config.prompt_cache,
+            speculate=config.speculate,
         )
         try:
             await worker.start()

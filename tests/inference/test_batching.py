@@ -162,6 +162,13 @@ def bit_exact_batches(worker: Any) -> bool:
     return bool(worker.n_gpu_layers == 0)
 
 
+def exact_replays(worker: Any) -> bool:
+    """Whether a replay continues bit for bit outside the reproducible lane: as batches, and
+    only without greedy speculation, since a resumed run drafts at other steps than the first
+    and a step of several tokens of one sequence rounds differently from steps of one."""
+    return bit_exact_batches(worker) and not getattr(worker, "speculate", False)
+
+
 def assert_identical_or_within_margin(
     model: Path, request: GenerationRequest, results: list[Result], worker: Any
 ) -> None:
@@ -178,7 +185,7 @@ async def test_identical_requests_together_give_identical_outputs(
 ) -> None:
     request = GenerationRequest("the capital of france is", max_tokens=48)
     results = await run_together(tiny_batch, [request] * 4)
-    assert tiny_batch.load.decode_steps >= 48
+    assert tiny_batch.load.decode_steps < 2 * 48  # together, not one after another
     assert_identical_or_within_margin(tiny_gguf, request, results, tiny_batch)
 
 
@@ -357,7 +364,7 @@ async def check_replay(worker: Any, request: GenerationRequest, cut_chunks: int)
 
 
 async def test_replay_continues_exactly_greedy_and_seeded(tiny_batch: BatchingWorker) -> None:
-    exact = not bit_exact_batches(tiny_batch)
+    exact = not exact_replays(tiny_batch)
     greedy = GenerationRequest("the capital of", max_tokens=40, reproducible=exact)
     await check_replay(tiny_batch, greedy, 10)
     sampled = GenerationRequest(
@@ -410,7 +417,7 @@ async def test_default_model_batched(gpu_layers: int, default_model: Path) -> No
             exact += sum(m == 0 for m in margins)
         assert exact >= 0.8 * sum(len(r.ids) for r in results)
         replayed = GenerationRequest(
-            PROMPTS[1], max_tokens=40, reproducible=not bit_exact_batches(worker)
+            PROMPTS[1], max_tokens=40, reproducible=not exact_replays(worker)
         )
         await check_replay(worker, replayed, 6)
 
@@ -454,8 +461,8 @@ async def test_default_model_replay(gpu_layers: int, default_model: Path) -> Non
     ) as worker:
         await check_replay_of_first_ids(default_model, worker, 10)
     async with BatchingWorker(
-        default_model, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=2
-    ) as batching:
+        default_model, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=2, speculate=False
+    ) as batching:  # exact without the reproducible lane: see exact_replays()
         await check_replay_of_first_ids(default_model, batching, 10)
 
 

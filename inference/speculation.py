@@ -1,0 +1,84 @@
+"""Draft tokens for greedy speculative decoding, from repeats in a sequence's own text.
+
+A greedy sequence that has been repeating itself (a loop, a list, a quoted passage of its
+prompt) will likely go on doing so. BatchingWorker feeds the tokens this module predicts into
+the same decode step as the sequence's next token, then keeps each draft token only while it is
+the argmax the model gives at that position: the text is the greedy text, only sooner. A step
+of several tokens costs far less than as many steps of one (default model, 2 cores: 1 token
+15 ms, 8 tokens 47 ms, 16 tokens 81 ms, 32 tokens 139 ms), so a right guess saves steps and a
+wrong one costs the difference, which is why drafts need evidence.
+
+The evidence is a match: the last KEY tokens occurred before, and the tokens before them agree
+with the same period for at least MIN_MATCH tokens in all. The draft continues that period for
+half the match length (up to MAX_DRAFT), so a long-running repeat earns long drafts and a short
+coincidence none. After a wrong guess the newest token breaks the match, so the next step
+drafts nothing until the text repeats again. Simulated on the default model's greedy output
+(256 tokens) for eight prompts (stories, code, Q&A, the benchmark's list) with measured step
+costs: 1.2x to 3.0x fewer milliseconds per token, never slower. (That small base model loops a
+lot; text that never repeats eight tokens costs a dictionary lookup a step and nothing more.)
+
+Pure bookkeeping, no llama.cpp: the scheduler thread owns one NgramDrafter per sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+KEY = 4  # tokens looked up in the index
+MIN_MATCH = 8  # tokens that must agree with the period before anything is drafted
+MAX_DRAFT = 32  # draft tokens per step, at most
+_MATCH_CAP = 2 * MAX_DRAFT  # a longer match earns no longer draft; stop comparing there
+
+
+class NgramDrafter:
+    """A sequence's tokens so far (prompt, then generated) and where each KEY-gram last
+    occurred with a token after it."""
+
+    def __init__(self, tokens: Iterable[int] = ()) -> None:
+        self._tokens: list[int] = []
+        # KEY-gram -> index of the token that followed its latest occurrence
+        self._next: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        for token in tokens:
+            i = len(self._tokens)
+            self._tokens.append(token)
+            if i >= KEY:
+                self._next[tuple(self._tokens[i - KEY : i])] = i
+
+    def match(self) -> tuple[int, int]:
+        """(period, length) of the repeat the text ends with; (0, 0) when there is none."""
+        tokens = self._tokens
+        n = len(tokens)
+        if n <= KEY:
+            return 0, 0
+        follower = self._next.get(tuple(tokens[n - KEY :]))
+        if follower is None:
+            return 0, 0
+        period = n - follower
+        length = KEY
+        while (
+            length < _MATCH_CAP
+            and length + period < n
+            and tokens[n - 1 - length] == tokens[n - 1 - length - period]
+        ):
+            length += 1
+        return period, length
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to `limit` tokens the text would continue with if the repeat went on; none
+        without a match of MIN_MATCH tokens."""
+        period, length = self.match()
+        if length < MIN_MATCH:
+            return []
+        tokens = self._tokens
+        n = len(tokens)
+        out: list[int] = []
+        for i in range(min(limit, MAX_DRAFT, length // 2)):
+            j = n + i - period  # a period shorter than the draft repeats the draft itself
+            out.append(tokens[j] if j < n else out[j - n])
+        return out
