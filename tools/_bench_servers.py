@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +137,16 @@ def llama_cpp_server(
 
 @contextlib.contextmanager
 def llama_server(
-    binary: Path, model: Path, work: Path, threads: int = THREADS, gpu_layers: int = 0
+    binary: Path,
+    model: Path,
+    work: Path,
+    threads: int = THREADS,
+    gpu_layers: int = 0,
+    extra: Sequence[str] = (),
 ) -> Iterator[str]:
     port = free_port()
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["-t", str(threads), "-c", str(N_CTX * 4), "-np", "8"]
+    cmd += ["-t", str(threads), "-c", str(N_CTX * 4), "-np", "8", *extra]
     if gpu_layers:
         cmd += ["-ngl", str(gpu_layers)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))

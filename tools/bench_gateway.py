@@ -13,6 +13,13 @@ Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.
   llama-server       llama.cpp's server, `-t 2 -c 8192 -np 8`, when --llama-server names the
                      binary (build it with /work/shared/bench/build-llama-server.sh)
 
+and, when asked for, two more beside them:
+
+  gateway --no-speculate      (--no-speculate-too) the gateway, its node without greedy
+                              speculation (inference/speculation.py): what speculation adds
+  llama-server TYPE           (--llama-server-spec TYPE) llama-server with `--spec-type TYPE`,
+                              its own draft-free speculation (off by default), e.g. ngram-mod
+
 Two modes:
 
   --mode paired      (default) all servers are started together (idle ones cost no CPU), then
@@ -90,9 +97,9 @@ def _node_process(model: Path, work: Path, slots: int, threads: int, *extra: str
 
 @contextlib.contextmanager
 def gateway_server(
-    model: Path, work: Path, slots: int = 8, threads: int = THREADS
+    model: Path, work: Path, slots: int = 8, threads: int = THREADS, node_args: tuple[str, ...] = ()
 ) -> Iterator[str]:
-    node = _node_process(model, work, slots, threads)
+    node = _node_process(model, work, slots, threads, *node_args)
     gateway: Process | None = None
     try:
         dht = node.ready_json()["dht"]
@@ -200,6 +207,19 @@ def main() -> None:
         help=f"llama.cpp threads of every server (default {THREADS}, all cores here; 1 leaves "
         "the HTTP and session work a core of its own)",
     )
+    parser.add_argument(
+        "--no-speculate-too",
+        action="store_true",
+        help="also a gateway whose node runs --no-speculate (greedy speculation's share)",
+    )
+    parser.add_argument(
+        "--llama-server-spec",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="also llama-server with --spec-type TYPE (its own draft-free speculation, e.g. "
+        "ngram-mod); repeatable",
+    )
     parser.add_argument("--only", action="append", default=None, help="run only these servers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -220,10 +240,18 @@ def main() -> None:
         )
     else:
         log(f"llama_cpp.server skipped: {args.llama_cpp_python} lacks llama-cpp-python[server]")
+    if args.no_speculate_too:
+        servers["gateway --no-speculate"] = lambda work: gateway_server(
+            args.model, work, args.slots, args.threads, ("--no-speculate",)
+        )
     if args.llama_server is not None:
         servers["llama-server"] = lambda work: llama_server(
             args.llama_server, args.model, work, args.threads
         )
+        for spec in args.llama_server_spec:
+            servers[f"llama-server {spec}"] = lambda work, spec=spec: llama_server(
+                args.llama_server, args.model, work, args.threads, extra=("--spec-type", spec)
+            )
     if args.only:
         servers = {k: v for k, v in servers.items() if k in args.only}
 

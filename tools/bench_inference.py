@@ -8,7 +8,8 @@ on the CPU unless --gpu-layers says otherwise (N, or auto: the node's offload pl
                      create_completion(stream=True), after
                      llm.reset() so every request really prefills its prompt (bench_network.py);
                      single stream only
-  gpunet             our scheduler in this process: inference.batching.BatchingWorker, slots=8
+  gpunet             our scheduler in this process: inference.batching.BatchingWorker, slots=8,
+                     with greedy speculation unless --no-speculate
   llama_cpp.server   `python -m llama_cpp.server --n_threads 2 --interrupt_requests False` over
                      HTTP on loopback (its default, True, ends a stream when the next request
                      arrives: the others of K concurrent streams stop after one token; False
@@ -44,7 +45,7 @@ wait_quiet); the busiest reading before a method's units in a round is kept as `
 
     python tools/bench_inference.py [--rounds 3] [--max-tokens 128] [--concurrency 2 4 8]
         [--llama-cpp-python PYTHON] [--llama-server BIN] [--quiet-wait SECONDS]
-        [--threads N] [--gpu-layers N|auto] [--only METHOD ...] [--json]
+        [--threads N] [--gpu-layers N|auto] [--no-speculate] [--only METHOD ...] [--json]
 """
 
 from __future__ import annotations
@@ -366,6 +367,7 @@ async def run_all(
                 n_gpu_layers=args.gpu_layers,
                 slots=SLOTS,
                 max_queue=0,
+                speculate=args.speculate,
             )
             await worker.start()
             await one(worker, PROMPT, WARMUP_TOKENS)
@@ -418,6 +420,13 @@ def main() -> int:
         default=0.0,
         metavar="SECONDS",
         help="before each unit, wait up to this long for the CPUs to be <=10%% busy (default: off)",
+    )
+    parser.add_argument(
+        "--no-speculate",
+        dest="speculate",
+        action="store_false",
+        help="gpunet without greedy speculation (on by default, as in a node; the yardstick's "
+        "answer repeats a digit, which it drafts)",
     )
     parser.add_argument("--bench-script", type=Path, default=DEFAULT_BENCH)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
@@ -496,6 +505,7 @@ def main() -> int:
         "load_average_end": os.getloadavg(),
         "model": args.model.name,
         "threads": args.threads,
+        "speculate": args.speculate,
         "gpu_layers": args.gpu_layers,
         "offload": offload,
         "max_tokens": args.max_tokens,

@@ -85,6 +85,7 @@ async def leg(
         n_gpu_layers=n_gpu_layers,
         tensor_split=split or None,
         slots=SLOTS,
+        speculate=False,  # the device's speed per decode step, not how many tokens a step keeps
     )
     log(f"{name}: loading with n_gpu_layers={n_gpu_layers}...")
     t0 = time.perf_counter()
