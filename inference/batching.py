@@ -515,7 +515,8 @@ class BatchingWorker(ThreadOwnedWorker):
         self._recount()
 
     def _step(self, model: LoadedModel, free: list[int], active: list[_Sequence]) -> None:
-        """One llama_decode: every generating sequence's next token, then prompt chunks."""
+        """One llama_decode: every generating sequence's next token, then prompt chunks, then
+        draft tokens."""
         model.clear_batch()
         generating = []
         for seq in active:
