@@ -118,6 +118,20 @@ async def test_speculation_off_drafts_nothing(gpu_layers: int, tiny_gguf: Path) 
         assert worker.load.decode_steps == 100
 
 
+async def test_a_step_carries_at_most_its_draft_budget(gpu_layers: int, tiny_gguf: Path) -> None:
+    async with BatchingWorker(
+        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
+    ) as worker:
+        worker.max_step_drafts = 3
+        results = await run_together(worker, [GenerationRequest(LOOPING[2], 150)] * 3)
+        steps = worker.load.decode_steps
+        worker.max_step_drafts = 0
+        none = await run(worker, GenerationRequest(LOOPING[2], 150))
+    drafted = sum(r.done.draft_tokens for r in results)
+    assert 0 < drafted <= 3 * steps  # alone, each would draft up to MAX_DRAFT a step
+    assert none.done.draft_tokens == 0
+
+
 async def test_only_greedy_batched_requests_draft(gpu_layers: int, tiny_gguf: Path) -> None:
     async with BatchingWorker(
         tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
