@@ -55,7 +55,7 @@ step as its next token, each with logits, after the prompt chunks (a newcomer's 
 comes first). Each draft token is kept while it is the token the model chose before it; the
 rest leave the KV cache (`llama_memory_seq_rm` from the first wrong one). So a step can yield
 several tokens of one sequence: on the benchmark's prompt, whose answer repeats a digit, the
-default model's 128 tokens took 21 steps instead of 128. A several-token step rounds
+default model's 128 tokens took 19 steps instead of 128. A several-token step rounds
 differently from single ones, so this too is greedy up to noise; sampled and reproducible
 requests never draft, and replayed tokens go one per step.
 

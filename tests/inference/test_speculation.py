@@ -54,6 +54,17 @@ def test_a_period_continues_past_the_end_of_the_text() -> None:
     assert drafter.draft(100) == [*long[10:], 2, 20, 21]  # half the match: 5 tokens
 
 
+def test_a_draft_kept_whole_earns_the_whole_match_next() -> None:
+    drafter = NgramDrafter([5] + [9] * 12)
+    first = drafter.draft(100)
+    assert first == [9] * (11 // 2)  # the run matches itself over 11 tokens: half of that
+    drafter.extend([*first, 9])  # all kept, then the step's own token
+    _, length = drafter.match()
+    assert drafter.draft(100) == [9] * length
+    drafter.extend([9])  # kept only in part: half again
+    assert len(drafter.draft(100)) == drafter.match()[1] // 2
+
+
 def test_a_short_coincidence_drafts_nothing() -> None:
     text = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4]  # the last KEY tokens occurred, little else did
     assert NgramDrafter(text).match() == (7, KEY)
