@@ -3,6 +3,7 @@ steps give the greedy text with fewer decode steps, whatever is rejected, stoppe
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -97,15 +98,21 @@ def test_extending_bit_by_bit_is_building_at_once() -> None:
 # -- BatchingWorker ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("max_tokens", [37, 200])
-async def test_drafted_steps_give_the_greedy_text_in_fewer_steps(
-    gpu_layers: int, tiny_gguf: Path, max_tokens: int
-) -> None:
+@pytest.fixture
+async def worker(gpu_layers: int, tiny_gguf: Path) -> AsyncIterator[BatchingWorker]:
+    """A fresh worker per test, so its step count is the test's."""
     async with BatchingWorker(
         tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
-    ) as worker:
-        results = [await run(worker, GenerationRequest(p, max_tokens=max_tokens)) for p in LOOPING]
-        steps = worker.load.decode_steps
+    ) as fresh:
+        yield fresh
+
+
+@pytest.mark.parametrize("max_tokens", [37, 200])
+async def test_drafted_steps_give_the_greedy_text_in_fewer_steps(
+    gpu_layers: int, tiny_gguf: Path, worker: BatchingWorker, max_tokens: int
+) -> None:
+    results = [await run(worker, GenerationRequest(p, max_tokens=max_tokens)) for p in LOOPING]
+    steps = worker.load.decode_steps
     assert all(r.done.completion_tokens == len(r.ids) == max_tokens for r in results)
     kept = sum(r.done.accepted_draft_tokens for r in results)
     assert kept > 0
@@ -120,43 +127,35 @@ async def test_drafted_steps_give_the_greedy_text_in_fewer_steps(
         assert max(margins) <= GREEDY_MARGIN, (prompt, margins)
 
 
-async def test_speculation_off_drafts_nothing(gpu_layers: int, tiny_gguf: Path) -> None:
-    async with BatchingWorker(
-        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4, speculate=False
-    ) as worker:
-        result = await run(worker, GenerationRequest(LOOPING[0], max_tokens=100))
-        assert result.done.draft_tokens == 0
-        assert worker.load.decode_steps == 100
+async def test_speculation_off_drafts_nothing(worker: BatchingWorker) -> None:
+    worker.speculate = False  # as BatchingWorker(..., speculate=False) and --no-speculate
+    result = await run(worker, GenerationRequest(LOOPING[0], max_tokens=100))
+    assert result.done.draft_tokens == 0
+    assert worker.load.decode_steps == 100
 
 
-async def test_a_step_carries_at_most_its_draft_budget(gpu_layers: int, tiny_gguf: Path) -> None:
-    async with BatchingWorker(
-        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
-    ) as worker:
-        worker.max_step_drafts = 3
-        results = await run_together(worker, [GenerationRequest(LOOPING[2], 150)] * 3)
-        steps = worker.load.decode_steps
-        worker.max_step_drafts = 0
-        none = await run(worker, GenerationRequest(LOOPING[2], 150))
+async def test_a_step_carries_at_most_its_draft_budget(worker: BatchingWorker) -> None:
+    worker.max_step_drafts = 3
+    results = await run_together(worker, [GenerationRequest(LOOPING[2], 150)] * 3)
+    steps = worker.load.decode_steps
+    worker.max_step_drafts = 0
+    none = await run(worker, GenerationRequest(LOOPING[2], 150))
     drafted = sum(r.done.draft_tokens for r in results)
     assert 0 < drafted <= 3 * steps  # alone, each would draft up to MAX_DRAFT a step
     assert none.done.draft_tokens == 0
 
 
-async def test_only_greedy_batched_requests_draft(gpu_layers: int, tiny_gguf: Path) -> None:
-    async with BatchingWorker(
-        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
-    ) as worker:
-        greedy = GenerationRequest(LOOPING[0], max_tokens=100)
-        sampled = GenerationRequest(LOOPING[0], max_tokens=100, temperature=0.3, seed=1)
-        exact = GenerationRequest(LOOPING[0], max_tokens=100, reproducible=True)
-        results = [await run(worker, r) for r in (greedy, sampled, exact)]
+async def test_only_greedy_batched_requests_draft(worker: BatchingWorker) -> None:
+    greedy = GenerationRequest(LOOPING[0], max_tokens=100)
+    sampled = GenerationRequest(LOOPING[0], max_tokens=100, temperature=0.3, seed=1)
+    exact = GenerationRequest(LOOPING[0], max_tokens=100, reproducible=True)
+    results = [await run(worker, r) for r in (greedy, sampled, exact)]
     assert results[0].done.draft_tokens > 0
     assert results[1].done.draft_tokens == results[2].done.draft_tokens == 0
 
 
 async def test_a_stop_string_among_kept_drafts_ends_the_text_there(
-    gpu_layers: int, tiny_gguf: Path
+    gpu_layers: int, tiny_gguf: Path, worker: BatchingWorker
 ) -> None:
     import llama_cpp
 
@@ -165,17 +164,14 @@ async def test_a_stop_string_among_kept_drafts_ends_the_text_there(
     def text(ids: list[int]) -> str:
         return vocab.detokenize(ids).decode("utf-8", "replace")
 
-    async with BatchingWorker(
-        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
-    ) as worker:
-        full = await run(worker, GenerationRequest(LOOPING[2], max_tokens=120))
-        # the output ends in a loop; twelve tokens of it first appear once the loop has gone on
-        # long enough to be drafted, and are then met within a drafted step
-        stop = text(full.ids[-12:])
-        stopped = await run(worker, GenerationRequest(LOOPING[2], max_tokens=120, stop=[stop]))
-        # the cache it leaves behind (prompt and kept tokens only) serves the next request
-        follow = LOOPING[2] + stopped.text
-        after = await run(worker, GenerationRequest(follow, max_tokens=40))
+    full = await run(worker, GenerationRequest(LOOPING[2], max_tokens=120))
+    # the output ends in a loop; twelve tokens of it first appear once the loop has gone on
+    # long enough to be drafted, and are then met within a drafted step
+    stop = text(full.ids[-12:])
+    stopped = await run(worker, GenerationRequest(LOOPING[2], max_tokens=120, stop=[stop]))
+    # the cache it leaves behind (prompt and kept tokens only) serves the next request
+    follow = LOOPING[2] + stopped.text
+    after = await run(worker, GenerationRequest(follow, max_tokens=40))
     everything = text(stopped.ids)
     assert stopped.done.finish_reason == "stop"
     assert stopped.text == everything[: everything.find(stop)]
@@ -186,13 +182,10 @@ async def test_a_stop_string_among_kept_drafts_ends_the_text_there(
 
 
 async def test_identical_drafting_requests_together_stay_identical(
-    gpu_layers: int, tiny_gguf: Path
+    gpu_layers: int, tiny_gguf: Path, worker: BatchingWorker
 ) -> None:
-    async with BatchingWorker(
-        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
-    ) as worker:
-        request = GenerationRequest(LOOPING[1], max_tokens=120)
-        results = await run_together(worker, [request] * 3 + [GenerationRequest("once", 120)])
+    request = GenerationRequest(LOOPING[1], max_tokens=120)
+    results = await run_together(worker, [request] * 3 + [GenerationRequest("once", 120)])
     assert all(r.done.accepted_draft_tokens > 0 for r in results[:3])
     if bit_exact_batches(worker):
         assert results[0].ids == results[1].ids == results[2].ids
