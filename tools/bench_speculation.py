@@ -32,6 +32,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_batching import log
+
 from inference.batching import BatchingWorker
 from inference.generation import GenerationDone, GenerationRequest, TokenChunk
 
@@ -45,10 +47,6 @@ PROMPTS = {
     "chat turn": "<start_of_turn>user\nExplain how a bicycle works.<end_of_turn>\n"
     "<start_of_turn>model\n",
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 async def once(worker: BatchingWorker, prompt: str, max_tokens: int) -> dict[str, Any]:

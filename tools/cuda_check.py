@@ -36,7 +36,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_batching import one
+from bench_batching import log, one
 from bench_network import PROMPT
 
 from inference.batching import BatchingWorker
@@ -50,10 +50,6 @@ from inference.offload import plan_offload
 N_CTX = 2048
 SLOTS = 4
 SELF_BENCHMARK_S = 1.5
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def used_bytes(gpus: list[GpuInfo]) -> int:
