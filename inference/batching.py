@@ -141,7 +141,7 @@ class _Sequence:
     out: int = -1  # batch index of this sequence's logits in the current step
     drafter: NgramDrafter | None = None  # greedy requests that may speculate (see _draft)
     draft: list[int] = attrs.field(factory=list)  # fed after next_token in the current step
-    draft_out: list[int] = attrs.field(factory=list)  # their batch indices
+    draft_out: int = -1  # batch index of the first of them (the others follow it)
     drafted: int = 0  # draft tokens fed so far
     accepted: int = 0  # of which kept
     first: float | None = None
@@ -583,9 +583,9 @@ class BatchingWorker(ThreadOwnedWorker):
         seq.drafter.extend(seq.fed[len(seq.drafter) - len(seq.prompt) :])
         limit = min(seq.request.max_tokens - seq.completion - 1, model.room, budget)
         seq.draft = seq.drafter.draft(limit)
-        seq.draft_out = [
-            model.add(token, done + i, seq.seq_id, True) for i, token in enumerate(seq.draft)
-        ]
+        seq.draft_out = model.n_tokens  # the index the first one gets
+        for i, token in enumerate(seq.draft):
+            model.add(token, done + i, seq.seq_id, True)
         seq.drafted += len(seq.draft)
         return len(seq.draft)
 
@@ -598,13 +598,12 @@ class BatchingWorker(ThreadOwnedWorker):
         while finish is None and kept < len(seq.draft) and seq.next_token == seq.draft[kept]:
             seq.fed.append(seq.draft[kept])
             seq.next_token = None
-            finish = self._take(model, seq, seq.draft_out[kept], now)
+            finish = self._take(model, seq, seq.draft_out + kept, now)
             kept += 1
         if kept < len(seq.draft):  # the rest were wrong or not needed: out of the cache
             model.forget_from(seq.seq_id, len(seq.prompt) + len(seq.fed))
         seq.accepted += kept
         seq.draft = []
-        seq.draft_out = []
         return finish
 
     def _take(self, model: LoadedModel, seq: _Sequence, out: int, now: float) -> str | None:
