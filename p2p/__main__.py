@@ -1,5 +1,5 @@
 """`python -m p2p` is the `gpunet` command (for environments without the console script)."""
 
-from p2p.cli import main
+from p2p.cli.main import main
 
 main()

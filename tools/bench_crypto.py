@@ -8,7 +8,7 @@
 What is measured, each in its own processes so that the two ends run on two cores as they do
 on two machines (client and server, or sender and receiver):
 
-1. **Handshake**: `p2p.session.connect()` to a `serve_sessions()` server in another process,
+1. **Handshake**: `p2p.session.secure.connect()` to a `serve_sessions()` server in another process,
    then one ping/pong frame, then `aclose()`, sequentially: median and p90 ms per "full
    handshake + first frame", and handshakes per second. Beside it, plain TCP: connect + the same
    ping/pong in length-prefixed msgpack without any crypto; and the secure case again with both
@@ -55,8 +55,8 @@ import trio
 from crypto.identity import Identity
 from crypto.noise import CipherState
 from crypto.secure_session import FrameChannel, SecureHandshake
-from p2p import wire
-from p2p.session import (
+from p2p.protocol import wire
+from p2p.session.secure import (
     HandshakeAdmission,
     SecureConnection,
     SessionLimits,

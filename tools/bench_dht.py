@@ -30,9 +30,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.identity import Identity
-from p2p.dht import Dht, open_dht
-from p2p.records import CapabilityRecord as Record
-from p2p.records import CpuEntry, ModelEntry, dht_digest, model_name_key, sign_record
+from p2p.dht.node import Dht, open_dht
+from p2p.dht.records import CapabilityRecord as Record
+from p2p.dht.records import CpuEntry, ModelEntry, dht_digest, model_name_key, sign_record
 
 LOCAL = "127.0.0.1"
 

@@ -7,7 +7,7 @@ Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.
   gateway            a `gpunet node --threads 2` process and a gateway process joined to it
                      through the DHT; requests travel HTTP -> gateway -> Noise session -> node
   node --api         one `gpunet node --api` process: the gateway inside the node, which
-                     reaches the node in-process (p2p/local_session.py)
+                     reaches the node in-process (p2p/session/local.py)
   llama_cpp.server   `python -m llama_cpp.server --n_threads 2` (needs the [server] extras; give
                      an interpreter that has them with --llama-cpp-python)
   llama-server       llama.cpp's server, `-t 2 -c 8192 -np 8`, when --llama-server names the
@@ -68,14 +68,14 @@ if str(ROOT) not in sys.path:
 
 CONCURRENCY = (2, 4, 8)
 # Until `gpunet gateway` is registered in the CLI, the command is run straight from its module.
-GATEWAY_CODE = "from p2p.gateway_cli import gateway_command as g; g(prog_name='gpunet gateway')"
+GATEWAY_CODE = "from p2p.cli.gateway import gateway_command as g; g(prog_name='gpunet gateway')"
 
 
 # --- servers ----------------------------------------------------------------------------------
 
 
 def gateway_cmd() -> list[str]:
-    from p2p.cli import main
+    from p2p.cli.main import main
 
     if "gateway" in getattr(main, "commands", {}):
         return [sys.executable, "-m", "p2p", "gateway"]

@@ -141,8 +141,8 @@ def run_client(
     session (TTFT still includes the provider lookup, not the handshake)."""
     import trio
 
-    from p2p import wire
-    from p2p.client import generate, open_client
+    from p2p.protocol import wire
+    from p2p.client.network_client import generate, open_client
 
     out: dict[str, Any] = {}
 

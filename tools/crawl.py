@@ -5,7 +5,7 @@
     python tools/crawl.py --json 198.51.100.7:8468 203.0.113.9:8468
 
 The crawler joins as a light client (it never enters anyone's routing table), walks every node's
-buckets with `find_node` (see p2p/dht_crawl.py), and asks each node for its own signed record,
+buckets with `find_node` (see p2p/dht/crawl.py), and asks each node for its own signed record,
 which must be signed by the key behind the node's id. Output: one line per node, then a summary
 (nodes, GPUs, total VRAM, models and how many providers each); `--json` prints one object with
 `nodes` and `summary`.
@@ -26,9 +26,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.identity import Identity
-from p2p.dht import open_dht, resolve
-from p2p.dht_crawl import DEFAULT_DEPTH, CrawledNode, crawl, summarize
-from p2p.records import record_to_json
+from p2p.dht.node import open_dht, resolve
+from p2p.dht.crawl import DEFAULT_DEPTH, CrawledNode, crawl, summarize
+from p2p.dht.records import record_to_json
 
 GIB = 1 << 30
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=DEFAULT_DEPTH, help="bucket levels per node")
     args = p.parse_args(argv)
     logging.getLogger("kademlia").setLevel(logging.ERROR)
-    logging.getLogger("p2p.dht").setLevel(logging.ERROR)
+    logging.getLogger("p2p.dht.node").setLevel(logging.ERROR)
     return trio.run(run, args)
 
 

@@ -45,7 +45,7 @@ from inference.gpu import GpuInfo, hardware_class, probe_gpus, probe_host
 from inference.model_file import inspect_gguf
 from inference.offload import plan_offload
 
-# The node's defaults (p2p/node.py NodeConfig and SELF_BENCHMARK_S), kept here so that this
+# The node's defaults (p2p/node/runtime.py NodeConfig and SELF_BENCHMARK_S), kept here so that this
 # check imports nothing of p2p.
 N_CTX = 2048
 SLOTS = 4

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Simulate a gpunet DHT of N nodes in one process: the real kademlia package and gpunet's
-protocol, storage, id proofs and lookups, over `p2p.netsim_transport` (virtual time, simulated
+protocol, storage, id proofs and lookups, over `p2p.dht.netsim_transport` (virtual time, simulated
 latency and loss, no sockets).
 
 For each N and each fraction of dead nodes it builds a fresh network (nodes join one wave at a
@@ -33,9 +33,9 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.identity import Identity, dht_node_id
-from p2p.dht import DhtServer, record_acceptor
-from p2p.netsim_transport import LinkModel, SimNetwork, VirtualTimeLoop
-from p2p.records import (
+from p2p.dht.node import DhtServer, record_acceptor
+from p2p.dht.netsim_transport import LinkModel, SimNetwork, VirtualTimeLoop
+from p2p.dht.records import (
     MAX_TTL_S,
     CapabilityRecord,
     CpuEntry,
@@ -161,7 +161,7 @@ def _all_records(providers: list[DhtServer]) -> list[CapabilityRecord]:
 
 
 def _open_all(blobs: list[bytes], now: float) -> list[CapabilityRecord]:
-    from p2p.records import open_record
+    from p2p.dht.records import open_record
 
     return [open_record(b, now=now).record for b in blobs]
 

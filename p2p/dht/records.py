@@ -1,0 +1,407 @@
+"""Capability records: what a node offers, signed by its identity key, stored in the DHT.
+
+A record is validated once, when it becomes a `CapabilityRecord` (from the network or from our own
+node); inside the program nobody checks it again. The wire form is a msgpack envelope
+``[ENVELOPE_VERSION, body, signature]`` where *body* is the msgpack map of the record and the
+signature covers ``signing_input(RECORD_DOMAIN, body)`` — so a signature made for anything else
+(a handshake, another record version) never verifies as a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import msgpack
+
+from crypto.identity import (
+    Identity,
+    peer_id_from_public_key,
+    verify_signature,
+)
+
+SCHEMA_VERSION = 1
+ENVELOPE_VERSION = 1
+RECORD_DOMAIN = "capability-record/1"
+
+# rpcudp refuses outgoing requests over 8192 bytes, and a store request carries the record plus
+# the sender's id, the key and msgpack framing (~100 bytes). 7 KiB leaves room for all of that.
+MAX_RECORD_BYTES = 7 * 1024
+# Records live minutes. TTL 5 min, republished every TTL/3 = 100 s:
+# - a killed node is gone from every lookup at most 5 min after its last publish (the store drops
+#   expired records, and readers check expiry again); meanwhile a client that picks it loses one
+#   connect attempt and fails over, so staleness costs seconds, not failures;
+# - republishing at TTL/3 lets two consecutive rounds be lost (a slow lookup, a burst of packet
+#   loss) before the record lapses while its node lives;
+# - the price: per node and round, one lookup and k = 20 stores per key (4 keys for one model),
+#   ~100 datagrams per 100 s, under 1 datagram/s and a few KiB/s even with 7 KiB records.
+# Shorter would multiply that traffic on every node for little gain (failover already hides
+# stale records); longer keeps dead nodes listed by `gpunet peers` for many minutes.
+DEFAULT_TTL_S = 300.0
+REPUBLISH_INTERVAL_S = DEFAULT_TTL_S / 3
+MAX_TTL_S = 3600.0
+# Clocks of volunteers drift; refuse records from further in the future than this.
+MAX_CLOCK_SKEW_S = 120.0
+
+MAX_STRING = 256
+MAX_ADDRESSES = 8
+MAX_GPUS = 16
+MAX_MODELS = 32
+# The build and hardware class (failover prefers a node with the same pair: see p2p/client/network_client.py)
+# and the CPU's SIMD flags as llama.cpp names them (AVX2, NEON, ...; ~20 exist today).
+MAX_BUILD = 64
+MAX_HARDWARE_CLASS = 128
+MAX_SIMD_FLAGS = 32
+_SIMD_FLAG_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,23}$")
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+NAMESPACE = "gpunet/1"
+# A private network's id (16 bytes from crypto.network_key; up to 32 accepted) prefixes every key
+# and is a signed field of the record, so a record never verifies for another network's keys.
+MAX_NETWORK_ID = 32
+
+
+class RecordError(ValueError):
+    """A record from the network (or about to be published) breaks the schema or its signature."""
+
+
+def namespace(network_id: bytes | None = None) -> str:
+    """`gpunet/1` for the public network, `gpunet/1/net/<hex id>` for a private one."""
+    return NAMESPACE if network_id is None else f"{NAMESPACE}/net/{network_id.hex()}"
+
+
+def node_key(peer_id: str, network_id: bytes | None = None) -> str:
+    return f"{namespace(network_id)}/node/{peer_id}"
+
+
+def model_key(sha256: str, network_id: bytes | None = None) -> str:
+    return f"{namespace(network_id)}/model/{sha256}"
+
+
+def directory_key(network_id: bytes | None = None) -> str:
+    """Every node's record is also stored here, so `peers` can list a small network.
+
+    One key for everyone is a hot spot: the storage bound (64 signers per key) caps it, and the
+    crawler of a large network replaces it. Lookups by model never use it.
+    """
+    return f"{namespace(network_id)}/directory"
+
+
+def model_name_key(name: str, network_id: bytes | None = None) -> str:
+    return f"{namespace(network_id)}/model-name/{name.lower()}"
+
+
+def dht_digest(key: str) -> bytes:
+    """The 160-bit DHT key for a namespaced string key (kademlia's routing needs sha1 width)."""
+    return hashlib.sha1(key.encode()).digest()
+
+
+def is_sha256(text: str) -> bool:
+    return bool(_SHA256_RE.fullmatch(text))
+
+
+def is_model_name(text: str) -> bool:
+    return bool(_NAME_RE.fullmatch(text))
+
+
+def _bounded_str(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or len(value) > MAX_STRING:
+        raise RecordError(f"{attr.name}: expected a string of at most {MAX_STRING} characters")
+
+
+def _short_str(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, str) or len(value) > limit:
+            raise RecordError(f"{attr.name}: expected a string of at most {limit} characters")
+
+    return check
+
+
+def _bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise RecordError(f"{attr.name}: expected true or false")
+
+
+def _simd_flags(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or len(value) > MAX_SIMD_FLAGS
+        or not all(isinstance(f, str) and _SIMD_FLAG_RE.fullmatch(f) for f in value)
+    ):
+        raise RecordError(f"{attr.name}: expected at most {MAX_SIMD_FLAGS} flags like 'AVX2'")
+
+
+def _non_negative_int(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 63:
+        raise RecordError(f"{attr.name}: expected a non-negative integer")
+
+
+def _non_negative_float(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e12:
+        raise RecordError(f"{attr.name}: expected a non-negative number")
+
+
+def _sha256(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not is_sha256(value):
+        raise RecordError(f"{attr.name}: expected 64 lower-case hex digits")
+
+
+def _model_name(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not is_model_name(value):
+        raise RecordError(f"{attr.name}: not a valid model name")
+
+
+def _address(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536 and len(text) < 100)
+
+
+@attrs.frozen
+class GpuEntry:
+    name: str = attrs.field(validator=_bounded_str)
+    vram_total: int = attrs.field(validator=_non_negative_int)
+    vram_free: int = attrs.field(validator=_non_negative_int)
+    compute_capability: str = attrs.field(validator=_bounded_str)
+    driver_version: str = attrs.field(validator=_bounded_str)
+    cuda_version: str = attrs.field(validator=_bounded_str)
+    utilization_pct: int = attrs.field(validator=_non_negative_int)
+
+
+@attrs.frozen
+class CpuEntry:
+    cores: int = attrs.field(validator=_non_negative_int)
+    ram_bytes: int = attrs.field(validator=_non_negative_int)
+    # llama.cpp's CPU features of this build (`llama_print_system_info`), sorted
+    simd: tuple[str, ...] = attrs.field(default=(), validator=_simd_flags)
+    gpu_offload: bool = attrs.field(default=False, validator=_bool)  # llama_supports_gpu_offload
+
+
+@attrs.frozen
+class ModelEntry:
+    sha256: str = attrs.field(validator=_sha256)
+    name: str = attrs.field(validator=_model_name)
+    architecture: str = attrs.field(validator=_bounded_str)
+    parameter_count: int = attrs.field(validator=_non_negative_int)
+    quantization: str = attrs.field(validator=_bounded_str)
+    context_length: int = attrs.field(validator=_non_negative_int)
+    layers_offloaded: int = attrs.field(validator=_non_negative_int)
+    layers_total: int = attrs.field(validator=_non_negative_int)
+    decode_tok_s: float = attrs.field(default=0.0, validator=_non_negative_float)
+    prefill_tok_s: float = attrs.field(default=0.0, validator=_non_negative_float)
+
+
+@attrs.frozen
+class LoadEntry:
+    active_requests: int = attrs.field(default=0, validator=_non_negative_int)
+    free_slots: int = attrs.field(default=1, validator=_non_negative_int)
+    queue_depth: int = attrs.field(default=0, validator=_non_negative_int)
+
+
+def _addresses(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or not 0 < len(value) <= MAX_ADDRESSES
+        or not all(isinstance(a, str) and _address(a) for a in value)
+    ):
+        raise RecordError(f"addresses: expected 1..{MAX_ADDRESSES} 'host:port' strings")
+
+
+def _tuple_of(kind: type, limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        if (
+            not isinstance(value, tuple)
+            or len(value) > limit
+            or not all(isinstance(v, kind) for v in value)
+        ):
+            raise RecordError(f"{attr.name}: expected at most {limit} {kind.__name__} entries")
+
+    return check
+
+
+@attrs.frozen
+class CapabilityRecord:
+    """Everything a client needs to choose this node and open a session to it."""
+
+    peer_id: str = attrs.field(validator=_bounded_str)
+    public_key: bytes = attrs.field()
+    addresses: tuple[str, ...] = attrs.field(validator=_addresses)
+    software_version: str = attrs.field(validator=_bounded_str)
+    seq: int = attrs.field(validator=_non_negative_int)
+    issued_at: float = attrs.field(validator=_non_negative_float)
+    expires_at: float = attrs.field(validator=_non_negative_float)
+    gpus: tuple[GpuEntry, ...] = attrs.field(validator=_tuple_of(GpuEntry, MAX_GPUS))
+    cpu: CpuEntry
+    models: tuple[ModelEntry, ...] = attrs.field(validator=_tuple_of(ModelEntry, MAX_MODELS))
+    load: LoadEntry = attrs.field(factory=LoadEntry)
+    schema: int = SCHEMA_VERSION
+    # None: the public network, and the field is left out of the signed body, so public records
+    # are byte-for-byte what they were before private networks existed.
+    network_id: bytes | None = attrs.field(default=None)
+    # "llama-cpp-python 0.3.36 cuda+cpu" and "NVIDIA H100 80GB HBM3 sm90" / "cpu x86_64 avx2";
+    # "" from nodes older than these fields.
+    build: str = attrs.field(default="", validator=_short_str(MAX_BUILD))
+    hardware_class: str = attrs.field(default="", validator=_short_str(MAX_HARDWARE_CLASS))
+
+    @network_id.validator
+    def _check_network(self, _attr: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and not (
+            isinstance(value, bytes) and 0 < len(value) <= MAX_NETWORK_ID
+        ):
+            raise RecordError(f"network_id: expected 1..{MAX_NETWORK_ID} bytes")
+
+    @public_key.validator
+    def _check_key(self, _attr: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise RecordError("public_key: expected 32 bytes")
+        if peer_id_from_public_key(value) != self.peer_id:
+            raise RecordError("peer_id does not match public_key")
+
+    def dht_keys(self) -> tuple[str, ...]:
+        """Every string key this record may be stored under (its key binding)."""
+        net = self.network_id
+        keys = [node_key(self.peer_id, net), directory_key(net)]
+        for m in self.models:
+            keys += [model_key(m.sha256, net), model_name_key(m.name, net)]
+        return tuple(dict.fromkeys(keys))
+
+    def serves(self, model: str) -> ModelEntry | None:
+        for m in self.models:
+            if model in (m.sha256, m.name) or model.lower() == m.name.lower():
+                return m
+        return None
+
+
+@attrs.frozen
+class SignedRecord:
+    record: CapabilityRecord
+    blob: bytes  # the exact envelope bytes, re-sent as they are so signatures stay valid
+
+
+def _to_plain(value: object) -> object:
+    if attrs.has(type(value)):
+        fields = attrs.asdict(value, recurse=False)  # type: ignore[arg-type]
+        if isinstance(value, CapabilityRecord) and value.network_id is None:
+            del fields["network_id"]
+        return {k: _to_plain(v) for k, v in fields.items()}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: object) -> T:
+    if not isinstance(data, Mapping):
+        raise RecordError(f"{cls.__name__}: expected a map")
+    names = {f.name for f in attrs.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise RecordError(f"{cls.__name__}: unknown fields {sorted(map(str, unknown))[:5]}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise RecordError(f"{cls.__name__}: missing or wrong fields") from exc
+
+
+def record_from_plain(data: object) -> CapabilityRecord:
+    if not isinstance(data, Mapping):
+        raise RecordError("record: expected a map")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise RecordError(f"record: unsupported schema {data.get('schema')!r}")
+    fields = dict(data)
+    try:
+        fields["addresses"] = tuple(fields.get("addresses") or ())
+        fields["gpus"] = tuple(_build(GpuEntry, g) for g in _as_list(fields.get("gpus"), MAX_GPUS))
+        fields["models"] = tuple(
+            _build(ModelEntry, m) for m in _as_list(fields.get("models"), MAX_MODELS)
+        )
+        fields["cpu"] = _build(CpuEntry, _with_tuple(fields.get("cpu"), "simd", MAX_SIMD_FLAGS))
+        fields["load"] = _build(LoadEntry, fields.get("load"))
+    except TypeError as exc:
+        raise RecordError("record: wrong field types") from exc
+    return _build(CapabilityRecord, fields)
+
+
+def _as_list(value: object, limit: int) -> list[object]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise RecordError(f"expected a list of at most {limit} entries")
+    return value
+
+
+def _with_tuple(data: object, name: str, limit: int) -> object:
+    """*data* with its msgpack list *name* as a tuple (attrs fields hold tuples)."""
+    if not isinstance(data, Mapping) or name not in data:
+        return data
+    return {**data, name: tuple(_as_list(data[name], limit))}
+
+
+def sign_record(record: CapabilityRecord, identity: Identity) -> SignedRecord:
+    if identity.public_key != record.public_key:
+        raise RecordError("record is for another identity")
+    body = msgpack.packb(_to_plain(record), use_bin_type=True)
+    blob = msgpack.packb(
+        [ENVELOPE_VERSION, body, identity.sign(RECORD_DOMAIN, body)], use_bin_type=True
+    )
+    if len(blob) > MAX_RECORD_BYTES:
+        raise RecordError(f"record is {len(blob)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+    return SignedRecord(record, blob)
+
+
+def open_record(blob: object, *, now: float) -> SignedRecord:
+    """Parse and check a record from the network: size, schema, signature, lifetime."""
+    if not isinstance(blob, bytes) or len(blob) > MAX_RECORD_BYTES:
+        raise RecordError("record: not bytes or too large")
+    try:
+        envelope = msgpack.unpackb(blob, raw=False, max_bin_len=MAX_RECORD_BYTES)
+        if not (isinstance(envelope, list) and len(envelope) == 3):
+            raise RecordError("record: bad envelope")
+        version, body, signature = envelope
+        if version != ENVELOPE_VERSION or not isinstance(body, bytes):
+            raise RecordError("record: unknown envelope version")
+        if not isinstance(signature, bytes):
+            raise RecordError("record: bad signature field")
+        plain = msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        if isinstance(exc, RecordError):
+            raise
+        raise RecordError("record: not valid msgpack") from exc
+    record = record_from_plain(plain)
+    if not verify_signature(record.public_key, RECORD_DOMAIN, body, signature):
+        raise RecordError("record: bad signature")
+    check_lifetime(record, now=now)
+    return SignedRecord(record, blob)
+
+
+def check_lifetime(record: CapabilityRecord, *, now: float) -> None:
+    if record.expires_at <= now:
+        raise RecordError("record: expired")
+    if record.issued_at > now + MAX_CLOCK_SKEW_S:
+        raise RecordError("record: issued in the future")
+    if record.expires_at - record.issued_at > MAX_TTL_S:
+        raise RecordError("record: lifetime too long")
+
+
+def newest_per_peer(records: list[SignedRecord]) -> list[CapabilityRecord]:
+    """One record per signer, the highest sequence number winning."""
+    best: dict[str, CapabilityRecord] = {}
+    for s in records:
+        r = s.record
+        if r.peer_id not in best or r.seq > best[r.peer_id].seq:
+            best[r.peer_id] = r
+    return list(best.values())
+
+
+def record_to_json(record: CapabilityRecord) -> dict[str, Any]:
+    """The JSON shape `gpunet peers --json` prints (public key as hex)."""
+    plain = _to_plain(record)
+    assert isinstance(plain, dict)
+    plain["public_key"] = record.public_key.hex()
+    if record.network_id is not None:
+        plain["network_id"] = record.network_id.hex()
+    return plain

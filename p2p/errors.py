@@ -1,0 +1,139 @@
+"""Error codes: the one table of what can go wrong, how it is told on the wire and over HTTP.
+
+aioquic's shape (`h3/connection.py`): an `ErrorCode` enum, exceptions that each carry their code,
+and one function (`code_of`) that turns any fault into the code sent back. Nothing in gpunet derives
+a code from message text or compares a code as a bare string: the text is for people, the code is
+for programs (a client retries elsewhere on `busy`, fixes its request on `bad_request`), so
+rewording a message can never change an HTTP status or a metric label.
+
+The enum's values are what travels in `wire.Error.code`. A code this version does not know (a newer
+peer's) decodes as `INTERNAL`: retryable, so an unknown failure moves the request elsewhere rather
+than failing it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from inference.generation import GenerationError, PromptTooLong, WorkerBusy
+
+
+class ErrorCode(enum.Enum):
+    """Stable codes clients act on (retry elsewhere, give up, fix the request)."""
+
+    UNKNOWN_MODEL = "unknown_model"  # this node (or the network) does not serve that model
+    BUSY = "busy"  # no slot or queue place now; another provider may have one
+    RATE_LIMITED = "rate_limited"  # this requester sent too much; slow down or go elsewhere
+    SHUTTING_DOWN = "shutting_down"  # the node is draining; go elsewhere
+    BAD_REQUEST = "bad_request"  # the request is invalid; resending it unchanged cannot help
+    TOO_LONG = "too_long"  # the prompt (or prompt + max_tokens) exceeds a limit
+    TIMEOUT = "timeout"  # a deadline passed before the work finished
+    UNAVAILABLE = "unavailable"  # no provider could serve the request (client side)
+    INTERNAL = "internal"  # the serving side failed; another provider may not
+
+    @classmethod
+    def from_wire(cls, text: str) -> ErrorCode:
+        """The code a peer sent; one this version does not know counts as `INTERNAL`."""
+        try:
+            return cls(text)
+        except ValueError:
+            return cls.INTERNAL
+
+
+# Codes after which a client moves the request to the next provider of the same model file. A
+# `bad_request` or `too_long` would be refused by every honest provider alike.
+RETRYABLE: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.BUSY,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.TIMEOUT,
+        ErrorCode.INTERNAL,
+        # one node's catalogue may lag the DHT's (a model dropped after a failed load)
+        ErrorCode.UNKNOWN_MODEL,
+    }
+)
+
+# What the OpenAI gateway answers when a request ends in each code.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.UNKNOWN_MODEL: 404,
+    ErrorCode.BUSY: 503,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SHUTTING_DOWN: 503,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.TOO_LONG: 400,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 502,  # the gateway is fine; the node behind it failed
+}
+
+
+class GpunetError(Exception):
+    """A fault with a code. Subclasses fix the code; `GpunetError(msg, code=...)` picks one."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class BadRequest(GpunetError):
+    """The request is invalid. `field` names the offending field when one is to blame."""
+
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class TooLong(GpunetError):
+    code = ErrorCode.TOO_LONG
+
+
+class Busy(GpunetError):
+    code = ErrorCode.BUSY
+
+
+class RateLimited(GpunetError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class ShuttingDown(GpunetError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class UnknownModel(GpunetError):
+    code = ErrorCode.UNKNOWN_MODEL
+
+
+class Timeout(GpunetError):
+    code = ErrorCode.TIMEOUT
+
+
+class Unavailable(GpunetError):
+    code = ErrorCode.UNAVAILABLE
+
+
+# Exceptions raised below p2p (inference knows nothing of wire codes), most specific first.
+_FOREIGN: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (WorkerBusy, ErrorCode.BUSY),
+    (PromptTooLong, ErrorCode.TOO_LONG),
+    (GenerationError, ErrorCode.BAD_REQUEST),
+)
+
+
+def code_of(exc: BaseException) -> ErrorCode:
+    """The code to answer with for *exc*: its own, the table's, else `INTERNAL`."""
+    if isinstance(exc, GpunetError):
+        return exc.code
+    for kind, code in _FOREIGN:
+        if isinstance(exc, kind):
+            return code
+    return ErrorCode.INTERNAL

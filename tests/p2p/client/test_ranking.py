@@ -1,0 +1,150 @@
+"""Provider ranking: speed, load, failures with backoff, stale records — plain calls."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+from crypto.identity import Identity
+from p2p.client.network_client import Provider, prefer_first, prefer_same_class
+from p2p.client.ranking import BACKOFF_BASE_S, ProviderRanker
+from p2p.dht.records import LoadEntry
+from tests.p2p.test_records import make_record
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def provider(decode: float, *, active: int = 0, free: int = 1, now: float, ttl: float = 600):
+    ident = Identity.generate()
+    record = make_record(ident, now=now, ttl=ttl)
+    model = attrs.evolve(record.models[0], decode_tok_s=decode)
+    record = attrs.evolve(
+        record, models=(model,), load=LoadEntry(active_requests=active, free_slots=free)
+    )
+    return record, model
+
+
+def test_faster_and_less_loaded_nodes_rank_first() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(1))
+    fast = provider(100, now=clock.now)
+    slow = provider(20, now=clock.now)
+    full = provider(100, active=9, free=0, now=clock.now)
+    order = [c.record.peer_id for c in ranker.rank([slow, full, fast])]
+    assert order == [fast[0].peer_id, slow[0].peer_id, full[0].peer_id]
+    assert "100 tok/s" in ranker.rank([fast])[0].reason
+
+
+def test_failed_node_goes_last_until_its_backoff_ends() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(2))
+    a, b = provider(100, now=clock.now), provider(50, now=clock.now)
+    ranker.record_failure(a[0].peer_id)
+    ranked = ranker.rank([a, b])
+    assert ranked[0].record.peer_id == b[0].peer_id
+    assert "recently failed" in ranked[1].reason
+    clock.now += BACKOFF_BASE_S + 0.1
+    assert ranker.rank([a, b])[0].record.peer_id == a[0].peer_id
+    # failures in a row back off longer
+    ranker.record_failure(a[0].peer_id)
+    ranker.record_failure(a[0].peer_id)
+    clock.now += BACKOFF_BASE_S + 0.1
+    assert ranker.in_backoff(a[0].peer_id)
+    ranker.record_success(a[0].peer_id)
+    assert not ranker.in_backoff(a[0].peer_id)
+
+
+def test_stale_records_are_skipped() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock)
+    old = provider(100, now=clock.now - 500, ttl=400)
+    assert ranker.rank([old]) == []
+
+
+def test_jitter_lets_equal_nodes_share_the_work() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(3))
+    a, b = provider(50, now=clock.now), provider(50, now=clock.now)
+    firsts = {ranker.rank([a, b])[0].record.peer_id for _ in range(50)}
+    assert firsts == {a[0].peer_id, b[0].peer_id}
+
+
+def test_prefer_puts_the_named_node_first_and_keeps_the_rest_ranked() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(1))
+    fast, mid, slow = (provider(d, now=clock.now) for d in (100, 50, 10))
+    ranked = [Provider(c.record, c.model) for c in ranker.rank([slow, mid, fast])]
+    prefix = slow[0].peer_id[:10].upper()  # a pasted prefix may come in either case
+    order = [p.record.peer_id for p in prefer_first(ranked, prefix)]
+    assert order == [slow[0].peer_id, fast[0].peer_id, mid[0].peer_id]
+    assert prefer_first(ranked, "ffff" * 16 + "x") == ranked  # no match: ranking unchanged
+    assert prefer_first(ranked, None) == ranked
+
+
+H100 = ("llama-cpp-python 0.3.36 cuda+cpu", "NVIDIA H100 80GB HBM3 sm90")
+A100 = ("llama-cpp-python 0.3.36 cuda+cpu", "NVIDIA A100-SXM4-80GB sm80")
+CPU = ("llama-cpp-python 0.3.36 cpu", "cpu x86_64 avx2")
+
+
+def of_class(build_and_class: tuple[str, str], decode: float, now: float) -> Provider:
+    record, model = provider(decode, now=now)
+    build, hardware = build_and_class
+    return Provider(attrs.evolve(record, build=build, hardware_class=hardware), model)
+
+
+def test_failover_prefers_the_failed_providers_build_and_hardware_class() -> None:
+    now = 1_000_000.0
+    failed = of_class(H100, 100, now)
+    ranked = [
+        of_class(CPU, 90, now),
+        of_class(H100, 80, now),
+        of_class(A100, 70, now),
+        of_class(H100, 60, now),
+        of_class(("llama-cpp-python 0.3.35 cuda+cpu", H100[1]), 50, now),  # another build
+    ]
+    order = prefer_same_class(ranked, failed.record)
+    assert order == [ranked[1], ranked[3], ranked[0], ranked[2], ranked[4]]
+    # no one of the same class: the ranking as it was
+    assert prefer_same_class([ranked[0], ranked[2]], failed.record) == [ranked[0], ranked[2]]
+    assert prefer_same_class([], failed.record) == []
+
+
+def test_failover_order_is_unchanged_when_the_failed_node_publishes_no_class() -> None:
+    now = 1_000_000.0
+    older = Provider(*provider(100, now=now))  # a node from before build/hardware_class
+    assert (older.record.build, older.record.hardware_class) == ("", "")
+    ranked = [of_class(CPU, 90, now), Provider(*provider(80, now=now)), of_class(H100, 70, now)]
+    assert prefer_same_class(ranked, older.record) == ranked
+
+
+async def test_client_reuses_a_lookup_briefly_and_forgets_it_after_a_failure() -> None:
+    from p2p.client.network_client import LOOKUP_CACHE_S, Client
+
+    clock = Clock()
+    record, _model = provider(50, now=clock.now)
+
+    class CountingDht:  # the DHT's answer is not under test here, only how often it is asked
+        calls = 0
+
+        async def find_records(self, key: str) -> list[object]:
+            self.calls += 1
+            return [record]
+
+    dht = CountingDht()
+    client = Client(dht, Identity.generate(), pool=None, clock=clock)  # type: ignore[arg-type]
+    assert (await client.find_records("k")) == ([record], False)
+    assert (await client.find_records("k")) == ([record], True)
+    assert dht.calls == 1
+    clock.now += LOOKUP_CACHE_S
+    assert (await client.find_records("k"))[1] is False  # expired: asked again
+    client.forget_lookups()
+    assert (await client.find_records("k"))[1] is False  # a provider failed: asked again
+    assert (await client.find_records("k", fresh=True))[1] is False
+    assert dht.calls == 4

@@ -1,0 +1,74 @@
+"""Session message codec: round trips and hostile input."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p.protocol import wire
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        wire.Generate(1, "tiny-llama", "hello", 16, 0.5, 0.9, 7, ("\n",)),
+        wire.Generate(9, "m", "", messages=(wire.ChatMessage("user", "hi"),)),
+        wire.Token(2, "wörld"),
+        wire.Token(2, "x", (5, 6)),
+        wire.Generate(3, "m", "p", 40, replay_tokens=(1, 2, 3)),
+        wire.Done(3, "length", 4, 16, 0.03, 35.5),
+        wire.Done(3, "stop", 4, 16, 0.03, 35.5, token_ids=(7, 8), cached_tokens=3),
+        wire.Generate(3, "m", "p", reproducible=True),
+        wire.Error(4, wire.ErrorCode.BUSY, "busy"),
+        wire.Cancel(5),
+        wire.Ping(6),
+        wire.Pong(6),
+    ],
+)
+def test_round_trip(msg: wire.Message) -> None:
+    assert wire.decode(wire.encode(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": 5},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "p", "max_tokens": 0},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "p", "stop": ["a"] * 50},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "p", "temperature": "hot"},
+        {"v": 2, "t": "ping", "id": 1},
+        {"v": 1, "t": "launch", "id": 1},
+        {"v": 1, "t": "ping", "id": -1},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "messages": [["root", "x"]]},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "messages": [["user"]]},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "replay_tokens": [-1]},
+        {"v": 1, "t": "token", "id": 1, "text": "", "token_ids": ["a"]},
+        {"v": 1, "t": "generate", "id": 1, "model": "m", "prompt": "", "reproducible": 1},
+        {
+            "v": 1,
+            "t": "done",
+            "id": 1,
+            "finish_reason": "stop",
+            "prompt_tokens": 1,
+            "completion_tokens": 1,
+            "ttft_s": 0.1,
+            "decode_tok_s": 1.0,
+            "token_ids": [2**31],
+        },
+        [1, 2, 3],
+    ],
+)
+def test_bad_messages_raise_protocol_error(body: object) -> None:
+    with pytest.raises(wire.ProtocolError):
+        wire.decode(msgpack.packb(body))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash(data: bytes) -> None:
+    with contextlib.suppress(wire.ProtocolError):
+        wire.decode(data)
