@@ -174,6 +174,10 @@ def _is_encrypted(data: bytes) -> bool:
     return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
 
 
+class WrongPassphrase(KeyFileError):
+    """The key file is encrypted and the passphrase given does not open it."""
+
+
 def _parse_key_file(path: Path, data: bytes, passphrase: bytes | None) -> Identity:
     if b"-----BEGIN" not in data:
         raise KeyFileError(f"key file {path} is not a PEM file")
@@ -186,7 +190,7 @@ def _parse_key_file(path: Path, data: bytes, passphrase: bytes | None) -> Identi
         key = serialization.load_pem_private_key(data, password=passphrase)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         if encrypted:
-            raise KeyFileError(f"cannot decrypt key file {path}: wrong passphrase") from exc
+            raise WrongPassphrase(f"cannot decrypt key file {path}: wrong passphrase") from exc
         raise KeyFileError(f"key file {path} does not hold a valid private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"key file {path} holds a {type(key).__name__}, not an Ed25519 key")

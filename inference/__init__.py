@@ -1,61 +1,31 @@
-"""Running models on this node: hardware probe, model files, and the llama.cpp worker thread.
+"""Running models on this node: hardware probe, model files, and the llama.cpp workers.
 
-Nothing here does networking; the p2p layer drives it.
+Nothing here does networking; the p2p layer drives it. This file imports nothing, so importing
+one module (say the pure `inference.generation`) never loads llama_cpp or trio: import each name
+from the module that defines it.
+
+Requests and answers (pure data, no llama.cpp, no trio):
+- `generation.py` — `GenerationRequest`, `TokenChunk`, `GenerationDone`, `WorkerLoad`, the
+  errors (`WorkerBusy`, `GenerationError`, `PromptTooLong`) and `check_fits`.
+- `streaming.py` — `TextAssembler`: generated tokens into text chunks, stop strings, token ids.
+- `chat.py` — chat messages rendered into one prompt for a completion model.
+- `speculation.py` — `NgramDrafter`: draft tokens for greedy speculation from repeats.
+
+The workers (one thread owns each llama.cpp model; trio talks to it through queues):
+- `worker_thread.py` — what both share: `ThreadOwnedWorker`, jobs, the hand-off to trio.
+- `worker.py` — `ModelWorker`: one request at a time, the bit-reproducible reference.
+- `batching.py` — `BatchingWorker`: continuous batching, the scheduler's loop.
+- `batch_sequence.py` — one request's state in the batch and its share of a decode step.
+- `prefix_cache.py` — which tokens free slots still hold; reuse of prompt prefixes.
+- `llama_lowlevel.py` — `LoadedModel` and `Sampler` over llama-cpp-python's low-level API.
+- `benchmark.py` — the self-benchmark (prefill and decode tokens/s).
+
+Hardware and model files:
+- `gpu.py` — NVIDIA GPUs through NVML, and the CPU (`probe_gpus`, `probe_host`).
+- `offload.py` — `plan_offload`: how many layers go on the GPU(s).
+- `model_file.py` — GGUF header inspection (`inspect_gguf`, `ModelInfo`), sha256 of a file.
+- `sha256_cache.py` — sha256s remembered by (path, size, mtime).
+- `model_cache.py` — where model files and that cache live (`GPUNET_MODEL_CACHE`).
+- `default_model.py` — the default model (Gemma 3 270M Q4_K_M), assembled once.
+- `quantize.py` — F32/F16 GGUF to Q4_K_M or Q8_0 with llama.cpp's quantizer.
 """
-
-from inference.batching import BatchingWorker
-from inference.benchmark import Throughput
-from inference.chat import render_chat
-from inference.default_model import (
-    DEFAULT_MODEL_FILENAME,
-    DEFAULT_MODEL_SHA256,
-    ensure_default_model,
-    model_cache_dir,
-)
-from inference.gpu import GpuInfo, cpu_summary, probe_gpus, supports_gpu_offload
-from inference.model_file import ModelFileError, ModelInfo, ModelLayout, inspect_gguf, sha256_file
-from inference.offload import OffloadPlan, parse_gpu_layers, plan_offload
-from inference.sha256_cache import Sha256Cache, default_sha256_cache, stderr_progress
-from inference.worker import (
-    GenerationDone,
-    GenerationError,
-    GenerationRequest,
-    ModelWorker,
-    PromptTooLong,
-    TokenChunk,
-    WorkerBusy,
-    WorkerLoad,
-)
-
-__all__ = [
-    "DEFAULT_MODEL_FILENAME",
-    "DEFAULT_MODEL_SHA256",
-    "BatchingWorker",
-    "GenerationDone",
-    "GenerationError",
-    "GenerationRequest",
-    "GpuInfo",
-    "ModelFileError",
-    "ModelInfo",
-    "ModelLayout",
-    "ModelWorker",
-    "OffloadPlan",
-    "PromptTooLong",
-    "Sha256Cache",
-    "Throughput",
-    "TokenChunk",
-    "WorkerBusy",
-    "WorkerLoad",
-    "cpu_summary",
-    "default_sha256_cache",
-    "ensure_default_model",
-    "inspect_gguf",
-    "model_cache_dir",
-    "parse_gpu_layers",
-    "plan_offload",
-    "probe_gpus",
-    "render_chat",
-    "sha256_file",
-    "stderr_progress",
-    "supports_gpu_offload",
-]

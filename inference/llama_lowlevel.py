@@ -140,6 +140,16 @@ def token_piece(
     return buf.raw[:n], buf
 
 
+def check_replay(llama_cpp: Any, vocab: Any, replay: tuple[int, ...]) -> None:
+    """GenerationError unless every replayed id is an ordinary token of this vocabulary."""
+    n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+    for token in replay:
+        if token >= n_vocab:
+            raise GenerationError(f"replay token {token} is not in this model's vocabulary")
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            raise GenerationError(f"replay token {token} ends generation; nothing to resume")
+
+
 def default_threads() -> tuple[int, int]:
     """(decode threads, batch threads) as llama-cpp-python's Llama picks them."""
     cores = os.cpu_count() or 1

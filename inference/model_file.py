@@ -118,7 +118,7 @@ def _not_gguf(path: Path, why: str) -> ModelFileError:
     return ModelFileError(f"{path} is not a GGUF model file ({why})")
 
 
-def _check_header(path: Path) -> tuple[int, int, int]:
+def check_header(path: Path) -> tuple[int, int, int]:
     """Check magic, version and counts; return (file size, tensor count, key count)."""
     try:
         if not path.exists():
@@ -220,7 +220,7 @@ def _block_size(ggml_type: int) -> tuple[int, int]:
 
 def _parse(buf: mmap.mmap, n_tensors: int, n_kv: int) -> _Header:
     cur = _Cursor(buf)
-    cur.skip(24)  # magic, version, counts: checked by _check_header
+    cur.skip(24)  # magic, version, counts: checked by check_header
     metadata, array_lengths = {}, {}
     for _ in range(n_kv):
         key = cur.string()
@@ -339,7 +339,7 @@ def inspect_gguf(
     its size or mtime changed since it last did; `progress(done, total)` reports that hashing.
     """
     path = Path(path)
-    size, n_tensors, n_kv = _check_header(path)
+    size, n_tensors, n_kv = check_header(path)
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             header = _parse(buf, n_tensors, n_kv)

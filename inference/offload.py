@@ -30,7 +30,7 @@ readings for 8, 24 and 80 GB cards on a machine that has none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -133,6 +133,28 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
+@attrs.frozen
+class _Devices:
+    """The GPUs a plan may use: bytes usable on all of them, the split, and their name in the
+    plan's reason."""
+
+    usable: int
+    split: tuple[float, ...]
+    where: str
+
+    @classmethod
+    def of(cls, gpus: Sequence[GpuInfo]) -> _Devices:
+        usable = [max(0, g.vram_free - headroom(g)) for g in gpus]
+        total = sum(usable)
+        split = tuple(u / total for u in usable) if len(gpus) > 1 and total else ()
+        where = (
+            f"GPU {gpus[0].index} ({gpus[0].name})"
+            if len(gpus) == 1
+            else f"{len(gpus)} GPUs split {':'.join(f'{s:.2f}' for s in split) or 'evenly'}"
+        )
+        return cls(total, split, where)
+
+
 def plan_offload(
     info: ModelInfo,
     gpus: Sequence[GpuInfo],
@@ -152,32 +174,16 @@ def plan_offload(
     llama.cpp's out-of-memory error. `offload_supported` is `llama_supports_gpu_offload()`;
     `flash_attention=False` plans for a context created with flash attention off.
     """
-    if isinstance(override, str) or override is None:
-        wanted = None if override is None else parse_gpu_layers(override)
-    else:
-        wanted = parse_gpu_layers(override)
+    wanted = None if override is None else parse_gpu_layers(override)
     n_layer = info.layer_count
-    everything = n_layer + 1
     layout = info.layout
-
-    def cpu(reason: str) -> OffloadPlan:
-        return OffloadPlan(0, n_layer, (), 0, reason)
-
     if wanted == 0:
-        return cpu("on the CPU (--gpu-layers 0)")
+        return _on_cpu(n_layer, "on the CPU (--gpu-layers 0)")
     if not offload_supported:
-        return cpu("on the CPU: this llama.cpp build cannot offload to a GPU")
+        return _on_cpu(n_layer, "on the CPU: this llama.cpp build cannot offload to a GPU")
     if not gpus:
-        return cpu("on the CPU: no NVIDIA GPU found")
-
-    usable = [max(0, g.vram_free - headroom(g)) for g in gpus]
-    total_usable = sum(usable)
-    split = tuple(u / total_usable for u in usable) if len(gpus) > 1 and total_usable else ()
-    where = (
-        f"GPU {gpus[0].index} ({gpus[0].name})"
-        if len(gpus) == 1
-        else f"{len(gpus)} GPUs split {':'.join(f'{s:.2f}' for s in split) or 'evenly'}"
-    )
+        return _on_cpu(n_layer, "on the CPU: no NVIDIA GPU found")
+    devices = _Devices.of(gpus)
 
     def need(n: int) -> int:
         if layout is None:
@@ -185,41 +191,56 @@ def plan_offload(
         return vram_needed(layout, n, n_ctx=n_ctx, n_seq=n_seq, flash_attention=flash_attention)
 
     if wanted is not None:
-        n = min(wanted, everything)
-        fits = "" if need(n) <= total_usable else "; the estimate says it does not fit"
-        return OffloadPlan(
-            n,
-            n_layer,
-            split,
-            need(n),
-            f"{n} of {everything} layers on {where} (--gpu-layers {wanted}): needs about "
-            f"{_gib(need(n))} of {_gib(total_usable)} usable{fits}",
-        )
+        return _as_told(wanted, n_layer, devices, need)
     if layout is None or len(layout.layer_bytes) != n_layer:
         # No sizes to go by (a hand-built ModelInfo): offload everything, as llama.cpp would.
-        return OffloadPlan(
-            everything, n_layer, split, 0, f"all layers on {where} (model sizes unknown)"
-        )
-    best = 0
-    for n in range(everything, 0, -1):
-        if need(n) <= total_usable:
-            best = n
-            break
+        reason = f"all layers on {devices.where} (model sizes unknown)"
+        return OffloadPlan(n_layer + 1, n_layer, devices.split, 0, reason)
+    return _most_that_fit(n_layer, devices, need, f"context {n_ctx} × {n_seq}")
+
+
+def _on_cpu(n_layer: int, reason: str) -> OffloadPlan:
+    return OffloadPlan(0, n_layer, (), 0, reason)
+
+
+def _as_told(
+    wanted: int, n_layer: int, devices: _Devices, need: Callable[[int], int]
+) -> OffloadPlan:
+    """`--gpu-layers N`: N layers (at most all of them), fitting or not; the reason says."""
+    everything = n_layer + 1
+    n = min(wanted, everything)
+    fits = "" if need(n) <= devices.usable else "; the estimate says it does not fit"
+    return OffloadPlan(
+        n,
+        n_layer,
+        devices.split,
+        need(n),
+        f"{n} of {everything} layers on {devices.where} (--gpu-layers {wanted}): needs about "
+        f"{_gib(need(n))} of {_gib(devices.usable)} usable{fits}",
+    )
+
+
+def _most_that_fit(
+    n_layer: int, devices: _Devices, need: Callable[[int], int], context: str
+) -> OffloadPlan:
+    """"auto": as many layers as the estimate fits into the usable memory; none if not one."""
+    everything = n_layer + 1
+    best = next((n for n in range(everything, 0, -1) if need(n) <= devices.usable), 0)
     if best == 0:
         return OffloadPlan(
             0,
             n_layer,
             (),
             0,
-            f"on the CPU: even one layer needs {_gib(need(1))} and {where} has "
-            f"{_gib(total_usable)} usable",
+            f"on the CPU: even one layer needs {_gib(need(1))} and {devices.where} has "
+            f"{_gib(devices.usable)} usable",
         )
     what = f"all {everything} layers" if best == everything else f"{best} of {everything} layers"
     return OffloadPlan(
         best,
         n_layer,
-        split,
+        devices.split,
         need(best),
-        f"{what} on {where}: needs about {_gib(need(best))} of {_gib(total_usable)} usable "
-        f"(context {n_ctx} × {n_seq})",
+        f"{what} on {devices.where}: needs about {_gib(need(best))} of "
+        f"{_gib(devices.usable)} usable ({context})",
     )

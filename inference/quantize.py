@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 
-from inference.model_file import ModelFileError, inspect_gguf
+from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
 
 # Targets we offer -> llama.cpp's llama_ftype (LLAMA_FTYPE_MOSTLY_Q4_K_M, LLAMA_FTYPE_MOSTLY_Q8_0).
 TARGETS: dict[str, int] = {"Q4_K_M": 15, "Q8_0": 7}
@@ -204,6 +204,38 @@ def _publish(tmp: Path, dst: Path, *, overwrite: bool) -> None:
     tmp.unlink()
 
 
+def _follow(job: _Job, on_progress: Progress | None) -> tuple[tuple[Any, ...], int | None]:
+    """Relay llama.cpp's progress until it returns: its "done" event, and the tensor count."""
+    tensor_count: int | None = None
+    while True:
+        with contextlib.suppress(queue.Empty):  # the timeout keeps Ctrl-C responsive
+            event = job.events.get(timeout=0.25)
+            if event[0] == "done":
+                return event, tensor_count
+            _, index, tensor_count, name = event
+            if on_progress is not None:
+                on_progress(index, tensor_count, name)
+
+
+def _check_output(
+    job: _Job, done: tuple[Any, ...], src: Path, tmp: Path, target: str
+) -> ModelInfo:
+    """What llama.cpp wrote to `tmp`, if it succeeded and wrote a `target` GGUF."""
+    _, rc, exc = done
+    if exc is not None:
+        raise QuantizeError(f"llama.cpp could not quantize {src}: {exc}") from exc
+    if rc != 0:
+        why = job.errors[-1].removeprefix(_FAILED_PREFIX) if job.errors else f"error {rc}"
+        raise QuantizeError(f"llama.cpp could not quantize {src}: {why}")
+    try:
+        out = inspect_gguf(tmp, sha256="")
+    except ModelFileError as e:
+        raise QuantizeError(f"llama.cpp wrote an unreadable file: {e}") from e
+    if out.quantization != target:
+        raise QuantizeError(f"llama.cpp wrote {out.quantization}, not {target}")
+    return out
+
+
 def quantize_gguf(
     src: Path,
     dst: Path,
@@ -244,29 +276,10 @@ def quantize_gguf(
         name=f"quantize {src.name}",
         daemon=True,  # it cannot be stopped; it must not keep the process alive either
     )
-    tensor_count: int | None = None
     try:
         thread.start()
-        while True:
-            with contextlib.suppress(queue.Empty):  # the timeout keeps Ctrl-C responsive
-                event = job.events.get(timeout=0.25)
-                if event[0] == "done":
-                    break
-                _, index, tensor_count, name = event
-                if on_progress is not None:
-                    on_progress(index, tensor_count, name)
-        _, rc, exc = event
-        if exc is not None:
-            raise QuantizeError(f"llama.cpp could not quantize {src}: {exc}") from exc
-        if rc != 0:
-            why = job.errors[-1].removeprefix(_FAILED_PREFIX) if job.errors else f"error {rc}"
-            raise QuantizeError(f"llama.cpp could not quantize {src}: {why}")
-        try:
-            out = inspect_gguf(tmp, sha256="")
-        except ModelFileError as e:
-            raise QuantizeError(f"llama.cpp wrote an unreadable file: {e}") from e
-        if out.quantization != target:
-            raise QuantizeError(f"llama.cpp wrote {out.quantization}, not {target}")
+        done, tensor_count = _follow(job, on_progress)
+        out = _check_output(job, done, src, tmp, target)
         _publish(tmp, dst, overwrite=overwrite)
     except BaseException:
         if thread.is_alive():

@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from inference.model_cache import model_cache_dir
+
 CACHE_FILENAME = "sha256-cache.json"
 RACY_WINDOW_S = 2.0
 MAX_ENTRIES = 4096  # far more models than a node serves; bounds the file at ~1 MB
@@ -162,6 +164,4 @@ class Sha256Cache:
 
 def default_sha256_cache() -> Sha256Cache:
     """The cache shared by every node of this user, beside the default model."""
-    from inference.default_model import model_cache_dir  # default_model imports model_file
-
     return Sha256Cache(model_cache_dir())

@@ -9,6 +9,9 @@ rewording a message can never change an HTTP status or a metric label.
 The enum's values are what travels in `wire.Error.code`. A code this version does not know (a newer
 peer's) decodes as `INTERNAL`: retryable, so an unknown failure moves the request elsewhere rather
 than failing it.
+
+`RecordRefusal` is the same idea for DHT records: the record rules name why they refused one, and
+`/metrics` counts by that name, not by the wording of the refusal.
 """
 
 from __future__ import annotations
@@ -119,6 +122,24 @@ class Timeout(GpunetError):
 
 class Unavailable(GpunetError):
     code = ErrorCode.UNAVAILABLE
+
+
+class RecordRefusal(enum.Enum):
+    """Why a DHT record was refused (on store or on lookup): the `/metrics` label it counts under.
+
+    The record rules (p2p/dht/records.py, record_store.py) say which applies where they refuse,
+    so nothing classifies a refusal by its message text. Values are the metric label values.
+    """
+
+    MALFORMED = "malformed"  # not msgpack, wrong envelope, schema violation
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    FUTURE = "future"  # issued further in the future than the allowed clock skew
+    LIFETIME = "lifetime"  # expires too long after it was issued
+    UNBOUND_KEY = "unbound_key"  # a valid record stored under a key it is not bound to
+    STALE = "stale"  # sequence number not newer than the stored one
+    TOO_LARGE = "too_large"
+    FULL = "full"  # a storage bound (per key, per peer, in total) was reached
 
 
 # Exceptions raised below p2p (inference knows nothing of wire codes), most specific first.

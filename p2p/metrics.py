@@ -10,22 +10,27 @@ the record store) reports what it sees:
 
     from p2p import metrics
     metrics.observe_dht_lookup(seconds)            # after each find_records / collect
-    metrics.count_refused_record(reason)           # each record a store or lookup refused
+    metrics.count_refused_record(refusal)          # a p2p.errors.RecordRefusal
     metrics.track_routing_table_size(dht.routing_table_size)  # a callable, read at scrape time
 
 Label values that come from the network or from users are bounded (models: at most
-`MAX_MODEL_LABELS` names, then "other"; refusal reasons: the fixed set `REFUSAL_REASONS`, else
-"other"): every distinct label value is a time series kept forever, so an unbounded label is a
-memory leak a stranger can drive.
+`MAX_MODEL_LABELS` names, then "other"; refusal reasons: `p2p.errors.RecordRefusal`; outcomes:
+`Outcome`): every distinct label value is a time series kept forever, so an unbounded label is a
+memory leak a stranger can drive. Outcomes and refusals are enums given by the code that knows
+what happened (a request's `ErrorCode`, the record rule that refused); no label is ever read out
+of a message's text, so rewording a message cannot move a count.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from p2p.errors import ErrorCode, RecordRefusal
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -33,6 +38,7 @@ __all__ = [
     "OUTCOMES",
     "REFUSAL_REASONS",
     "Metrics",
+    "Outcome",
     "count_refused_record",
     "observe_dht_lookup",
     "refusal_label",
@@ -47,30 +53,39 @@ OTHER = "other"
 # caller's text, which could be anything.
 NO_MODEL = "-"
 
-# How a gateway request ended. "cancelled": the HTTP client went away before the end.
-OUTCOMES = (
-    "ok",
-    "cancelled",
-    "bad_request",
-    "unauthorized",
-    "unknown_model",
-    "busy",
-    "too_long",
-    "error",
-)
 
-# Why a DHT record was refused (store or lookup). Others count as "other".
-REFUSAL_REASONS = (
-    "malformed",  # not msgpack, wrong envelope, schema violation
-    "bad_signature",
-    "expired",
-    "future",  # issued further in the future than the allowed clock skew
-    "lifetime",  # expires too long after it was issued
-    "unbound_key",  # a valid record stored under a key it is not bound to
-    "stale",  # sequence number not newer than the stored one
-    "too_large",
-    "full",  # a storage bound (per key, per peer, in total) was reached
-)
+class Outcome(enum.Enum):
+    """How a gateway request ended: the `outcome` label of `gpunet_gateway_requests`."""
+
+    OK = "ok"
+    CANCELLED = "cancelled"  # the HTTP client went away before the end
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_MODEL = "unknown_model"
+    BUSY = "busy"  # no provider had room (busy, rate limited, draining, none could serve)
+    TOO_LONG = "too_long"
+    ERROR = "error"
+
+    @classmethod
+    def of(cls, code: ErrorCode) -> Outcome:
+        """The outcome of a request that ended in *code*."""
+        return _OUTCOME_OF_CODE[code]
+
+
+_OUTCOME_OF_CODE: dict[ErrorCode, Outcome] = {
+    ErrorCode.UNKNOWN_MODEL: Outcome.UNKNOWN_MODEL,
+    ErrorCode.BUSY: Outcome.BUSY,
+    ErrorCode.RATE_LIMITED: Outcome.BUSY,
+    ErrorCode.SHUTTING_DOWN: Outcome.BUSY,
+    ErrorCode.UNAVAILABLE: Outcome.BUSY,
+    ErrorCode.BAD_REQUEST: Outcome.BAD_REQUEST,
+    ErrorCode.TOO_LONG: Outcome.TOO_LONG,
+    ErrorCode.TIMEOUT: Outcome.ERROR,
+    ErrorCode.INTERNAL: Outcome.ERROR,
+}
+
+OUTCOMES = tuple(o.value for o in Outcome)
+REFUSAL_REASONS = tuple(r.value for r in RecordRefusal)
 
 # Time to first token: prefill of a short prompt on a GPU is ~10 ms, a long prompt on a CPU
 # several seconds; the network adds a DHT lookup and a Noise handshake (a few round trips).
@@ -150,11 +165,9 @@ class Metrics:
                 return name
         return OTHER
 
-    def count_request(self, model: str, outcome: str) -> None:
-        if outcome not in OUTCOMES:
-            outcome = "error"
+    def count_request(self, model: str, outcome: Outcome) -> None:
         label = NO_MODEL if model == NO_MODEL else self.model_label(model)
-        self.requests.labels(label, outcome).inc()
+        self.requests.labels(label, outcome.value).inc()
 
     def render(self) -> bytes:
         """The registry in Prometheus' text exposition format."""
@@ -169,42 +182,16 @@ def observe_dht_lookup(seconds: float, metrics: Metrics | None = None) -> None:
     (metrics or DEFAULT).dht_lookup.observe(max(0.0, seconds))
 
 
-# Words in the record store's and records.py's refusal messages -> the label they count under.
-_REASON_WORDS = (
-    ("signature", "bad_signature"),
-    ("expired", "expired"),
-    ("future", "future"),
-    ("lifetime", "lifetime"),
-    ("not bound", "unbound_key"),
-    ("not newer", "stale"),
-    ("too large", "too_large"),
-    ("byte limit", "too_large"),
-    ("full", "full"),
-    ("at most", "full"),
-    ("msgpack", "malformed"),
-    ("envelope", "malformed"),
-    ("schema", "malformed"),
-    ("expected", "malformed"),
-    ("unknown field", "malformed"),
-    ("missing", "malformed"),
-)
+def refusal_label(reason: RecordRefusal | str) -> str:
+    """The label *reason* counts under: a `RecordRefusal`'s value; a string only when it is one
+    of those values exactly (never a message to search for words), else "other"."""
+    if isinstance(reason, RecordRefusal):
+        return reason.value
+    return reason if reason in REFUSAL_REASONS else OTHER
 
 
-def refusal_label(reason: str) -> str:
-    """A REFUSAL_REASONS label for *reason*: a label itself, or a refusal message such as
-    `RecordStore.offer` returns ("record: bad signature", "not newer than the stored record")."""
-    if reason in REFUSAL_REASONS:
-        return reason
-    text = reason.lower()
-    for word, label in _REASON_WORDS:
-        if word in text:
-            return label
-    return OTHER
-
-
-def count_refused_record(reason: str, metrics: Metrics | None = None) -> None:
-    """Hook: a record was refused. *reason* is a REFUSAL_REASONS label or the refusal message
-    itself (classified by `refusal_label`; anything unrecognised counts as "other")."""
+def count_refused_record(reason: RecordRefusal | str, metrics: Metrics | None = None) -> None:
+    """Hook: a record was refused, for *reason* (see `refusal_label`)."""
     (metrics or DEFAULT).records_refused.labels(refusal_label(reason)).inc()
 
 

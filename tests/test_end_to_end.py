@@ -261,3 +261,29 @@ def test_node_api_serves_the_openai_api_from_the_node(tiny_gguf: Path, tmp_path:
         assert completion.usage is not None and completion.usage.completion_tokens == 5
     finally:
         assert node.stop() == 0
+
+
+def test_node_takes_its_settings_from_config_toml(tiny_gguf: Path, tmp_path: Path) -> None:
+    """`gpunet node` with no --model serves the models config.toml names, not the default."""
+    data = tmp_path / "n"
+    data.mkdir()
+    (data / "config.toml").write_text(
+        f"[node]\nmodels = [{json.dumps(str(tiny_gguf))}]\nbenchmark = false\n"
+    )
+    node = NodeProcess([], data)
+    try:
+        assert [m["name"] for m in node.ready["models"]] == ["tiny-llama"]
+        shown = run("config", "--json", data_dir=data)
+        by_name = {s["name"]: s for s in json.loads(shown.stdout)["settings"]}
+        assert by_name["node.models"]["value"] == [str(tiny_gguf)]
+        assert by_name["node.models"]["origin"] == "file"
+    finally:
+        assert node.stop() == 0
+
+
+def test_a_broken_config_file_stops_the_node_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "config.toml").write_text("[node]\nslotz = 2\n")
+    line = one_line_error(run("node", data_dir=data))
+    assert "config.toml: unknown key [node] 'slotz' (did you mean 'slots'?)" in line

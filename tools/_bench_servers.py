@@ -6,10 +6,10 @@ Shared by tools/bench_gateway.py and tools/bench_inference.py:
                      llama-cpp-python's [server] extras in the interpreter that runs it);
                      optionally `--interrupt_requests False`
   llama-server       llama.cpp's own server, `-t 2 -c 8192 -np 8` (build it with
-                     /work/shared/bench/build-llama-server.sh; its libraries sit beside it)
+                     ../shared/bench/build-llama-server.sh; its libraries sit beside it)
 
 Each runs as a child process on a free loopback port and is ready once /v1/models lists a model.
-Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.py `stream()`):
+Every request is the shared yardstick's (../shared/bench/openai_stream_bench.py `stream()`):
 streaming /v1/completions, greedy, the same prompt; a token is a chunk with non-empty text.
 """
 
@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_BENCH = Path("/work/shared/bench/openai_stream_bench.py")
+# The shared yardstick sits beside the repository, in ../shared/bench/; every benchmark takes
+# --bench-script to use another copy.
+BENCH_DIR = ROOT.parent / "shared" / "bench"
+DEFAULT_BENCH = BENCH_DIR / "openai_stream_bench.py"
 THREADS = 2
 N_CTX = 2048
 START_TIMEOUT_S = 300.0

@@ -50,7 +50,7 @@ from inference.worker import ModelWorker
 
 THREADS = 2
 N_CTX = 2048
-# Variants of the prompt of /work/shared/bench/openai_stream_bench.py: the base model keeps
+# Variants of the prompt of ../shared/bench/openai_stream_bench.py: the base model keeps
 # counting for well over 128 tokens, so every request generates the full max_tokens.
 PROMPTS = [
     f"List the numbers from {start} to {start + 400}, separated by commas:"

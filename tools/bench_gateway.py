@@ -1,6 +1,6 @@
 """Benchmark gpunet's OpenAI gateway beside llama-cpp-python's and llama.cpp's own servers.
 
-Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.py): streaming
+Every request is the shared yardstick's (../shared/bench/openai_stream_bench.py): streaming
 /v1/completions, greedy, 128 tokens, the same prompt; same model (default: Gemma 3 270M Q4_K_M),
 2 threads each.
 
@@ -11,7 +11,7 @@ Every request is the shared yardstick's (/work/shared/bench/openai_stream_bench.
   llama_cpp.server   `python -m llama_cpp.server --n_threads 2` (needs the [server] extras; give
                      an interpreter that has them with --llama-cpp-python)
   llama-server       llama.cpp's server, `-t 2 -c 8192 -np 8`, when --llama-server names the
-                     binary (build it with /work/shared/bench/build-llama-server.sh)
+                     binary (build it with ../shared/bench/build-llama-server.sh)
 
 and, when asked for, two more beside them:
 

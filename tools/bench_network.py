@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# The prompt of /work/shared/bench/openai_stream_bench.py: the model keeps going for 128 tokens.
+# The prompt of ../shared/bench/openai_stream_bench.py: the model keeps going for 128 tokens.
 PROMPT = "List the numbers from 1 to 300, separated by commas:"
 THREADS = 2
 N_CTX = 2048
@@ -141,8 +141,9 @@ def run_client(
     session (TTFT still includes the provider lookup, not the handshake)."""
     import trio
 
+    from p2p.client.failover import generate
+    from p2p.client.network import open_client
     from p2p.protocol import wire
-    from p2p.client.network_client import generate, open_client
 
     out: dict[str, Any] = {}
 
@@ -321,6 +322,7 @@ def main() -> int:
     import llama_cpp
 
     from inference.default_model import ensure_default_model
+    from p2p.host_port import parse_host_port
 
     model_path = ensure_default_model()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
@@ -334,8 +336,7 @@ def main() -> int:
             node_start_s = time.perf_counter() - t
             model = ready["models"][0]["name"]
             dht_text = ready["dht"]
-            host, _, port = dht_text.rpartition(":")
-            dht = (host, int(port))
+            dht = parse_host_port(dht_text)
             log(f"node ready in {node_start_s:.1f} s: {model} at {dht_text}; loading direct model")
             t = time.perf_counter()
             llm = llama_cpp.Llama(

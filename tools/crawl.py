@@ -26,22 +26,23 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.identity import Identity
-from p2p.dht.node import open_dht, resolve
 from p2p.dht.crawl import DEFAULT_DEPTH, CrawledNode, crawl, summarize
+from p2p.dht.node import open_dht, resolve
 from p2p.dht.records import record_to_json
+from p2p.host_port import AddressError, format_host_port, parse_host_port
 
 GIB = 1 << 30
 
 
 def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _row(n: CrawledNode) -> str:
-    addr = f"{n.address[0]}:{n.address[1]}"
+    addr = format_host_port(*n.address)
     if n.record is None:
         state = "answered, no record" if n.answered else "no answer"
         return f"{n.node_id.hex()[:12]}  {addr:<21}  -                 {state}"
@@ -61,7 +62,7 @@ def _json(nodes: list[CrawledNode], summary: dict[str, Any]) -> dict[str, Any]:
         "nodes": [
             {
                 "node_id": n.node_id.hex(),
-                "dht_address": f"{n.address[0]}:{n.address[1]}",
+                "dht_address": format_host_port(*n.address),
                 "answered": n.answered,
                 "record": None if n.record is None else record_to_json(n.record),
             }

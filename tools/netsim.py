@@ -33,8 +33,8 @@ import attrs
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto.identity import Identity, dht_node_id
-from p2p.dht.node import DhtServer, record_acceptor
 from p2p.dht.netsim_transport import LinkModel, SimNetwork, VirtualTimeLoop
+from p2p.dht.node import DhtServer, record_acceptor
 from p2p.dht.records import (
     MAX_TTL_S,
     CapabilityRecord,

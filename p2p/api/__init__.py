@@ -1,0 +1,22 @@
+"""The OpenAI-compatible HTTP API into the network, the network dashboard and `/metrics`.
+
+Starlette under Hypercorn's trio worker; the only subpackage that imports either. Every
+generation request is routed into the network through p2p/client/ (lookup, ranking, failover).
+
+- `app.py`: the routes, the `Gateway` state they share (client, API key, metrics, queue), the
+  Starlette application, and `serve_gateway`, which serves it inside the caller's nursery.
+- `generation_response.py`: the ASGI response of one generation: runs it while writing it
+  (whole JSON or SSE), its HTTP status from the network's first answer, cancelled on disconnect.
+- `gateway_queue.py`: `GatewayQueue`, where a request waits while every provider is busy
+  (decided by `ErrorCode`), and the request ids of one gateway.
+- `openai_errors.py`: `ApiError` (an OpenAI error body with its status and metrics outcome)
+  and the one table from `p2p.errors.ErrorCode` to OpenAI's error type and code.
+- `request_parsing.py`: OpenAI request bodies into `wire.Generate`: validation and defaults.
+- `responses.py`: the JSON of whole and chunked completions, usage, SSE framing.
+- `network_view.py`: what the network offers (the model table of /v1/models, the dashboard's
+  JSON), from the signed records in the DHT behind a short cache.
+- `dashboard.py`: the self-contained HTML page of the dashboard.
+
+Pure (tested with plain calls): `openai_errors.py`, `request_parsing.py`, `responses.py`, the
+tables of `network_view.py`. The `gpunet gateway` command is p2p/cli/gateway.py.
+"""

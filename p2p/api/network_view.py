@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from p2p.client.network_client import Client, list_nodes
+from p2p.client.network import Client, list_nodes
 from p2p.dht.records import CapabilityRecord, record_to_json
 
 # The dashboard and /v1/models would otherwise run a DHT lookup per page view; records change

@@ -1,9 +1,8 @@
-"""OpenAI request bodies into `wire.Generate`: validation, defaults and `ApiError`.
+"""OpenAI request bodies into `wire.Generate`: validation and defaults.
 
 Pure functions, no I/O: each check of a /v1 request body can be tested with a plain call, and the
-ASGI code in p2p/api/app.py only reads the body and hands it here. `ApiError` lives here because
-a refused parameter is where most of them are raised; p2p/api/responses.py maps network
-failures onto it.
+ASGI code in p2p/api/app.py only reads the body and hands it here. A refused parameter is a
+`bad_request` (p2p/api/openai_errors.py) naming it.
 """
 
 from __future__ import annotations
@@ -12,8 +11,8 @@ import math
 from typing import Any
 
 import attrs
-from starlette.responses import JSONResponse
 
+from p2p.api.openai_errors import bad_request
 from p2p.protocol import wire
 
 # OpenAI's documented default for /v1/completions; chat has no documented number (it runs to the
@@ -22,42 +21,6 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16
 DEFAULT_CHAT_MAX_TOKENS = 256
 # OpenAI's ranges for sampling parameters (the wire allows temperature up to 10).
 MAX_TEMPERATURE = 2.0
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class ApiError(Exception):
-    """An OpenAI-shaped error: HTTP status + `{"error": {message, type, param, code}}`."""
-
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    code: str | None = None
-    param: str | None = None
-    outcome: str = "bad_request"  # the metrics outcome it counts as
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-    def response(self) -> JSONResponse:
-        headers = {"retry-after": "1"} if self.status == 503 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
-
-
-def bad_request(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param)
-
-
-# --- request parsing (pure functions) -------------------------------------------------------
 
 
 @attrs.frozen

@@ -1,7 +1,8 @@
-"""The bodies of OpenAI responses: whole and chunked completions, SSE framing, error mapping.
+"""The bodies of OpenAI responses: whole and chunked completions, usage, SSE framing.
 
-Pure functions, no I/O, separate from the ASGI handler in p2p/api/app.py so that the JSON a
-client sees can be read (and tested) apart from the streaming and cancellation around it.
+Pure functions, no I/O, separate from the ASGI response in p2p/api/generation_response.py so
+that the JSON a client sees can be read (and tested) apart from the streaming and cancellation
+around it. Error bodies are p2p/api/openai_errors.py's.
 """
 
 from __future__ import annotations
@@ -15,55 +16,12 @@ from typing import Any
 import attrs
 
 from p2p.protocol import wire
-from p2p.client.network_client import AskError
-from p2p.api.request_parsing import ApiError
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # proxies (nginx) must not buffer the stream
 ]
-
-
-def _from_code(code: str, message: str) -> ApiError:
-    if code == wire.ErrorCode.UNKNOWN_MODEL:
-        return ApiError(
-            404, message, code="model_not_found", param="model", outcome="unknown_model"
-        )
-    if code == wire.ErrorCode.BAD_REQUEST:
-        return ApiError(400, message)
-    if code == wire.ErrorCode.TOO_LONG:
-        return ApiError(400, message, code="context_length_exceeded", outcome="too_long")
-    if code in (wire.ErrorCode.BUSY, "shutting_down"):
-        return ApiError(503, message, "server_error", code="providers_busy", outcome="busy")
-    if code == "rate_limited":
-        return ApiError(429, message, "rate_limit_error", code="rate_limited", outcome="busy")
-    return ApiError(502, message, "server_error", code="provider_error", outcome="error")
-
-
-def error_from_ask(exc: AskError) -> ApiError:
-    """Map the client's failure to an HTTP error.
-
-    Uses `exc.code` (a `wire.ErrorCode`) when the client provides one; until then it reads the
-    client's message shapes (see p2p/client/network_client.py): "no node serves model ...", "no provider could
-    serve the request: ..." and "<code>: <node's message>".
-    """
-    message = str(exc)
-    code = getattr(exc, "code", None)
-    if isinstance(code, str):
-        return _from_code(code, message)
-    if message.startswith("no node serves model"):
-        return _from_code(wire.ErrorCode.UNKNOWN_MODEL, message)
-    if message.startswith("no provider could serve the request"):
-        return _from_code(wire.ErrorCode.BUSY, message)
-    prefix, sep, rest = message.partition(": ")
-    known = (wire.ErrorCode.UNKNOWN_MODEL, wire.ErrorCode.BAD_REQUEST, wire.ErrorCode.TOO_LONG)
-    if sep and prefix in known:
-        return _from_code(prefix, rest)
-    return _from_code(wire.ErrorCode.INTERNAL, message)
-
-
-# --- response bodies (pure functions) -------------------------------------------------------
 
 
 def usage_json(done: wire.Done) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""`gpunet gateway`: the command that runs the gateway as a light client, and its helpers.
+"""`gpunet gateway`: the OpenAI-compatible API as a light client of the network (no model here).
 
 Separate from p2p/api/app.py so that embedding the gateway (a node's `--api`, tests) needs none
-of click, signals or the CLI's setup; `gpunet node --api` reuses the address parsing here.
+of click, signals or the CLI's setup. `warn_if_exposed` is shared with `gpunet node --api`.
 """
 
 from __future__ import annotations
@@ -10,29 +10,30 @@ import json
 import signal
 import sys
 from functools import partial
-from pathlib import Path
+from typing import Any
 
 import click
 import trio
 
-from p2p.client.network_client import AskError, open_client
-from p2p.api.app import DEFAULT_API_HOST, DEFAULT_API_PORT, DEFAULT_QUEUE_TIMEOUT_S, serve_gateway
+from p2p.api.app import serve_gateway
+from p2p.cli.common import (
+    client_bootstrap,
+    is_address_in_use,
+    read_network_key,
+    resolve_all,
+    run_trio,
+    setup_logging,
+)
+from p2p.cli.options import command_settings, setting_options
+from p2p.client.network import AskError, open_client
+from p2p.settings import GATEWAY, Settings
 
-
-def parse_api_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` or `PORT` (host 127.0.0.1)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        host, port = DEFAULT_API_HOST, text.strip()
-    host = host.strip("[]") or DEFAULT_API_HOST
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT")
-    return host, int(port)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def warn_if_exposed(host: str, api_key: str | None) -> None:
     """exo #1833: an inference API open to the network without a key is anyone's free GPU."""
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    if host not in LOOPBACK_HOSTS and not api_key:
         click.echo(
             f"gpunet: warning: the OpenAI API listens on {host} without --api-key; "
             "anyone who can reach it can spend the network's GPUs",
@@ -49,97 +50,44 @@ def print_gateway_ready(url: str, as_json: bool) -> None:
     click.echo("Press Ctrl-C to stop.")
 
 
+async def serve(settings: Settings, psk: bytes | None, as_json: bool) -> None:
+    host, port = settings["api"]
+    addrs = await resolve_all(client_bootstrap(settings["bootstrap"], settings.data_dir))
+    async with open_client(addrs, psk=psk) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+        url = await nursery.start(
+            partial(
+                serve_gateway,
+                client,
+                host,
+                port,
+                api_key=settings["api_key"],
+                queue_timeout_s=settings["queue_timeout"],
+            )
+        )
+        print_gateway_ready(url, as_json)
+        sys.stdout.flush()
+
+
+def _api_hint(err: BaseException) -> str:
+    return " (pass --api HOST:PORT; port 0 picks a free one)" if is_address_in_use(err) else ""
+
+
 @click.command("gateway")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Data dir whose running node to join by default (env GPUNET_DATA_DIR).",
-)
-@click.option(
-    "--bootstrap",
-    "bootstrap",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="DHT address of a node of the network (repeatable; env GPUNET_BOOTSTRAP). Default: "
-    "the node started from the same data dir.",
-)
-@click.option("-v", "--verbose", count=True, help="More diagnostics on stderr.")
-@click.option(
-    "--api",
-    "api",
-    default=f"{DEFAULT_API_HOST}:{DEFAULT_API_PORT}",
-    show_default=True,
-    metavar="HOST:PORT",
-    help="Where to serve the OpenAI API, dashboard and metrics (port 0: any free port).",
-)
-@click.option(
-    "--api-key",
-    envvar="GPUNET_API_KEY",
-    default=None,
-    help="Require 'Authorization: Bearer KEY' on /v1 (env GPUNET_API_KEY).",
-)
-@click.option(
-    "--queue-timeout",
-    type=click.FloatRange(0, 3600),
-    default=DEFAULT_QUEUE_TIMEOUT_S,
-    show_default=True,
-    help="Seconds a request waits while every provider is busy before it gets a 503.",
-)
-@click.option(
-    "--network-key",
-    "network_key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    envvar="GPUNET_NETWORK_KEY",
-    help="Key file of a private network (env GPUNET_NETWORK_KEY).",
-)
+@setting_options(GATEWAY)
 @click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
-def gateway_command(
-    data_dir: str | None,
-    bootstrap: tuple[str, ...],
-    verbose: int,
-    network_key: Path | None,
-    api: str,
-    api_key: str | None,
-    queue_timeout: float,
-    as_json: bool,
-) -> None:
+def gateway_command(as_json: bool, **_flags: Any) -> None:
     """Serve an OpenAI-compatible API into the network (a light client: no model here).
 
     Point any OpenAI client at http://HOST:PORT/v1. `GET /` shows the network, `/metrics` is
     for Prometheus.
     """
-    from p2p.cli import main as cli  # here, not at the top: cli imports this module
-
-    cli.setup_logging(verbose)
-    host, port = parse_api_address(api)
-    warn_if_exposed(host, api_key)
-    directory = Path(data_dir) if data_dir else cli.default_data_dir()
-
-    async def amain() -> None:
-        addrs = await cli.resolve_all(cli.bootstrap_list(bootstrap, directory, for_client=True))
-        psk = cli.read_network_key(network_key)
-        async with open_client(addrs, psk=psk) as client, trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
-            serve = partial(
-                serve_gateway, client, host, port, api_key=api_key, queue_timeout_s=queue_timeout
-            )
-            url = await nursery.start(serve)
-            print_gateway_ready(url, as_json)
-            sys.stdout.flush()
-
-    try:
-        trio.run(amain)
-    except BaseException as exc:
-        if cli.find_error(exc, (KeyboardInterrupt,)):
-            click.echo("gpunet gateway stopped.", err=True)
-            return
-        err = cli.find_error(exc, (AskError, OSError))
-        if err is None:
-            raise
-        hint = " (pass --api HOST:PORT; port 0 picks a free one)" if "in use" in str(err) else ""
-        cli.fail(f"{err}{hint}")
+    settings = command_settings(GATEWAY)
+    setup_logging(settings["verbose"])
+    warn_if_exposed(settings["api"][0], settings["api_key"])
+    psk = read_network_key(settings["network_key"])
+    if not run_trio(partial(serve, settings, psk, as_json), (AskError, OSError), hint=_api_hint):
+        click.echo("gpunet gateway stopped.", err=True)
 
 
 async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
@@ -148,3 +96,4 @@ async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
             click.echo("gpunet gateway stopped (SIGTERM).", err=True)
             scope.cancel()
             return
+

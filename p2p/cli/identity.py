@@ -13,9 +13,9 @@ at a terminal); otherwise an encrypted key file is unlocked by prompting when st
 terminal, and is an error when it is not. A key file that group or others can read is refused
 with the chmod that fixes it, as ssh does.
 
-The group is registered by p2p/cli/main.py (``main.add_command(identity_group, "identity")``). The
-default data dir comes from p2p/cli/main.py too, imported when a command needs it rather than at
-import time, because p2p/cli/main.py imports this module. Errors print as p2p.cli.main's ``fail`` does.
+The group is registered by p2p/cli/main.py. The data dir is the flag's (on this command or on the
+group), else GPUNET_DATA_DIR, else the user data dir (p2p/settings.py); errors print as every
+command's do (p2p/cli/common.py's ``fail``).
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
 
 import click
 
 from crypto.identity import (
     Identity,
     KeyFileError,
+    WrongPassphrase,
     is_encrypted_key_file,
     load_identity,
     load_or_create_identity,
@@ -39,11 +38,12 @@ from crypto.identity import (
     save_identity,
 )
 from crypto.network_key import load_network_key, network_id, write_network_key
-
-F = TypeVar("F", bound=Callable[..., Any])
+from p2p.cli.common import fail
+from p2p.cli.options import data_dir_option, given_data_dir
+from p2p.settings import SettingsError, resolve_data_dir, setting
 
 IDENTITY_FILE = "identity.pem"
-PASSPHRASE_ENV = "GPUNET_KEY_PASSPHRASE"
+PASSPHRASE_ENV = setting("key_passphrase").env  # GPUNET_KEY_PASSPHRASE
 _PROMPT_ATTEMPTS = 3  # like ssh
 
 
@@ -98,55 +98,26 @@ def load_node_identity(
         raise KeyFileError(
             f"key file {path} is encrypted; set {PASSPHRASE_ENV} or run from a terminal"
         )
-    error: KeyFileError | None = None
+    error: WrongPassphrase | None = None
     for _ in range(_PROMPT_ATTEMPTS):
         passphrase = _prompt_passphrase(f"Passphrase for {path}", confirm=False)
         if not passphrase:
             raise KeyFileError(f"key file {path} is encrypted; no passphrase given")
         try:
             return load_identity(path, passphrase)
-        except KeyFileError as exc:
-            if "wrong passphrase" not in str(exc):
-                raise
+        except WrongPassphrase as exc:
             error = exc
             click.echo("Wrong passphrase.", err=True)
     assert error is not None
     raise error
 
 
-class IdentityCommandError(click.ClickException):
-    """An expected failure: one line on stderr in p2p.cli.main's format, exit status 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"gpunet: error: {self.format_message()}", err=True)
-
-
-def _fail(message: str) -> NoReturn:
-    raise IdentityCommandError(message)
-
-
 def _data_dir(given: Path | None) -> Path:
-    if given is not None:
-        return given
-    ctx = click.get_current_context()
-    # `identity --data-dir X new` works as well as `identity new --data-dir X`.
-    while ctx.parent is not None:
-        ctx = ctx.parent
-        parent_given = ctx.params.get("data_dir")
-        if isinstance(parent_given, Path):
-            return parent_given
-    from p2p.cli.main import default_data_dir  # here, not at the top: p2p.cli.main imports this module
-
-    return default_data_dir()
-
-
-def _data_dir_option(f: F) -> F:
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help=f"Data dir holding {IDENTITY_FILE} (env GPUNET_DATA_DIR; default: the user data dir).",
-    )(f)
+    try:
+        flag = given or given_data_dir(click.get_current_context())
+        return resolve_data_dir(flag, os.environ)[0]
+    except SettingsError as exc:
+        fail(str(exc))
 
 
 def _new_passphrase(ask: bool) -> bytes | None:
@@ -158,10 +129,10 @@ def _new_passphrase(ask: bool) -> bytes | None:
     if not ask:
         return None
     if not _interactive():
-        _fail(f"--passphrase needs a terminal to prompt on, or {PASSPHRASE_ENV}")
+        fail(f"--passphrase needs a terminal to prompt on, or {PASSPHRASE_ENV}")
     passphrase = _prompt_passphrase("New passphrase", confirm=True)
     if not passphrase:
-        _fail("empty passphrase; leave out --passphrase for an unencrypted key file")
+        fail("empty passphrase; leave out --passphrase for an unencrypted key file")
     return passphrase
 
 
@@ -186,7 +157,7 @@ def _show(ident: Identity, path: Path, as_json: bool) -> None:
 
 
 @click.group("identity", invoke_without_command=True)
-@_data_dir_option
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
 def identity_group(ctx: click.Context, data_dir: Path | None, as_json: bool) -> None:
@@ -202,11 +173,11 @@ def identity_group(ctx: click.Context, data_dir: Path | None, as_json: bool) -> 
         ident = load_node_identity(path)
         _show(ident, path, as_json)
     except KeyFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @identity_group.command("new")
-@_data_dir_option
+@data_dir_option
 @click.option("--force", is_flag=True, help="Replace an existing key: its identity is lost.")
 @click.option(
     "--passphrase",
@@ -220,7 +191,7 @@ def new_identity(data_dir: Path | None, force: bool, with_passphrase: bool, as_j
     """Create a new identity key."""
     path = identity_path(_data_dir(data_dir))
     if path.exists() and not force:
-        _fail(
+        fail(
             f"key file {path} already exists; pass --force to replace it "
             f"(the peer id it holds is lost for good)"
         )
@@ -230,11 +201,11 @@ def new_identity(data_dir: Path | None, force: bool, with_passphrase: bool, as_j
         save_identity(ident, path, passphrase)
         _show(ident, path, as_json)
     except (KeyFileError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @identity_group.command("export")
-@_data_dir_option
+@data_dir_option
 @click.option("--public", "public", is_flag=True, help="Export the public key (required).")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print peer id and public key (hex and PEM) as JSON."
@@ -246,12 +217,12 @@ def export_identity(data_dir: Path | None, public: bool, as_json: bool) -> None:
     itself (mode 0600).
     """
     if not public:
-        _fail("only the public key is exported: pass --public")
+        fail("only the public key is exported: pass --public")
     path = identity_path(_data_dir(data_dir))
     try:
         ident = load_node_identity(path, create=False)
     except KeyFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     pem = public_key_pem(ident.public_key).decode("ascii")
     if as_json:
         click.echo(
@@ -268,7 +239,7 @@ def export_identity(data_dir: Path | None, public: bool, as_json: bool) -> None:
 
 
 @identity_group.command("passphrase")
-@_data_dir_option
+@data_dir_option
 @click.option("--remove", is_flag=True, help="Store the key unencrypted.")
 def change_passphrase(data_dir: Path | None, remove: bool) -> None:
     """Add, change or remove the key file's passphrase (the identity stays the same).
@@ -280,19 +251,19 @@ def change_passphrase(data_dir: Path | None, remove: bool) -> None:
     try:
         ident = load_node_identity(path, create=False)
     except KeyFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if remove:
         new: bytes | None = None
     else:
         if not _interactive():
-            _fail("a new passphrase is prompted for: run from a terminal")
+            fail("a new passphrase is prompted for: run from a terminal")
         new = _prompt_passphrase("New passphrase", confirm=True)
         if not new:
-            _fail("empty passphrase; use --remove to store the key unencrypted")
+            fail("empty passphrase; use --remove to store the key unencrypted")
     try:
         save_identity(ident, path, new)
     except (KeyFileError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"key file {path} is now {'unencrypted' if new is None else 'encrypted'}")
 
 
@@ -314,7 +285,7 @@ def new_network_key(file: Path, force: bool, as_json: bool) -> None:
     try:
         key = write_network_key(file, replace=force)
     except KeyFileError as exc:
-        _fail(f"{exc}{'' if force else ' (pass --force to replace it)'}")
+        fail(f"{exc}{'' if force else ' (pass --force to replace it)'}")
     _show_network(file, key, as_json)
 
 
@@ -326,7 +297,7 @@ def show_network_key(file: Path, as_json: bool) -> None:
     try:
         key = load_network_key(file)
     except KeyFileError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _show_network(file, key, as_json)
 
 

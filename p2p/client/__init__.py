@@ -1,0 +1,21 @@
+"""The client side of gpunet: finding providers of a model and getting tokens out of them.
+
+Everything a caller that wants tokens needs (`gpunet ask`, the OpenAI gateway, a node's own API,
+tools), and nothing a provider needs.
+
+- `network.py`: `open_client` (a light DHT member with a throwaway identity and a session
+  pool) and the `Client` it yields; provider lookups (`lookup_key`, cached briefly for a
+  long-lived client), `list_nodes`, `describe_offer`; `AskError`, the client's failure, which
+  always carries a `p2p.errors.ErrorCode`.
+- `failover.py`: `generate`, which sends one request to the best provider and, when that one
+  fails, continues it on the next by exact replay of the tokens delivered so far.
+- `token_stream.py`: one provider's answer to one request: tokens to the caller, stalls caught
+  by the first-token and between-token timeouts, refusals told apart by `p2p.errors.RETRYABLE`.
+- `ranking.py`: which provider to try first (speed, load, RTT, backoff after failures), and
+  the reorderings a caller asks for (a preferred node, the failed node's hardware class).
+- `provider_query.py`: which records' models answer to a name or sha256 and pass the filters
+  of `gpunet peers` (GPU, free VRAM, quantization); pure functions over verified records.
+
+Sans-IO: `ranking.py` and `provider_query.py`. The rest runs in trio; the DHT behind
+`Client.dht` hosts kademlia's asyncio loop (p2p/dht/), so nothing here imports asyncio.
+"""

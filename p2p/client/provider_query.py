@@ -1,7 +1,8 @@
 """Which providers of a model fit what a client asks for: pure functions over verified records.
 
-`gpunet peers --model X --gpu --min-vram 8G --quant Q4_K_M` and the client's routing both filter
-with `filter_providers`; ranking among the matches is `p2p.client.ranking`'s job, so order is kept.
+`gpunet peers --model X --gpu --min-vram 8G --quant Q4_K_M` filters with `filter_providers`; the
+client's routing finds a record's file with `served_entry` (the one rule of p2p.model_match).
+Ranking among the matches is `p2p.client.ranking`'s job, so order is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 import attrs
 
 from p2p.dht.records import CapabilityRecord, ModelEntry
+from p2p.model_match import model_matches
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -21,6 +23,11 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 class ProviderMatch:
     record: CapabilityRecord
     model: ModelEntry
+
+
+def served_entry(record: CapabilityRecord, model: str) -> ModelEntry | None:
+    """The first model file of *record* that answers to *model* (a name or a sha256)."""
+    return next((m for m in record.models if model_matches(model, m.sha256, m.name)), None)
 
 
 def max_free_vram(record: CapabilityRecord) -> int:
@@ -46,7 +53,7 @@ def filter_providers(
     wanted_quant = quantization.upper() if quantization else None
     out: list[ProviderMatch] = []
     for record in records:
-        entry = record.serves(model.lower()) or record.serves(model)
+        entry = served_entry(record, model)
         if entry is None:
             continue
         on_gpu = bool(record.gpus) and entry.layers_offloaded > 0

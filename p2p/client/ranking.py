@@ -3,6 +3,10 @@
 Sans-IO: the clock and the random source are passed in, so the rules are tested with plain calls.
 A long-lived client (the gateway) keeps one `ProviderRanker`, so a node that failed recently is
 tried last until its backoff ends; a short `gpunet ask` starts fresh each time.
+
+Beside the ranking, the two reorderings the caller may ask for: a preferred node first
+(`prefer_first`), and after a mid-stream failure the failed node's build and hardware class
+first (`prefer_same_class`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from p2p.client.provider_query import served_entry
 from p2p.dht.records import CapabilityRecord, ModelEntry
 
 # A failed node waits this long before it ranks normally again, doubling per failure in a row.
@@ -85,3 +90,42 @@ class ProviderRanker:
         if self.in_backoff(record.peer_id):
             parts.append("recently failed")
         return Candidate(record, model, score, ", ".join(parts))
+
+
+@attrs.frozen
+class Provider:
+    """A node chosen to serve a request, the model file it serves it with, and why it ranked."""
+
+    record: CapabilityRecord
+    model: ModelEntry
+    reason: str = ""
+
+
+def rank_providers(
+    ranker: ProviderRanker, records: Sequence[CapabilityRecord], model: str
+) -> list[Provider]:
+    """The providers of *model* (a name or a sha256) among *records*, best first; a node
+    serving two files that answer to *model* counts once, with the first it lists."""
+    found = [(r, m) for r in records if (m := served_entry(r, model)) is not None]
+    return [Provider(c.record, c.model, c.reason) for c in ranker.rank(found)]
+
+
+def prefer_first(providers: list[Provider], prefer: str | None) -> list[Provider]:
+    """The node whose peer id starts with *prefer* first, the ranking order kept otherwise."""
+    if not prefer:
+        return providers
+    key = prefer.lower()
+    return sorted(providers, key=lambda p: not p.record.peer_id.startswith(key))  # stable
+
+
+def prefer_same_class(providers: Sequence[Provider], failed: CapabilityRecord) -> list[Provider]:
+    """Providers of *failed*'s build and hardware class first, the ranking order kept otherwise.
+
+    After a mid-stream failure the text continues by replay; greedy text stays identical to an
+    uninterrupted run only on the same llama.cpp build and hardware class (across classes only
+    "nothing lost, nothing repeated" holds). Nodes too old to publish both are not matched.
+    """
+    if not (failed.build and failed.hardware_class):
+        return list(providers)
+    same = (failed.build, failed.hardware_class)
+    return sorted(providers, key=lambda p: (p.record.build, p.record.hardware_class) != same)

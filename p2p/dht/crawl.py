@@ -21,8 +21,9 @@ from typing import Any
 import attrs
 from kademlia.node import Node
 
+from p2p.dht.answers import sanitize_nodes_answer, valid_id
 from p2p.dht.node import record_of_node
-from p2p.dht.protocol import GpunetProtocol, sanitize_nodes_answer, valid_id
+from p2p.dht.protocol import GpunetProtocol
 from p2p.dht.records import CapabilityRecord
 
 DEFAULT_DEPTH = 12
@@ -67,7 +68,7 @@ async def crawl(
     async def ask(node_id: bytes, addr: Address) -> None:
         targets = [node_id, *(_flip(node_id, b) for b in range(depth))]
         results = await asyncio.gather(
-            *(protocol._call(addr, "find_node", protocol.wire_id, t) for t in targets)
+            *(protocol.request(addr, "find_node", protocol.wire_id, t) for t in targets)
         )
         for result in results:
             ok, contacts = sanitize_nodes_answer(result)

@@ -25,11 +25,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections import OrderedDict
 
 import attrs
 
 from crypto.identity import PUBLIC_KEY_LEN, SIGNATURE_LEN, Identity, verify_signature
+from p2p.bounded_lru import BoundedLRU
+from p2p.host_port import is_ip
 
 PROOF_DOMAIN = "dht-node-proof/1"
 NONCE_LEN = 32
@@ -53,6 +54,7 @@ ADDRESS_QUORUM = 2
 MAX_ADDRESS_CANDIDATES = 16
 
 Address = tuple[str, int]
+Contact = tuple[bytes, str, int]  # (node id, ip, port)
 
 
 def new_nonce() -> bytes:
@@ -106,7 +108,7 @@ def check_proof(
         return ProofResult(False, "bad public key")
     if not (isinstance(signature, bytes) and len(signature) == SIGNATURE_LEN):
         return ProofResult(False, "bad signature field")
-    if not (isinstance(host, str) and _is_ip(host)):
+    if not (isinstance(host, str) and is_ip(host)):
         return ProofResult(False, "bad observed host")
     if not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
         return ProofResult(False, "bad observed port")
@@ -116,14 +118,6 @@ def check_proof(
     if not verify_signature(public_key, PROOF_DOMAIN, message, signature):
         return ProofResult(False, "bad signature")
     return ProofResult(True, "proved", (host, port))
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return len(text) <= 64
 
 
 def _is_public_or_loopback(host: str) -> bool:
@@ -177,44 +171,35 @@ class VerifiedContacts:
 
     verified_ttl: float = VERIFIED_TTL_S
     failed_ttl: float = FAILED_TTL_S
-    _ok: OrderedDict[tuple[bytes, str, int], float] = attrs.field(factory=OrderedDict)
-    _failed: OrderedDict[tuple[bytes, str, int], float] = attrs.field(factory=OrderedDict)
+    _ok: BoundedLRU[Contact, float] = attrs.field(factory=lambda: BoundedLRU(MAX_VERIFIED))
+    _failed: BoundedLRU[Contact, float] = attrs.field(factory=lambda: BoundedLRU(MAX_FAILED))
 
     def is_verified(self, node_id: bytes, addr: Address, *, now: float) -> bool:
-        key = (node_id, addr[0], addr[1])
-        at = self._ok.get(key)
-        if at is None:
-            return False
-        if now - at > self.verified_ttl:
-            del self._ok[key]
-            return False
-        return True
+        return self._fresh(self._ok, (node_id, addr[0], addr[1]), self.verified_ttl, now)
 
     def recently_failed(self, node_id: bytes, addr: Address, *, now: float) -> bool:
-        key = (node_id, addr[0], addr[1])
-        at = self._failed.get(key)
-        if at is None:
-            return False
-        if now - at > self.failed_ttl:
-            del self._failed[key]
-            return False
-        return True
+        return self._fresh(self._failed, (node_id, addr[0], addr[1]), self.failed_ttl, now)
 
     def mark_verified(self, node_id: bytes, addr: Address, *, now: float) -> None:
         key = (node_id, addr[0], addr[1])
-        self._failed.pop(key, None)
-        self._ok[key] = now
-        self._ok.move_to_end(key)
-        while len(self._ok) > MAX_VERIFIED:
-            self._ok.popitem(last=False)
+        self._failed.pop(key)
+        self._ok.set(key, now)
 
     def mark_failed(self, node_id: bytes, addr: Address, *, now: float) -> None:
         key = (node_id, addr[0], addr[1])
-        self._ok.pop(key, None)
-        self._failed[key] = now
-        self._failed.move_to_end(key)
-        while len(self._failed) > MAX_FAILED:
-            self._failed.popitem(last=False)
+        self._ok.pop(key)
+        self._failed.set(key, now)
+
+    @staticmethod
+    def _fresh(table: BoundedLRU[Contact, float], key: Contact, ttl: float, now: float) -> bool:
+        """Is *key* in *table* and younger than *ttl*? A stale entry is forgotten."""
+        at = table.peek(key)
+        if at is None:
+            return False
+        if now - at > ttl:
+            table.pop(key)
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._ok)

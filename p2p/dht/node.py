@@ -28,8 +28,9 @@ from kademlia.node import Node
 from crypto.identity import Identity, dht_node_id
 from p2p import metrics
 from p2p.dht.aio_bridge import open_asyncio_loop, run_aio
+from p2p.dht.datagrams import ATTEMPTS
 from p2p.dht.lookup import CountingNodeCrawl, RecordCrawl
-from p2p.dht.protocol import ATTEMPTS, GpunetProtocol
+from p2p.dht.protocol import GpunetProtocol
 from p2p.dht.rate_limit import SourceRateLimiter
 from p2p.dht.record_store import RecordStore
 from p2p.dht.records import (

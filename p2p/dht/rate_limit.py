@@ -13,34 +13,15 @@ with bursts of 200 is far above that and far below what hurts a node (each datag
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 
-import attrs
+from p2p.token_bucket import KeyedBuckets
 
 RATE_PER_S = 100.0
 BURST = 200.0
 MAX_SOURCES = 4096
 
 
-@attrs.define
-class TokenBucket:
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float
-
-    def take(self, now: float, cost: float = 1.0) -> bool:
-        elapsed = max(0.0, now - self.stamp)
-        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        self.stamp = now
-        if self.tokens < cost:
-            return False
-        self.tokens -= cost
-        return True
-
-
-@attrs.define
 class SourceRateLimiter:
     """One token bucket per source, at most `max_sources` of them (least recently seen evicted).
 
@@ -48,21 +29,14 @@ class SourceRateLimiter:
     limited per source — it is still limited by the protocol's bound on tasks in flight.
     """
 
-    rate: float = RATE_PER_S
-    burst: float = BURST
-    max_sources: int = MAX_SOURCES
-    dropped: int = 0
-    _buckets: OrderedDict[Hashable, TokenBucket] = attrs.field(factory=OrderedDict)
+    def __init__(
+        self, rate: float = RATE_PER_S, burst: float = BURST, max_sources: int = MAX_SOURCES
+    ) -> None:
+        self._buckets: KeyedBuckets[Hashable] = KeyedBuckets(rate, burst, max_sources)
+        self.dropped = 0
 
     def allow(self, source: Hashable, now: float) -> bool:
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            bucket = self._buckets[source] = TokenBucket(self.rate, self.burst, self.burst, now)
-            while len(self._buckets) > self.max_sources:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(source)
-        if bucket.take(now):
+        if self._buckets.take(source, now):
             return True
         self.dropped += 1
         return False

@@ -22,6 +22,8 @@ from crypto.identity import (
     peer_id_from_public_key,
     verify_signature,
 )
+from p2p.host_port import AddressError, parse_host_port
+from p2p.model_match import model_matches
 
 SCHEMA_VERSION = 1
 ENVELOPE_VERSION = 1
@@ -48,10 +50,12 @@ MAX_CLOCK_SKEW_S = 120.0
 
 MAX_STRING = 256
 MAX_ADDRESSES = 8
+MAX_ADDRESS_LEN = 100  # "[IPv6]:port" needs at most 47 characters; a usual DNS name fits
 MAX_GPUS = 16
 MAX_MODELS = 32
-# The build and hardware class (failover prefers a node with the same pair: see p2p/client/network_client.py)
-# and the CPU's SIMD flags as llama.cpp names them (AVX2, NEON, ...; ~20 exist today).
+# The build and hardware class (failover prefers a node with the same pair: see
+# p2p/client/failover.py) and the CPU's SIMD flags as llama.cpp names them (AVX2, NEON,
+# ...; ~20 exist today).
 MAX_BUILD = 64
 MAX_HARDWARE_CLASS = 128
 MAX_SIMD_FLAGS = 32
@@ -157,8 +161,13 @@ def _model_name(_inst: object, attr: attrs.Attribute[Any], value: object) -> Non
 
 
 def _address(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536 and len(text) < 100)
+    if len(text) >= MAX_ADDRESS_LEN:
+        return False
+    try:
+        parse_host_port(text)
+    except AddressError:
+        return False
+    return True
 
 
 @attrs.frozen
@@ -271,7 +280,7 @@ class CapabilityRecord:
 
     def serves(self, model: str) -> ModelEntry | None:
         for m in self.models:
-            if model in (m.sha256, m.name) or model.lower() == m.name.lower():
+            if model_matches(model, m.sha256, m.name):
                 return m
         return None
 

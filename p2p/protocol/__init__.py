@@ -1,0 +1,16 @@
+"""The sans-IO session protocol: messages, the request state machines, admission.
+
+Nothing here does I/O or imports an event loop (trio, asyncio); the clock, where one is needed,
+is passed in. The trio adapters are `p2p/session/` (client side) and `p2p/node/connection.py`
+(server side).
+
+- `wire.py` — the session messages (attrs, frozen) and their one msgpack codec; decoding names the
+  request and the field of an invalid message (`InvalidMessage`, `Malformed`).
+- `request_events.py` — what the request machines report (`RequestStarted`, `RequestCancelled`)
+  and `LocalProtocolError`, the error that is always our own bug.
+- `requests_server.py` — `RequestServer`: one connection's requests on the node side (ids,
+  duplicates, the per-connection cap, cancel, ping, one final message per request).
+- `requests_client.py` — `RequestClient`: the same connection seen from the client (fresh ids,
+  finals, cancels, what it ignores).
+- `admission.py` — `AdmissionControl`: per-peer concurrency and request rate on a node.
+"""

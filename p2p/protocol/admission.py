@@ -12,21 +12,18 @@ from collections.abc import Callable
 
 import attrs
 
+from p2p.errors import ErrorCode
+from p2p.token_bucket import KeyedBuckets, TokenBucket
+
 # Sixteen concurrent requests per peer: a gateway multiplexes many users through one identity,
 # and the model worker's own slot and queue bounds still answer `busy` beyond the node's capacity.
 PER_PEER_CONCURRENCY = 16
 # Requests per second per peer, with a burst: interactive use never meets it, a flood does.
 PER_PEER_RATE = 5.0
 PER_PEER_BURST = 20.0
-# A bound on the number of peers remembered, so a flood of fresh identities costs bounded memory.
+# A bound on the number of peers remembered, so a flood of fresh identities costs bounded memory
+# (a forgotten peer starts again with a full bucket; peers with requests in flight are kept).
 MAX_TRACKED_PEERS = 10_000
-
-
-@attrs.define
-class _Bucket:
-    tokens: float
-    stamp: float
-    active: int = 0
 
 
 @attrs.define
@@ -35,31 +32,37 @@ class AdmissionControl:
     per_peer_concurrency: int = PER_PEER_CONCURRENCY
     rate: float = PER_PEER_RATE
     burst: float = PER_PEER_BURST
-    _peers: dict[str, _Bucket] = attrs.field(factory=dict)
+    max_tracked_peers: int = MAX_TRACKED_PEERS
+    # Requests in flight per peer; only peers with at least one are present, so the table is
+    # bounded by the node's own bound on requests in flight.
+    _active: dict[str, int] = attrs.field(factory=dict, init=False)
+    _buckets: KeyedBuckets[str] = attrs.field(init=False)
 
-    def try_admit(self, peer_id: str) -> str | None:
-        """None when admitted (call `release` later), else the error code to answer with."""
-        now = self.clock()
-        bucket = self._peers.get(peer_id)
-        if bucket is None:
-            if len(self._peers) >= MAX_TRACKED_PEERS:
-                self._forget_idle()
-            bucket = self._peers[peer_id] = _Bucket(tokens=self.burst, stamp=now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
-        if bucket.active >= self.per_peer_concurrency:
-            return "busy"
-        if bucket.tokens < 1.0:
-            return "rate_limited"
-        bucket.tokens -= 1.0
-        bucket.active += 1
+    def __attrs_post_init__(self) -> None:
+        self._buckets = KeyedBuckets(
+            self.rate, self.burst, self.max_tracked_peers, evictable=self._idle
+        )
+
+    def _idle(self, peer_id: str, _bucket: TokenBucket) -> bool:
+        return peer_id not in self._active
+
+    def try_admit(self, peer_id: str) -> ErrorCode | None:
+        """None when admitted (call `release` later), else the code to answer with."""
+        active = self._active.get(peer_id, 0)
+        if active >= self.per_peer_concurrency:
+            return ErrorCode.BUSY
+        if not self._buckets.take(peer_id, self.clock()):
+            return ErrorCode.RATE_LIMITED
+        self._active[peer_id] = active + 1
         return None
 
     def release(self, peer_id: str) -> None:
-        bucket = self._peers.get(peer_id)
-        if bucket is not None and bucket.active > 0:
-            bucket.active -= 1
+        active = self._active.get(peer_id, 0)
+        if active > 1:
+            self._active[peer_id] = active - 1
+        else:
+            self._active.pop(peer_id, None)
 
-    def _forget_idle(self) -> None:
-        for pid in [p for p, b in self._peers.items() if b.active == 0]:
-            del self._peers[pid]
+    @property
+    def tracked_peers(self) -> int:
+        return len(self._buckets)

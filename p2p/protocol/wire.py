@@ -2,15 +2,24 @@
 
 One message per encrypted frame. Every message carries ``v`` (protocol version) and ``t`` (type);
 requests and their answers carry ``id`` so several requests can share one connection.
+
+Decoding reads the ``id`` first. A message whose id cannot be read raises `ProtocolError`: it
+belongs to no request, and the session that carried it may be closed. A message whose id was read
+but whose other fields are invalid raises `InvalidMessage`, which names the request and the field,
+so the receiver answers `bad_request` for that one request and the others on the connection go on
+(`Malformed` is the value the request state machines receive for it).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import attrs
 import msgpack
+
+from p2p.errors import BadRequest, ErrorCode
 
 PROTOCOL_VERSION = 1
 
@@ -19,49 +28,31 @@ MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 256
 MAX_TOKENS_LIMIT = 32768
 MAX_TEXT_CHARS = 64 * 1024
-
-
-class ErrorCode:
-    """Stable codes clients act on (retry elsewhere, give up, fix the request)."""
-
-    UNKNOWN_MODEL = "unknown_model"
-    BUSY = "busy"
-    RATE_LIMITED = "rate_limited"
-    SHUTTING_DOWN = "shutting_down"
-    BAD_REQUEST = "bad_request"
-    TOO_LONG = "too_long"
-    INTERNAL = "internal"
-
-
-class ProtocolError(ValueError):
-    """The peer sent something that is not a valid message."""
-
-
-def _check(cond: bool, what: str) -> None:
-    if not cond:
-        raise ProtocolError(what)
-
-
-def _int(v: object, lo: int, hi: int, what: str) -> int:
-    _check(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, what)
-    assert isinstance(v, int)
-    return v
-
-
-def _float(v: object, lo: float, hi: float, what: str) -> float:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    _check(ok and lo <= float(v) <= hi, what)  # type: ignore[arg-type]
-    return float(v)  # type: ignore[arg-type]
-
-
-def _str(v: object, limit: int, what: str) -> str:
-    _check(isinstance(v, str) and len(v) <= limit, what)
-    assert isinstance(v, str)
-    return v
-
-
 MAX_MESSAGES = 256
 CHAT_ROLES = ("system", "user", "assistant")
+# Ids are integers a JSON number can hold exactly (2**53), so tools that log them lose nothing.
+MAX_ID = 2**53
+MAX_MODEL_CHARS = 256
+MAX_ERROR_MESSAGE_CHARS = 4096
+
+
+class ProtocolError(BadRequest, ValueError):
+    """The peer sent something that is not a valid message (`field` names the culprit, if one).
+
+    Raised as such only when the message's id could not be read; see `InvalidMessage`."""
+
+
+class InvalidMessage(ProtocolError):
+    """A message whose `id` was read but whose `field` is invalid: an error of that one request."""
+
+    def __init__(self, message: str, *, request_id: int, field: str, tag: str | None) -> None:
+        super().__init__(message, field=field)
+        self.request_id = request_id
+        self.tag = tag
+
+    @property
+    def malformed(self) -> Malformed:
+        return Malformed(self.request_id, self.tag, self.field or "?", str(self))
 
 
 @attrs.frozen
@@ -117,7 +108,7 @@ class Done:
 @attrs.frozen
 class Error:
     id: int
-    code: str
+    code: ErrorCode
     message: str
 
 
@@ -137,6 +128,22 @@ class Pong:
 
 
 Message = Generate | Token | Done | Error | Cancel | Ping | Pong
+
+
+@attrs.frozen
+class Malformed:
+    """A received message whose id was readable but not the rest (`InvalidMessage` as a value).
+
+    Never encoded: it exists on the receiving side only, so that the request state machines can
+    answer for that id instead of the session closing."""
+
+    id: int
+    tag: str | None  # the type it claimed (``t``), when that was a string
+    field: str
+    reason: str
+
+
+Received = Message | Malformed
 
 _TAGS: dict[type, str] = {
     Generate: "generate",
@@ -162,6 +169,8 @@ def encode(msg: Message) -> bytes:
         body["replay_tokens"] = list(msg.replay_tokens)
     if isinstance(msg, Token | Done):
         body["token_ids"] = list(msg.token_ids)
+    if isinstance(msg, Error):
+        body["code"] = msg.code.value
     body["v"] = PROTOCOL_VERSION
     body["t"] = _TAGS[type(msg)]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -169,88 +178,152 @@ def encode(msg: Message) -> bytes:
 
 
 def decode(data: bytes) -> Message:
+    """The message in *data*. Raises `InvalidMessage` when its id was readable, else
+    `ProtocolError`."""
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:
         raise ProtocolError("message is not valid msgpack") from exc
-    _check(isinstance(body, dict), "message is not a map")
-    _check(body.get("v") == PROTOCOL_VERSION, f"unsupported protocol version {body.get('v')!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not a map")
+    rid = body.get("id")
+    if not _is_int(rid, 0, MAX_ID):
+        raise ProtocolError("id must be a non-negative integer", field="id")
+    assert isinstance(rid, int)
     tag = body.get("t")
-    rid = _int(body.get("id"), 0, 2**53, "id must be a non-negative integer")
-    if tag == "generate":
-        return _generate(body, rid)
-    if tag == "token":
-        ids = _token_ids(body.get("token_ids", []), MAX_TEXT_CHARS, "token_ids")
-        return Token(rid, _str(body.get("text"), MAX_TEXT_CHARS, "text"), ids)
-    if tag == "done":
-        return Done(
-            rid,
-            _str(body.get("finish_reason"), 32, "finish_reason"),
-            _int(body.get("prompt_tokens"), 0, 2**31, "prompt_tokens"),
-            _int(body.get("completion_tokens"), 0, 2**31, "completion_tokens"),
-            _float(body.get("ttft_s"), 0, 1e6, "ttft_s"),
-            _float(body.get("decode_tok_s"), 0, 1e9, "decode_tok_s"),
-            _token_ids(body.get("token_ids", []), MAX_TOKENS_LIMIT, "token_ids"),
-            _int(body.get("cached_tokens", 0), 0, 2**31, "cached_tokens"),
-        )
-    if tag == "error":
-        return Error(rid, _str(body.get("code"), 64, "code"), _str(body.get("message"), 4096, "m"))
-    if tag == "cancel":
-        return Cancel(rid)
-    if tag == "ping":
-        return Ping(rid)
-    if tag == "pong":
-        return Pong(rid)
-    raise ProtocolError(f"unknown message type {tag!r:.40}")
+    fields = _Fields(body, rid, tag if isinstance(tag, str) else None)
+    if body.get("v") != PROTOCOL_VERSION:
+        fields.fail("v", f"unsupported protocol version {body.get('v')!r:.20}")
+    decoder = _DECODERS.get(tag) if isinstance(tag, str) else None
+    if decoder is None:
+        fields.fail("t", f"unknown message type {tag!r:.40}")
+    return decoder(fields)
 
 
-def _generate(body: dict[str, Any], rid: int) -> Generate:
-    stop = body.get("stop", [])
-    _check(isinstance(stop, list) and len(stop) <= MAX_STOP_STRINGS, "stop: too many strings")
-    seed = body.get("seed")
-    raw_messages = body.get("messages", [])
-    _check(
-        isinstance(raw_messages, list) and len(raw_messages) <= MAX_MESSAGES,
-        f"messages: at most {MAX_MESSAGES}",
-    )
-    messages = tuple(_chat_message(m) for m in raw_messages)
-    _check(
-        sum(len(m.content) for m in messages) <= MAX_PROMPT_CHARS, "messages: too long (≤ 512 KiB)"
-    )
+def decode_received(data: bytes) -> Received:
+    """Like `decode`, but a message invalid past its id comes back as `Malformed`."""
+    try:
+        return decode(data)
+    except InvalidMessage as exc:
+        return exc.malformed
+
+
+def _is_int(v: object, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+class _Fields:
+    """Typed reads of one message's fields; each failure names the field and the request."""
+
+    def __init__(self, body: dict[Any, Any], rid: int, tag: str | None) -> None:
+        self.body = body
+        self.id = rid
+        self.tag = tag
+
+    def fail(self, field: str, reason: str) -> NoReturn:
+        raise InvalidMessage(reason, request_id=self.id, field=field, tag=self.tag)
+
+    def integer(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
+        v = self.body.get(key, default)
+        if not _is_int(v, lo, hi):
+            self.fail(key, f"{key} must be an integer from {lo} to {hi}")
+        assert isinstance(v, int)
+        return v
+
+    def number(self, key: str, lo: float, hi: float, default: float | None = None) -> float:
+        v = self.body.get(key, default)
+        number = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not (number and lo <= float(v) <= hi):  # type: ignore[arg-type]
+            self.fail(key, f"{key} must be a number from {lo:g} to {hi:g}")
+        return float(v)  # type: ignore[arg-type]
+
+    def string(self, key: str, limit: int, default: str | None = None) -> str:
+        return self.text(self.body.get(key, default), limit, key)
+
+    def text(self, v: object, limit: int, field: str) -> str:
+        if not isinstance(v, str) or len(v) > limit:
+            self.fail(field, f"{field} must be a string of at most {limit} characters")
+        return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self.body.get(key, default)
+        if not isinstance(v, bool):
+            self.fail(key, f"{key} must be true or false")
+        return v
+
+    def array(self, key: str, limit: int) -> list[Any]:
+        v = self.body.get(key, [])
+        if not isinstance(v, list) or len(v) > limit:
+            self.fail(key, f"{key}: a list of at most {limit}")
+        return v
+
+    def token_ids(self, key: str, limit: int) -> tuple[int, ...]:
+        raw = self.array(key, limit)
+        for t in raw:
+            if not _is_int(t, 0, 2**31 - 1):
+                self.fail(key, f"{key}: token ids are non-negative integers")
+        return tuple(raw)
+
+
+def _generate(f: _Fields) -> Generate:
+    stop = f.array("stop", MAX_STOP_STRINGS)
+    seed = f.body.get("seed")
+    messages = tuple(_chat_message(f, m) for m in f.array("messages", MAX_MESSAGES))
+    if sum(len(m.content) for m in messages) > MAX_PROMPT_CHARS:
+        f.fail("messages", "messages: too long (≤ 512 KiB)")
     return Generate(
-        id=rid,
-        model=_str(body.get("model"), 256, "model must be a string"),
-        prompt=_str(body.get("prompt"), MAX_PROMPT_CHARS, "prompt must be a string (≤ 512 KiB)"),
-        max_tokens=_int(body.get("max_tokens", 128), 1, MAX_TOKENS_LIMIT, "max_tokens"),
-        temperature=_float(body.get("temperature", 0.0), 0.0, 10.0, "temperature"),
-        top_p=_float(body.get("top_p", 1.0), 1e-6, 1.0, "top_p must be in (0, 1]"),
-        seed=None if seed is None else _int(seed, 0, 2**32 - 1, "seed"),
-        stop=tuple(_str(s, MAX_STOP_CHARS, "stop string") for s in stop if s != ""),
+        id=f.id,
+        model=f.string("model", MAX_MODEL_CHARS),
+        prompt=f.string("prompt", MAX_PROMPT_CHARS),
+        max_tokens=f.integer("max_tokens", 1, MAX_TOKENS_LIMIT, 128),
+        temperature=f.number("temperature", 0.0, 10.0, 0.0),
+        top_p=f.number("top_p", 1e-6, 1.0, 1.0),
+        seed=None if seed is None else f.integer("seed", 0, 2**32 - 1),
+        stop=tuple(f.text(s, MAX_STOP_CHARS, "stop") for s in stop if s != ""),
         messages=messages,
-        replay_tokens=_token_ids(body.get("replay_tokens", []), MAX_TOKENS_LIMIT, "replay_tokens"),
-        reproducible=_bool(body.get("reproducible", False), "reproducible must be true or false"),
+        replay_tokens=f.token_ids("replay_tokens", MAX_TOKENS_LIMIT),
+        reproducible=f.flag("reproducible", False),
     )
 
 
-def _bool(raw: object, what: str) -> bool:
-    _check(isinstance(raw, bool), what)
-    return bool(raw)
+def _chat_message(f: _Fields, raw: object) -> ChatMessage:
+    if not isinstance(raw, list) or len(raw) != 2:
+        f.fail("messages", "messages: each is [role, content]")
+    role = f.text(raw[0], 16, "messages")
+    if role not in CHAT_ROLES:
+        f.fail("messages", f"message role must be one of {', '.join(CHAT_ROLES)}")
+    return ChatMessage(role, f.text(raw[1], MAX_PROMPT_CHARS, "messages"))
 
 
-def _token_ids(raw: object, limit: int, what: str) -> tuple[int, ...]:
-    _check(isinstance(raw, list) and len(raw) <= limit, f"{what}: at most {limit} token ids")
-    assert isinstance(raw, list)
-    for t in raw:
-        _check(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31,
-            f"{what}: token ids are non-negative integers",
-        )
-    return tuple(raw)
+def _token(f: _Fields) -> Token:
+    ids = f.token_ids("token_ids", MAX_TEXT_CHARS)
+    return Token(f.id, f.string("text", MAX_TEXT_CHARS), ids)
 
 
-def _chat_message(raw: object) -> ChatMessage:
-    _check(isinstance(raw, list) and len(raw) == 2, "messages: each is [role, content]")
-    assert isinstance(raw, list)
-    role = _str(raw[0], 16, "message role")
-    _check(role in CHAT_ROLES, f"message role must be one of {', '.join(CHAT_ROLES)}")
-    return ChatMessage(role, _str(raw[1], MAX_PROMPT_CHARS, "message content"))
+def _done(f: _Fields) -> Done:
+    return Done(
+        f.id,
+        f.string("finish_reason", 32),
+        f.integer("prompt_tokens", 0, 2**31),
+        f.integer("completion_tokens", 0, 2**31),
+        f.number("ttft_s", 0, 1e6),
+        f.number("decode_tok_s", 0, 1e9),
+        f.token_ids("token_ids", MAX_TOKENS_LIMIT),
+        f.integer("cached_tokens", 0, 2**31, 0),
+    )
+
+
+def _error(f: _Fields) -> Error:
+    code = ErrorCode.from_wire(f.string("code", 64))
+    return Error(f.id, code, f.string("message", MAX_ERROR_MESSAGE_CHARS))
+
+
+_DECODERS: dict[str, Callable[[_Fields], Message]] = {
+    "generate": _generate,
+    "token": _token,
+    "done": _done,
+    "error": _error,
+    "cancel": lambda f: Cancel(f.id),
+    "ping": lambda f: Ping(f.id),
+    "pong": lambda f: Pong(f.id),
+}

@@ -10,11 +10,11 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
-import attrs
 import trio
 
 from crypto.identity import Identity
 from p2p.protocol import wire
+from p2p.protocol.requests_client import RequestClient
 from p2p.session.local import Connection, local_pair
 from p2p.session.secure import SessionError, connect
 
@@ -24,12 +24,14 @@ Inbox = trio.MemoryReceiveChannel[wire.Message | SessionError]
 
 
 class MultiplexedSession:
+    """The trio loop around `RequestClient`: one reader task routes each answer to the inbox of
+    its request; the request rules (ids, finals, cancels, what to ignore) are the machine's."""
+
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.closed = False
+        self.requests = RequestClient()
         self._routes: dict[int, trio.MemorySendChannel[wire.Message | SessionError]] = {}
-        self._next_id = 1
-        self._answered: set[int] = set()  # requests whose final message has arrived
 
     @property
     def peer_id(self) -> str:
@@ -41,15 +43,16 @@ class MultiplexedSession:
         try:
             heard = trio.current_time()
             while True:
-                # One scope for many messages (see client._stream): when it fires, the session
-                # closes only if nothing arrived for idle_close_s and no request is open.
+                # One scope for many messages (as in client/token_stream.py's receive_answer):
+                # when it fires, the session closes only if nothing arrived for idle_close_s and
+                # no request is open.
                 with trio.CancelScope(deadline=heard + idle_close_s):
                     while True:
                         msg = await self.conn.receive()
                         if msg is None:
                             return
                         heard = trio.current_time()
-                        self._route(msg)
+                        await self._route(msg)
                 if trio.current_time() >= heard + idle_close_s:
                     if not self._routes:
                         reason = "idle"
@@ -64,32 +67,33 @@ class MultiplexedSession:
             with trio.CancelScope(shield=True):
                 await self.conn.aclose()
 
-    def _route(self, msg: wire.Message) -> None:
-        route = self._routes.get(msg.id)
-        if route is not None:
-            if isinstance(msg, (wire.Done, wire.Error)):
-                self._answered.add(msg.id)
-            route.send_nowait(msg)
+    async def _route(self, msg: wire.Received) -> None:
+        event = self.requests.receive(msg)
+        if event is not None:
+            route = self._routes.get(event.id)
+            if route is not None:
+                route.send_nowait(event)
+        for out in self.requests.take_outgoing():
+            await self.conn.send(out)
 
     @asynccontextmanager
     async def request(self, msg: wire.Generate) -> AsyncIterator[tuple[int, Inbox]]:
         """Send *msg* under a fresh id; yield (id, inbox). Leaving early sends `cancel`."""
         if self.closed:
             raise SessionError("session closed")
-        rid = self._next_id
-        self._next_id += 1
+        opened = self.requests.start(msg)
+        rid = opened.id
         send, receive = trio.open_memory_channel[wire.Message | SessionError](math.inf)
         self._routes[rid] = send
         try:
-            await self.conn.send(attrs.evolve(msg, id=rid))
+            await self.conn.send(opened)
             yield rid, receive
         finally:
             self._routes.pop(rid, None)
-            answered = rid in self._answered
-            self._answered.discard(rid)
-            if not answered and not self.closed:
+            cancel = self.requests.close(rid)
+            if cancel is not None and not self.closed:
                 with trio.CancelScope(shield=True), trio.move_on_after(1), suppress(SessionError):
-                    await self.conn.send(wire.Cancel(rid))
+                    await self.conn.send(cancel)
 
 
 class SessionPool:

@@ -46,7 +46,10 @@ from crypto.secure_session import (
     SecureHandshake,
     encode_handshake_message,
 )
+from p2p.bounded_lru import BoundedLRU
+from p2p.host_port import parse_host_port
 from p2p.protocol import wire
+from p2p.token_bucket import KeyedBuckets
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +132,15 @@ class HandshakeAdmission:
     """
 
     def __init__(self, limits: SessionLimits | None = None) -> None:
-        self.limits = limits or SessionLimits()
-        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
-        self._half_open: collections.OrderedDict[int, tuple[str, Callable[[], None]]] = (
-            collections.OrderedDict()
+        self.limits = limits = limits or SessionLimits()
+        self._buckets: KeyedBuckets[str] = KeyedBuckets(
+            limits.handshakes_per_source_per_s,
+            float(limits.handshake_burst_per_source),
+            limits.tracked_sources,
+        )
+        # ticket -> (source, abort); over the total cap the oldest is evicted (and aborted).
+        self._half_open: BoundedLRU[int, tuple[str, Callable[[], None]]] = BoundedLRU(
+            limits.max_half_open, on_evict=self._evict
         )
         self._per_source: collections.Counter[str] = collections.Counter()
         self._next_ticket = 0
@@ -146,38 +154,25 @@ class HandshakeAdmission:
     def half_open(self) -> int:
         return len(self._half_open)
 
-    def _take_token(self, source: str, now: float) -> bool:
-        limits = self.limits
-        tokens, last = self._buckets.pop(source, (float(limits.handshake_burst_per_source), now))
-        tokens = min(
-            float(limits.handshake_burst_per_source),
-            tokens + (now - last) * limits.handshakes_per_source_per_s,
-        )
-        allowed = tokens >= 1.0
-        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)  # most recent last
-        while len(self._buckets) > limits.tracked_sources:
-            self._buckets.popitem(last=False)  # least recently seen
-        return allowed
-
     def admit(self, source: str, now: float, abort: Callable[[], None]) -> int | None:
-        limits = self.limits
-        if self._per_source[source] >= limits.max_half_open_per_source:
+        if self._per_source[source] >= self.limits.max_half_open_per_source:
             self.refused_busy += 1
             return None
-        if not self._take_token(source, now):
+        if not self._buckets.take(source, now):
             self.refused_rate += 1
             return None
-        while len(self._half_open) >= limits.max_half_open:
-            _, (oldest_source, oldest_abort) = self._half_open.popitem(last=False)
-            self._drop_source(oldest_source)
-            self.evicted += 1
-            oldest_abort()
         ticket = self._next_ticket
         self._next_ticket += 1
-        self._half_open[ticket] = (source, abort)
         self._per_source[source] += 1
         self.admitted += 1
+        self._half_open.set(ticket, (source, abort))
         return ticket
+
+    def _evict(self, _ticket: int, entry: tuple[str, Callable[[], None]]) -> None:
+        source, abort = entry
+        self._drop_source(source)
+        self.evicted += 1
+        abort()
 
     def _drop_source(self, source: str) -> None:
         self._per_source[source] -= 1
@@ -185,7 +180,7 @@ class HandshakeAdmission:
             del self._per_source[source]
 
     def release(self, ticket: int) -> None:
-        entry = self._half_open.pop(ticket, None)
+        entry = self._half_open.pop(ticket)
         if entry is not None:  # None: it was evicted, and its source already counted down
             self._drop_source(entry[0])
 
@@ -219,9 +214,12 @@ class SecureConnection:
         finally:
             self._send_lock.release()
 
-    async def receive(self) -> wire.Message | None:
+    async def receive(self) -> wire.Received | None:
         """Next message, or None once the peer has closed cleanly (its authenticated close
-        frame arrived). A connection that ends without that frame raises SessionTruncated."""
+        frame arrived). A connection that ends without that frame raises SessionTruncated.
+
+        A message invalid past its id comes back as `wire.Malformed`, for the request layer to
+        answer; only one whose id cannot be read (or a bad frame) breaks the session."""
         while True:
             try:
                 frame = self._channel.next_frame()
@@ -229,7 +227,7 @@ class SecureConnection:
                 raise SessionError(f"bad frame: {exc}") from exc
             if frame is not None:
                 try:
-                    return wire.decode(frame)
+                    return wire.decode_received(frame)
                 except wire.ProtocolError as exc:
                     raise SessionError(f"bad message: {exc}") from exc
             if self._channel.peer_closed:
@@ -313,10 +311,10 @@ async def connect(
     *psk* is the network key of a private network (crypto.network_key.load_network_key), None
     for the public network; it must be the responder's.
     """
-    host, _, port = address.rpartition(":")
     try:
+        host, port = parse_host_port(address)
         with trio.fail_after(CONNECT_TIMEOUT_S):
-            stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
+            stream = await trio.open_tcp_stream(host, port)
     except (OSError, ValueError, trio.TooSlowError) as exc:
         raise SessionError(f"cannot connect to {address}: {exc or 'timed out'}") from exc
     try:

@@ -17,16 +17,16 @@ import trio
 import trio.testing
 
 from inference.batching import BatchingWorker
-from inference.model_file import ModelFileError
-from inference.worker import (
+from inference.generation import (
     GenerationDone,
     GenerationError,
     GenerationRequest,
-    ModelWorker,
     PromptTooLong,
     TokenChunk,
     WorkerBusy,
 )
+from inference.model_file import ModelFileError
+from inference.worker import ModelWorker
 
 # Largest (solo max logit - logit of the batched token) seen on the default model over 4 × 64
 # greedy tokens decoded 4 at a time: 0.26 (the solo context prefills everything in one batch,

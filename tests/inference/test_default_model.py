@@ -11,8 +11,8 @@ from inference.default_model import (
     DEFAULT_MODEL_FILENAME,
     DEFAULT_MODEL_SHA256,
     ensure_default_model,
-    model_cache_dir,
 )
+from inference.model_cache import model_cache_dir
 from inference.model_file import ModelFileError
 
 

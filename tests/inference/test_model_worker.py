@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from inference.model_file import ModelFileError
-from inference.worker import (
+from inference.generation import (
     GenerationDone,
     GenerationError,
     GenerationRequest,
-    ModelWorker,
     TokenChunk,
     WorkerBusy,
-    split_at_stop,
 )
+from inference.model_file import ModelFileError
+from inference.streaming import split_at_stop
+from inference.worker import ModelWorker
 
 
 async def run(worker: ModelWorker, request: GenerationRequest) -> tuple[str, GenerationDone]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from inference.sha256_cache import (
     CACHE_FILENAME,
     FileChangedWhileHashing,
     Sha256Cache,
+    default_sha256_cache,
     sha256_file,
 )
 
@@ -119,3 +121,21 @@ def test_inspect_gguf_uses_the_cache(tmp_path: Path, tiny_gguf: Path) -> None:
     assert first.sha256 == second.sha256 == sha(model.read_bytes())
     assert cache.hashed == 1
     assert seen == [model.stat().st_size]
+
+
+def test_the_default_cache_lives_in_the_model_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GPUNET_MODEL_CACHE", str(tmp_path))
+    assert default_sha256_cache().path == tmp_path / CACHE_FILENAME
+
+
+def test_the_cache_does_not_import_the_default_model() -> None:
+    """The old circle: sha256_cache → default_model → model_file → sha256_cache."""
+    import inference.sha256_cache as module
+
+    tree = ast.parse(Path(module.__file__ or "").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "inference.default_model" not in imported
+    assert "inference.model_cache" in imported

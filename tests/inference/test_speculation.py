@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from inference.batching import BatchingWorker
+from inference.generation import GenerationRequest
 from inference.speculation import KEY, MAX_DRAFT, MIN_MATCH, NgramDrafter
-from inference.worker import GenerationRequest
 from tests.inference.test_batching import (
     GREEDY_MARGIN,
     bit_exact_batches,
@@ -198,7 +198,7 @@ async def test_identical_drafting_requests_together_stay_identical(
 async def test_default_model_drafts_the_benchmark_list(
     gpu_layers: int, default_model: Path
 ) -> None:
-    """The yardstick's prompt (/work/shared/bench): the model's answer repeats a digit, which
+    """The yardstick's prompt (../shared/bench): the model's answer repeats a digit, which
     the drafts predict, in half the steps or fewer; each token is still the model's greedy
     choice."""
     request = GenerationRequest("List the numbers from 1 to 300, separated by commas:", 128)

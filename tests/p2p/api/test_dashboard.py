@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from p2p.api.dashboard import render_page
-from tests.p2p.test_gateway import LiveNetwork, start_live_network
+from tests.p2p.api.test_gateway import LiveNetwork, start_live_network
 
 CHROMIUM_TIMEOUT_S = 90
 PHONE = "390,844"  # CSS pixels of a common phone in portrait

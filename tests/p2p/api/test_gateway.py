@@ -27,14 +27,11 @@ import pytest
 import trio
 
 from inference.model_file import inspect_gguf
-from p2p.protocol import wire
-from p2p.client.network_client import AskError, open_client
 from p2p.api.app import serve_gateway
-from p2p.metrics import Metrics, count_refused_record, observe_dht_lookup
-from p2p.api.network_view import model_table
+from p2p.client.network import open_client
+from p2p.metrics import Metrics
 from p2p.node.runtime import NodeConfig, NodeReady, run_node
-from p2p.api.request_parsing import ApiError, parse_generation
-from p2p.api.responses import error_from_ask
+from tests.p2p.test_metrics import sample_value
 
 API_KEY = "test-key-123"
 START_TIMEOUT_S = 60.0
@@ -153,15 +150,6 @@ def net(
 @pytest.fixture
 def api(net: LiveNetwork) -> openai.OpenAI:
     return net.openai()
-
-
-def sample_value(text: str, name: str, labels: str = "") -> float:
-    """The value of one series in Prometheus text (0 when absent)."""
-    wanted = f"{name}{{{labels}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith(wanted + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def requests_counted(text: str, model: str, outcome: str) -> float:
@@ -336,9 +324,9 @@ def test_prompt_longer_than_the_context_is_400(api: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         api.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=4000)
     assert "context" in info.value.message
-    # The node sends `too_long` (-> code context_length_exceeded) only when the worker's message
-    # says "long"; its current message ("... exceeds this model's context") arrives as
-    # `bad_request`. Either way the caller gets a 400 that says why.
+    # A node maps its worker's PromptTooLong to `too_long` (OpenAI's context_length_exceeded);
+    # nodes that still classify the worker's message text answer `bad_request` (code None).
+    # Either way the caller gets a 400 that says why.
     assert isinstance(info.value.body, dict)
     assert info.value.body["code"] in ("context_length_exceeded", None)
 
@@ -464,7 +452,7 @@ def test_concurrent_requests_share_one_client(net: LiveNetwork) -> None:
 
 
 def test_gateway_command_serves_and_stops_on_ctrl_c(net: LiveNetwork, tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     code = (
         "from p2p.cli.gateway import gateway_command; gateway_command(prog_name='gpunet gateway')"
     )
@@ -490,94 +478,3 @@ def test_gateway_command_serves_and_stops_on_ctrl_c(net: LiveNetwork, tmp_path: 
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-# --- pure parts ---------------------------------------------------------------------------------
-
-
-def test_dht_hooks_feed_a_metrics_registry() -> None:
-    m = Metrics()
-    observe_dht_lookup(0.004, m)
-    count_refused_record("bad_signature", m)
-    count_refused_record("record: bad signature", m)  # the record store's own message
-    count_refused_record("not newer than the stored record", m)
-    count_refused_record("made-up reason", m)
-    text = m.render().decode()
-    assert sample_value(text, "gpunet_dht_lookup_seconds_count") == 1
-    assert sample_value(text, "gpunet_dht_records_refused_total", 'reason="bad_signature"') == 2
-    assert sample_value(text, "gpunet_dht_records_refused_total", 'reason="stale"') == 1
-    assert sample_value(text, "gpunet_dht_records_refused_total", 'reason="other"') == 1
-
-
-def test_model_labels_are_bounded() -> None:
-    m = Metrics()
-    for i in range(200):
-        m.count_request(f"model-{i}", "ok")
-    labels = {line.split('"')[1] for line in m.render().decode().splitlines() if "model=" in line}
-    assert "other" in labels and len(labels) <= 65
-
-
-def test_parse_generation_defaults_and_limits() -> None:
-    call = parse_generation({"model": "m", "prompt": ["hi"]}, "completion")
-    assert call.request.prompt == "hi" and call.request.max_tokens == 16
-    assert call.request.temperature == 1.0 and not call.stream
-    chat = parse_generation(
-        {
-            "model": "m",
-            "messages": [{"role": "developer", "content": "be brief"}],
-            "max_completion_tokens": 7,
-            "stop": "\n",
-            "seed": 3,
-        },
-        "chat",
-    )
-    assert chat.request.messages == (wire.ChatMessage("system", "be brief"),)
-    assert chat.request.max_tokens == 7 and chat.request.stop == ("\n",)
-    assert chat.request.seed == 3 and not chat.request.reproducible
-    exact = parse_generation({"model": "m", "prompt": "x", "reproducible": True}, "completion")
-    assert exact.request.reproducible
-    for bad in (
-        {"model": "m", "prompt": "x", "reproducible": "yes"},
-        {"model": "m", "prompt": [1, 2]},
-        {"model": "m", "prompt": "x", "n": 2},
-        {"model": "m", "prompt": "x", "top_p": 0},
-        {"model": "m", "prompt": "x", "max_tokens": 0},
-        {"model": "m", "prompt": "x", "seed": -1},
-        {"model": "m", "prompt": "x", "stream": "yes"},
-        {"model": "", "prompt": "x"},
-        ["not", "an", "object"],
-    ):
-        with pytest.raises(ApiError) as info:
-            parse_generation(bad, "completion")
-        assert info.value.status == 400
-
-
-def test_client_failures_map_to_http_statuses() -> None:
-    cases = {
-        "no node serves model 'x'; the network offers: a, b": 404,
-        "no provider could serve the request: abc: node is busy; try another": 503,
-        "too_long: prompt is 900 tokens": 400,
-        "bad_request: messages: at most 256": 400,
-        "unknown_model: 'x' is not served here": 404,
-        "node closed the connection mid-stream after 3 token chunks were delivered": 502,
-    }
-    for message, status in cases.items():
-        assert error_from_ask(AskError(message)).status == status, message
-
-
-def test_model_table_counts_providers_and_lists_clashing_names_by_sha256() -> None:
-    from crypto.identity import Identity
-    from p2p.dht.records import ModelEntry
-    from tests.p2p.test_records import SHA, make_record
-
-    other_sha = "cd" * 32
-    same = [make_record(Identity.generate()) for _ in range(2)]  # tiny-llama, SHA, twice
-    table = model_table(same)
-    assert [(e["id"], e["providers"]) for e in table] == [("tiny-llama", 2)]
-    clash = make_record(
-        Identity.generate(),
-        models=(ModelEntry(other_sha, "tiny-llama", "llama", 1000, "Q4_0", 512, 0, 2),),
-    )
-    ids = {e["id"] for e in model_table([*same, clash])}
-    assert ids == {SHA, other_sha}
-    json.dumps(model_table([*same, clash]))  # plain data, JSON-ready

@@ -19,7 +19,7 @@ from crypto.identity import (
     save_identity,
 )
 from crypto.network_key import load_network_key, network_id
-from p2p.cli.main import identity as cli_identity
+from p2p.cli import identity as cli_identity
 from p2p.cli.identity import PASSPHRASE_ENV, identity_group, load_node_identity
 
 

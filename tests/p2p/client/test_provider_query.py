@@ -8,7 +8,7 @@ import pytest
 from crypto.identity import Identity
 from p2p.client.provider_query import filter_providers, max_free_vram, parse_size
 from p2p.dht.records import CapabilityRecord, GpuEntry, ModelEntry
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 GIB = 1 << 30
 

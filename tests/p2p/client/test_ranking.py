@@ -7,10 +7,15 @@ import random
 import attrs
 
 from crypto.identity import Identity
-from p2p.client.network_client import Provider, prefer_first, prefer_same_class
-from p2p.client.ranking import BACKOFF_BASE_S, ProviderRanker
+from p2p.client.ranking import (
+    BACKOFF_BASE_S,
+    Provider,
+    ProviderRanker,
+    prefer_first,
+    prefer_same_class,
+)
 from p2p.dht.records import LoadEntry
-from tests.p2p.test_records import make_record
+from tests.p2p.dht.test_records import make_record
 
 
 class Clock:
@@ -125,7 +130,7 @@ def test_failover_order_is_unchanged_when_the_failed_node_publishes_no_class() -
 
 
 async def test_client_reuses_a_lookup_briefly_and_forgets_it_after_a_failure() -> None:
-    from p2p.client.network_client import LOOKUP_CACHE_S, Client
+    from p2p.client.network import LOOKUP_CACHE_S, Client
 
     clock = Clock()
     record, _model = provider(50, now=clock.now)

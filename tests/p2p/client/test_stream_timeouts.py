@@ -9,8 +9,13 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from p2p.client.token_stream import (
+    FIRST_TOKEN_TIMEOUT_S,
+    TOKEN_TIMEOUT_S,
+    Progress,
+    receive_answer,
+)
 from p2p.protocol import wire
-from p2p.client.network_client import FIRST_TOKEN_TIMEOUT_S, TOKEN_TIMEOUT_S, _Progress, _stream
 from p2p.session.local import LocalConnection, local_pair
 from p2p.session.pool import MultiplexedSession
 
@@ -30,14 +35,14 @@ async def _node(conn: LocalConnection, gaps: list[float], done: bool) -> None:
         await trio.sleep_forever()
 
 
-async def _ask(gaps: list[float], *, done: bool) -> tuple[wire.Done | str, float, _Progress]:
+async def _ask(gaps: list[float], *, done: bool) -> tuple[wire.Done | str, float, Progress]:
     client_side, node_side = local_pair("peer")
     session = MultiplexedSession(client_side)
-    progress = _Progress()
+    progress = Progress()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
         nursery.start_soon(_node, node_side, gaps, done)
-        outcome = await _stream(session, REQUEST, progress, lambda _text: None)
+        outcome = await receive_answer(session, REQUEST, progress, lambda _text: None)
         ended = trio.current_time()
         nursery.cancel_scope.cancel()
     return outcome, ended, progress

@@ -19,7 +19,7 @@ from p2p.dht.aio_bridge import open_asyncio_loop, run_aio
 from p2p.dht.node import Dht, DhtServer, open_dht, serve_dht
 from p2p.dht.protocol import GpunetProtocol
 from p2p.dht.records import dht_digest, directory_key, model_key, sign_record
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 LOCAL = "127.0.0.1"
 FAST = 0.5  # rpc timeout: silent peers (stock kademlia, impostors) cost this much per try
@@ -119,7 +119,7 @@ async def test_a_relayed_proof_names_the_relay_and_is_refused() -> None:
         relayed: list[object] = []
 
         async def relay(proto: GpunetProtocol, sender: Any, nonce: object) -> Any:
-            _ok, answer = await proto._call((LOCAL, v.port), "prove", proto.wire_id, nonce)
+            _ok, answer = await proto.request((LOCAL, v.port), "prove", proto.wire_id, nonce)
             relayed.append(answer)
             return answer
 

@@ -11,7 +11,7 @@ import trio
 from crypto.identity import Identity
 from p2p.dht.node import Dht, open_dht
 from p2p.dht.records import ModelEntry, model_name_key, sign_record
-from tests.p2p.test_records import make_record
+from tests.p2p.dht.test_records import make_record
 
 LOCAL = "127.0.0.1"
 N = 30

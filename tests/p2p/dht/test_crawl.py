@@ -11,13 +11,13 @@ import attrs
 import trio
 
 from crypto.identity import Identity
-from p2p.dht.node import Dht, open_dht
 from p2p.dht.crawl import crawl, summarize
+from p2p.dht.node import Dht, open_dht
 from p2p.dht.records import GpuEntry, ModelEntry, sign_record
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 LOCAL = "127.0.0.1"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GIB = 1 << 30
 
 

@@ -12,7 +12,7 @@ import umsgpack
 from crypto.identity import Identity
 from p2p.dht.node import Dht, open_dht
 from p2p.dht.records import directory_key, model_key, model_name_key, node_key, sign_record
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 
 @asynccontextmanager

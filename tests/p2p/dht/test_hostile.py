@@ -11,12 +11,13 @@ import trio
 import umsgpack
 
 from crypto.identity import Identity
-from p2p.dht.node import open_dht
+from p2p.dht.contact_proofs import MAX_CHALLENGES_IN_FLIGHT
+from p2p.dht.datagrams import MAX_TASKS_IN_FLIGHT
 from p2p.dht.identity_proof import MAX_FAILED
-from p2p.dht.protocol import MAX_CHALLENGES_IN_FLIGHT, MAX_TASKS_IN_FLIGHT
+from p2p.dht.node import open_dht
 from p2p.dht.rate_limit import SourceRateLimiter
 from p2p.dht.records import dht_digest, model_key, node_key, sign_record
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 LOCAL = "127.0.0.1"
 FLOOD = 150

@@ -14,7 +14,7 @@ from p2p.dht.identity_proof import (
     check_proof,
     new_nonce,
 )
-from p2p.dht.rate_limit import SourceRateLimiter, TokenBucket
+from p2p.dht.rate_limit import SourceRateLimiter
 
 US = ("127.0.0.1", 4000)
 
@@ -129,16 +129,6 @@ def test_verified_contacts_expire_are_keyed_by_address_and_bounded() -> None:
     for i in range(MAX_VERIFIED + 10):
         cache.mark_verified(i.to_bytes(20, "big"), US, now=300)
     assert len(cache) == MAX_VERIFIED
-
-
-def test_token_bucket_refills_at_its_rate() -> None:
-    bucket = TokenBucket(rate=10, burst=5, tokens=5, stamp=0)
-    assert all(bucket.take(0) for _ in range(5))
-    assert not bucket.take(0)
-    assert bucket.take(0.1)  # one token back after 1/rate
-    assert not bucket.take(0.1)
-    assert all(bucket.take(100) for _ in range(5))  # refill caps at the burst
-    assert not bucket.take(100)
 
 
 def test_rate_limit_is_per_source_and_its_table_is_bounded() -> None:

@@ -18,7 +18,7 @@ from p2p.dht.records import (
     node_key,
     sign_record,
 )
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 LOCAL = "127.0.0.1"
 TTL = 30.0

@@ -13,10 +13,10 @@ from typing import Any
 from kademlia.node import Node
 from kademlia.routing import KBucket
 
-from p2p.dht.protocol import GpunetRoutingTable
 from p2p.dht.netsim_transport import LinkModel, SimNetwork, VirtualTimeLoop
+from p2p.dht.routing import GpunetRoutingTable
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _netsim() -> ModuleType:

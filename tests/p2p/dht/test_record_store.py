@@ -15,7 +15,7 @@ from p2p.dht.records import (
     node_key,
     sign_record,
 )
-from tests.p2p.test_records import SHA, make_record
+from tests.p2p.dht.test_records import SHA, make_record
 
 
 def _model(i: int) -> ModelEntry:

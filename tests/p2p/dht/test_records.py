@@ -70,6 +70,27 @@ def test_round_trip_verifies_and_keeps_fields() -> None:
     assert opened.record.serves("other") is None
 
 
+def test_serves_matches_a_name_or_sha256_in_any_case() -> None:
+    record = make_record(Identity.generate())
+    assert record.serves("Tiny-Llama") is not None
+    assert record.serves(SHA.upper()) is not None
+    assert record.serves(SHA[:-1]) is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9000", "node.example:1", "[::1]:9000"])
+def test_session_addresses_are_host_port(address: str) -> None:
+    assert attrs.evolve(make_record(Identity.generate()), addresses=(address,))
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "127.0.0.1:0", "host:65536", "::1:9000", "a b:80", ":9000", "x" * 99 + ":1"],
+)
+def test_addresses_that_are_not_host_port_are_refused(address: str) -> None:
+    with pytest.raises(RecordError):
+        attrs.evolve(make_record(Identity.generate()), addresses=(address,))
+
+
 def test_any_byte_flip_is_refused() -> None:
     ident = Identity.generate()
     blob = sign_record(make_record(ident), ident).blob

@@ -13,7 +13,8 @@ import pytest
 from crypto.identity import Identity
 from inference.llama_lowlevel import LoadedModel, LoadFailed
 from inference.model_file import inspect_gguf
-from p2p.node.runtime import Node, NodeConfig, NodeError, load_models
+from p2p.node.models import load_models
+from p2p.node.runtime import Node, NodeConfig, NodeError
 
 # The tiny model's KV cache per token: 2 layers x (K + V) x 2 KV heads x 64 dims x f16.
 TINY_KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 64 * 2

@@ -11,10 +11,12 @@ import trio
 
 from crypto.identity import Identity
 from inference.model_file import inspect_gguf
+from p2p.errors import ErrorCode
+from p2p.node.models import load_models
+from p2p.node.runtime import Node, NodeConfig
 from p2p.protocol import wire
-from p2p.node.runtime import Node, NodeConfig, load_models
-from p2p.session.secure import serve_sessions
 from p2p.session.pool import MultiplexedSession, SessionPool
+from p2p.session.secure import serve_sessions
 
 
 @asynccontextmanager
@@ -150,14 +152,14 @@ async def test_admission_and_draining_answer_at_once(tiny_gguf: Path, tmp_path: 
             node.identity.peer_id, address
         )
         [answer] = await collect(session, wire.Generate(0, "tiny-llama", "hi", 4))
-        assert isinstance(answer, wire.Error) and answer.code == wire.ErrorCode.BUSY
+        assert isinstance(answer, wire.Error) and answer.code == ErrorCode.BUSY
         node.admission.per_peer_concurrency = 4
         node.draining = True
         [answer] = await collect(session, wire.Generate(0, "tiny-llama", "hi", 4))
-        assert isinstance(answer, wire.Error) and answer.code == wire.ErrorCode.SHUTTING_DOWN
+        assert isinstance(answer, wire.Error) and answer.code == ErrorCode.SHUTTING_DOWN
         node.draining = False
         [answer] = await collect(session, wire.Generate(0, "no-such", "hi", 4))
-        assert isinstance(answer, wire.Error) and answer.code == wire.ErrorCode.UNKNOWN_MODEL
+        assert isinstance(answer, wire.Error) and answer.code == ErrorCode.UNKNOWN_MODEL
         nursery.cancel_scope.cancel()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from p2p.errors import ErrorCode
 from p2p.protocol.admission import AdmissionControl
 
 
@@ -17,7 +18,7 @@ def test_per_peer_concurrency_cap() -> None:
     ac = AdmissionControl(clock=Clock(), per_peer_concurrency=2)
     assert ac.try_admit("a") is None
     assert ac.try_admit("a") is None
-    assert ac.try_admit("a") == "busy"
+    assert ac.try_admit("a") is ErrorCode.BUSY
     assert ac.try_admit("b") is None  # other peers are not affected
     ac.release("a")
     assert ac.try_admit("a") is None
@@ -30,6 +31,17 @@ def test_rate_limit_refills_with_time() -> None:
     for _ in range(5):
         results.append(ac.try_admit("a"))
         ac.release("a")
-    assert results == [None, None, None, "rate_limited", "rate_limited"]
+    assert results == [None, None, None, ErrorCode.RATE_LIMITED, ErrorCode.RATE_LIMITED]
     clock.now += 1.0
     assert ac.try_admit("a") is None
+
+
+def test_the_peer_table_is_bounded_and_keeps_peers_with_requests_in_flight() -> None:
+    ac = AdmissionControl(clock=Clock(), rate=0.0, burst=1.0, max_tracked_peers=3)
+    assert ac.try_admit("busy") is None  # in flight: must not be forgotten
+    for i in range(10):
+        assert ac.try_admit(f"p{i}") is None
+        ac.release(f"p{i}")
+    assert ac.tracked_peers <= 3
+    assert ac.try_admit("busy") is ErrorCode.RATE_LIMITED  # its empty bucket is remembered
+    assert ac.try_admit("p0") is None  # forgotten: a fresh, full bucket

@@ -1,0 +1,149 @@
+"""One request as a sequence of BatchingWorker's batch: its state, and its share of a step.
+
+Each decode step, a sequence adds to the batch its next token (`feed_next`), a chunk of its
+prompt while prefilling (`feed_prompt`) and, when greedy and repeating itself, draft tokens
+(`feed_draft`, see inference/speculation.py); after the step it takes the tokens the logits give
+(`advance`) and, once finished, says how it went (`done`). The scheduler (inference/batching.py)
+decides who joins, who leaves and where the KV cells live. Scheduler thread only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from inference.generation import GenerationDone, GenerationRequest
+from inference.llama_lowlevel import LoadedModel, Sampler
+from inference.speculation import NgramDrafter
+from inference.streaming import TextAssembler
+from inference.worker_thread import Job, per_second
+
+# How a sequence hands text to its client: the scheduler's outbox, flushed once per step.
+Send = Callable[[Job, object], None]
+
+
+@attrs.define(eq=False)
+class BatchSequence:
+    job: Job
+    seq_id: int
+    prompt: list[int]
+    sampler: Sampler
+    assembler: TextAssembler
+    started: float
+    prefilled: int = 0  # prompt tokens in the KV cache
+    cached: int = 0  # of which reused from the slot's previous request
+    fed: list[int] = attrs.field(factory=list)  # generated/replayed tokens added to the cache
+    completion: int = 0  # replayed + generated tokens so far
+    next_token: int | None = None  # fed in the next step
+    out: int = -1  # batch index of this sequence's logits in the current step
+    drafter: NgramDrafter | None = None  # greedy requests that may speculate (see feed_draft)
+    draft: list[int] = attrs.field(factory=list)  # fed after next_token in the current step
+    draft_out: int = -1  # batch index of the first of them (the others follow it)
+    drafted: int = 0  # draft tokens fed so far
+    accepted: int = 0  # of which kept
+    first: float | None = None
+    last: float = 0.0
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.job.request
+
+    def feed_next(self, model: LoadedModel) -> bool:
+        """Add the token sampled last step, with logits; False when there is none to feed."""
+        self.out = -1
+        if self.next_token is None:
+            return False
+        pos = len(self.prompt) + self.completion - 1
+        self.out = model.add(self.next_token, pos, self.seq_id, True)
+        self.fed.append(self.next_token)
+        self.next_token = None
+        return True
+
+    def feed_prompt(self, model: LoadedModel) -> None:
+        """Add as much of the prompt still to prefill as the batch has room for; the last
+        prompt token gets logits."""
+        left = len(self.prompt) - self.prefilled
+        if left == 0 or model.room == 0:
+            return
+        take = min(left, model.room)
+        for pos in range(self.prefilled, self.prefilled + take):
+            index = model.add(self.prompt[pos], pos, self.seq_id, pos == len(self.prompt) - 1)
+        self.prefilled += take
+        if self.prefilled == len(self.prompt):
+            self.out = index
+
+    def feed_draft(self, model: LoadedModel, budget: int) -> int:
+        """Feed the tokens the sequence's repeats predict after its next token, each with
+        logits, at most `budget` and in what room the batch has left (see
+        inference/speculation.py); how many it fed."""
+        assert self.drafter is not None
+        done = len(self.prompt) + len(self.fed)  # the next token is in fed already
+        if self.completion < len(self.request.replay_tokens):
+            return 0  # replayed tokens go one per step, as if sampled
+        self.drafter.extend(self.fed[len(self.drafter) - len(self.prompt) :])
+        limit = min(self.request.max_tokens - self.completion - 1, model.room, budget)
+        self.draft = self.drafter.draft(limit)
+        self.draft_out = model.n_tokens  # the index the first one gets
+        for i, token in enumerate(self.draft):
+            model.add(token, done + i, self.seq_id, True)
+        self.drafted += len(self.draft)
+        return len(self.draft)
+
+    def advance(self, model: LoadedModel, now: float, send: Send) -> str | None:
+        """Take this step's tokens: the one its next token predicts, then each draft token
+        while it is the token the model chose before it, whose cells and logits are then
+        already there. The finish reason when it is done."""
+        finish = self._take(model, self.out, now, send)
+        kept = 0
+        while finish is None and kept < len(self.draft) and self.next_token == self.draft[kept]:
+            self.fed.append(self.draft[kept])
+            self.next_token = None
+            finish = self._take(model, self.draft_out + kept, now, send)
+            kept += 1
+        if kept < len(self.draft):  # the rest were wrong or not needed: out of the cache
+            model.forget_from(self.seq_id, len(self.prompt) + len(self.fed))
+        self.accepted += kept
+        self.draft = []
+        return finish
+
+    def _take(self, model: LoadedModel, out: int, now: float, send: Send) -> str | None:
+        """The token at batch index `out`; the finish reason when the sequence is done."""
+        request = self.request
+        if self.completion < len(request.replay_tokens):
+            self.sampler.advance(model, out)
+            token = request.replay_tokens[self.completion]
+            self.assembler.replay(model.piece(token))
+            self.completion += 1
+            self.next_token = token
+            return None
+        token = self.sampler.sample(model, out)
+        self.first = now if self.first is None else self.first
+        if model.is_eog(token):
+            return "stop"
+        self.completion += 1
+        self.last = now
+        chunk = self.assembler.add(token, model.piece(token))
+        if chunk is not None:
+            send(self.job, chunk)
+        if self.assembler.stopped:
+            return "stop"
+        if self.completion == request.max_tokens:
+            return "length"
+        self.next_token = token
+        return None
+
+    def done(self, finish: str) -> GenerationDone:
+        first = self.started if self.first is None else self.first
+        generated = self.completion - min(self.completion, len(self.request.replay_tokens))
+        return GenerationDone(
+            finish_reason=finish,
+            prompt_tokens=len(self.prompt),
+            completion_tokens=self.completion,
+            time_to_first_token_s=first - self.started,
+            decode_tokens_per_s=per_second(generated - 1, self.last - first),
+            token_ids=self.assembler.unreleased,
+            cached_prompt_tokens=self.cached,
+            draft_tokens=self.drafted,
+            accepted_draft_tokens=self.accepted,
+        )

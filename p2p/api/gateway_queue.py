@@ -1,0 +1,86 @@
+"""The gateway's queue in front of a busy network: a request waits here instead of failing.
+
+A gateway is many users behind one identity, and nodes cap each peer's concurrent requests
+(p2p/protocol/admission.py), so a burst through the gateway meets `busy` long before the network
+is out of capacity. Failing those requests at once would make a gateway worse than a single
+llama-server, which queues; so a request whose every provider refused it for want of room waits,
+woken when another request of this gateway ends (a slot may have freed) or after a backoff,
+whichever comes first. Nothing has been sent to the HTTP client while it waits, so an exhausted
+wait is still a clean 503.
+
+Which failures wait is decided by their `ErrorCode` (`WAITS_FOR_ROOM`), never by message text.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from p2p.client.failover import generate
+from p2p.client.network import AskError, Client
+from p2p.client.ranking import Provider
+from p2p.errors import ErrorCode
+from p2p.protocol import wire
+
+# How long a request waits at the gateway while every provider is busy before it gets a 503.
+# A minute covers a burst of a few dozen 128-token requests at CPU speed; OpenAI clients wait
+# 10 minutes for an answer, so they do not give up first.
+DEFAULT_QUEUE_TIMEOUT_S = 60.0
+QUEUE_RETRY_MIN_S = 0.05
+QUEUE_RETRY_MAX_S = 1.0
+
+# Failures that mean "no room now", not "this request cannot be served".
+WAITS_FOR_ROOM = frozenset(
+    {ErrorCode.BUSY, ErrorCode.RATE_LIMITED, ErrorCode.SHUTTING_DOWN, ErrorCode.UNAVAILABLE}
+)
+
+
+@attrs.define
+class GatewayQueue:
+    """The requests of one gateway: their ids, and the signal that one of them ended."""
+
+    client: Client
+    timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    _finished: trio.Event = attrs.field(factory=trio.Event)
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+
+    def note_finished(self) -> None:
+        """Wake the requests waiting for a busy network: a slot may have freed."""
+        self._finished.set()
+        self._finished = trio.Event()
+
+    def next_request_id(self) -> int:
+        # Each generate() opens its own request on a session, so ids need only be unique per
+        # gateway.
+        return next(self._ids)
+
+    async def generate(
+        self,
+        model: str,
+        request: wire.Generate,
+        on_text: Callable[[str], None],
+        on_provider: Callable[[Provider], None],
+        delivered: Callable[[], bool],
+    ) -> wire.Done:
+        """`generate`, tried again while every provider is busy, for up to `timeout_s`.
+
+        *delivered* says whether text already went to the caller: then nothing is retried
+        (the failover has already done what could be done for a started stream).
+        """
+        deadline = trio.current_time() + self.timeout_s
+        backoff = QUEUE_RETRY_MIN_S
+        while True:
+            finished = self._finished
+            numbered = attrs.evolve(request, id=self.next_request_id())
+            try:
+                return await generate(self.client, model, numbered, on_text, on_provider)
+            except AskError as exc:
+                wait = min(backoff, deadline - trio.current_time())
+                if exc.code not in WAITS_FOR_ROOM or delivered() or wait <= 0:
+                    raise
+            with trio.move_on_after(wait):
+                await finished.wait()
+            backoff = min(backoff * 2, QUEUE_RETRY_MAX_S)

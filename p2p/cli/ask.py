@@ -1,0 +1,185 @@
+"""`gpunet ask`: one prompt into the network, the answer streamed to stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import attrs
+import click
+
+from p2p.cli.common import (
+    client_bootstrap,
+    read_network_key,
+    resolve_all,
+    run_client,
+    setup_logging,
+)
+from p2p.cli.options import command_settings, setting_options
+from p2p.client.failover import generate
+from p2p.client.network import Client, list_nodes, open_client
+from p2p.client.ranking import Provider
+from p2p.model_match import model_matches
+from p2p.protocol import wire
+from p2p.settings import Settings
+
+DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
+
+
+@attrs.frozen
+class Question:
+    """What `gpunet ask` was asked, as typed."""
+
+    prompt: str
+    model: str | None
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    stop: tuple[str, ...]
+    chat: bool
+    reproducible: bool
+    prefer: str | None
+
+    def request(self, model: str) -> wire.Generate:
+        return wire.Generate(
+            id=1,
+            model=model,
+            prompt="" if self.chat else self.prompt,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
+            stop=self.stop,
+            messages=(wire.ChatMessage("user", self.prompt),) if self.chat else (),
+            reproducible=self.reproducible,
+        )
+
+
+async def pick_default_model(client: Client) -> str:
+    """The default model when a node offers it, else the model most nodes offer."""
+    offered = [m for r in await list_nodes(client) for m in r.models]
+    if not offered or any(model_matches(DEFAULT_MODEL_NAME, m.sha256, m.name) for m in offered):
+        return DEFAULT_MODEL_NAME
+    return Counter(m.name for m in offered).most_common(1)[0][0]
+
+
+def _print_done(done: wire.Done, text: str, as_json: bool, verbose: int) -> None:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "text": text,
+                    "finish_reason": done.finish_reason,
+                    "prompt_tokens": done.prompt_tokens,
+                    "completion_tokens": done.completion_tokens,
+                    "ttft_s": done.ttft_s,
+                    "decode_tok_s": done.decode_tok_s,
+                }
+            )
+        )
+    else:
+        sys.stdout.write("\n")
+    if verbose:
+        click.echo(
+            f"[{done.completion_tokens} tokens, {done.finish_reason}, "
+            f"{done.decode_tok_s:.1f} tok/s]",
+            err=True,
+        )
+
+
+async def ask_network(settings: Settings, question: Question, as_json: bool) -> None:
+    verbose = settings["verbose"]
+    pieces: list[str] = []
+
+    def on_text(text: str) -> None:
+        pieces.append(text)
+        if not as_json:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def on_provider(p: Provider) -> None:
+        if verbose:
+            click.echo(
+                f"[{p.record.peer_id[:16]} at {p.record.addresses[0]} serves "
+                f"{p.model.name} {p.model.sha256[:12]}; chosen for: {p.reason}]",
+                err=True,
+            )
+
+    addrs = await resolve_all(client_bootstrap(settings["bootstrap"], settings.data_dir))
+    async with open_client(addrs, psk=read_network_key(settings["network_key"])) as client:
+        chosen = question.model or await pick_default_model(client)
+        done = await generate(
+            client, chosen, question.request(chosen), on_text, on_provider, prefer=question.prefer
+        )
+    _print_done(done, "".join(pieces), as_json, verbose)
+
+
+@click.command("ask")
+@setting_options("ask")
+@click.option(
+    "--model",
+    default=None,
+    metavar="NAME_OR_SHA256",
+    help=f"Model name or sha256 (default: {DEFAULT_MODEL_NAME} if offered).",
+)
+@click.option(
+    "--max-tokens", default=128, show_default=True, type=click.IntRange(1, wire.MAX_TOKENS_LIMIT)
+)
+@click.option(
+    "--temperature",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 10.0),
+    help="0 is greedy (deterministic).",
+)
+@click.option("--seed", default=None, type=click.IntRange(0, 2**32 - 1), help="Sampling seed.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option(
+    "--chat",
+    is_flag=True,
+    help="Send PROMPT as a user message, rendered with the model's chat template "
+    "(or its architecture's turn format when the GGUF has none).",
+)
+@click.option(
+    "--reproducible",
+    is_flag=True,
+    help="Decode alone on the node, never batched with other requests: bit-identical to any "
+    "other reproducible run on the same build and hardware, at some cost in the node's throughput.",
+)
+@click.option(
+    "--prefer",
+    default=None,
+    metavar="PEER_ID",
+    help="Try this node first (peer id or a prefix, as `gpunet peers` shows); others are "
+    "the fallback.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming."
+)
+@click.argument("prompt")
+def ask_command(
+    model: str | None,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    stop: tuple[str, ...],
+    chat: bool,
+    reproducible: bool,
+    prefer: str | None,
+    as_json: bool,
+    prompt: str,
+    **_flags: Any,
+) -> None:
+    """Send PROMPT to the network and stream the generated text to stdout.
+
+    The default model is a base model: it continues text rather than answering questions
+    (with --chat it gets Gemma's turn format, but expect rambling rather than answers).
+    """
+    settings = command_settings("ask")
+    setup_logging(settings["verbose"])
+    question = Question(
+        prompt, model, max_tokens, temperature, seed, stop, chat, reproducible, prefer
+    )
+    run_client(partial(ask_network, settings, question, as_json))

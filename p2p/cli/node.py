@@ -1,0 +1,234 @@
+"""`gpunet node`: the volunteer's command. Prepares what can fail before the node starts (key
+file, model files, network key), runs the node until Ctrl-C or SIGTERM, and drains it.
+
+Everything that may fail for an expected reason fails here, before `trio.run`, in one line:
+a passphrase prompt must not block the event loop, and a wrong model path must not cost the
+volunteer a DHT bootstrap first.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+import trio
+
+from crypto.identity import Identity, KeyFileError
+from inference.default_model import ensure_default_model
+from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
+from p2p.api.app import serve_gateway
+from p2p.cli.common import (
+    NODE_FILE,
+    fail,
+    is_address_in_use,
+    read_network_key,
+    resolve_all,
+    run_trio,
+    setup_logging,
+)
+from p2p.cli.gateway import warn_if_exposed
+from p2p.cli.identity import identity_path, load_node_identity
+from p2p.cli.options import command_settings, setting_options
+from p2p.client.network import Client
+from p2p.node.config import NodeConfig, NodeError, NodeReady
+from p2p.node.runtime import ApiStarter, run_node
+from p2p.settings import NODE, Settings
+
+
+@attrs.frozen
+class Prepared:
+    """What the node needs that was read from disk before it starts."""
+
+    data_dir: Path
+    identity: Identity
+    psk: bytes | None
+    models: tuple[ModelInfo, ...]
+
+
+def collect_model_paths(paths: Sequence[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(p.glob("*.gguf"))
+            if not found:
+                fail(f"{p} holds no .gguf files")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            fail(f"model file {p} does not exist")
+    return out
+
+
+def load_model_infos(paths: Sequence[Path]) -> tuple[ModelInfo, ...]:
+    if not paths:
+        click.echo(
+            "Preparing the default model (Gemma 3 270M Q4_K_M, checked by sha256)...", err=True
+        )
+        paths = [ensure_default_model()]
+    infos = []
+    for p in paths:
+        click.echo(f"Inspecting {p} (sha256)...", err=True)
+        infos.append(inspect_gguf(p))
+    names = [i.name for i in infos]
+    if len(set(names)) != len(names):
+        fail(f"two models share a name: {names}; rename one file")
+    return tuple(infos)
+
+
+def prepare(settings: Settings) -> Prepared:
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        identity = load_node_identity(identity_path(data_dir))
+        psk = read_network_key(settings["network_key"])
+        infos = load_model_infos(collect_model_paths(settings["models"]))
+    except (KeyFileError, ModelFileError, OSError) as exc:
+        fail(str(exc))
+    return Prepared(data_dir, identity, psk, infos)
+
+
+def node_config(
+    settings: Settings, prepared: Prepared, bootstrap: Sequence[tuple[str, int]]
+) -> NodeConfig:
+    return NodeConfig(
+        data_dir=prepared.data_dir,
+        models=prepared.models,
+        host=settings["host"],
+        dht_port=settings["dht_port"],
+        port=settings["port"],
+        bootstrap=tuple(bootstrap),
+        n_threads=settings["threads"],
+        grace_s=settings["grace"],
+        psk=prepared.psk,
+        max_queue=settings["max_queue"],
+        max_requests=settings["max_requests"],
+        slots=settings["slots"],
+        gpu_layers=settings["gpu_layers"],
+        benchmark=settings["benchmark"],
+        prompt_cache=settings["prompt_cache"],
+        speculate=settings["speculate"],
+    )
+
+
+def api_starter(settings: Settings) -> ApiStarter | None:
+    """`--api`: the gateway inside the node's process, reaching the node in-process."""
+    address = settings["api"]
+    if address is None:
+        return None
+    host, port = address
+    key = settings["api_key"]
+    warn_if_exposed(host, key)
+
+    def start(client: Client) -> Callable[..., Awaitable[None]]:
+        return partial(serve_gateway, client, host, port, api_key=key)
+
+    return start
+
+
+def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
+    (data_dir / NODE_FILE).write_text(
+        json.dumps(
+            {"peer_id": ready.peer_id, "dht": ready.dht_address, "session": ready.session_address}
+        )
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "event": "ready",
+                    "peer_id": ready.peer_id,
+                    "dht": ready.dht_address,
+                    "session": ready.session_address,
+                    "models": [{"name": m.name, "sha256": m.sha256} for m in ready.models],
+                    "api": ready.api_url + "/v1" if ready.api_url else None,
+                }
+            )
+        )
+        return
+    click.echo(f"gpunet node {ready.peer_id} is serving:")
+    for m in ready.models:
+        click.echo(f"  {m.name}  ({m.architecture}, {m.quantization}, sha256 {m.sha256[:16]}...)")
+    click.echo(f"DHT (UDP) {ready.dht_address}; sessions (TCP) {ready.session_address}")
+    click.echo(f"Others join with:  gpunet node --bootstrap {ready.dht_address}")
+    click.echo(
+        f'Ask it:            gpunet ask --bootstrap {ready.dht_address} "The capital of France is"'
+    )
+    if ready.api_url:
+        click.echo(f"OpenAI API:        {ready.api_url}/v1   (dashboard {ready.api_url}/)")
+    click.echo("Press Ctrl-C to stop.")
+
+
+async def stop_on_signals(shutdown: trio.Event, scope: trio.CancelScope, grace: float) -> None:
+    """Ctrl-C or SIGTERM: drain gracefully (see `run_node`); a second one stops at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            if shutdown.is_set():
+                scope.cancel()
+                return
+            click.echo(
+                f"gpunet node stopping: finishing requests in flight (up to {grace:g} s; "
+                "press Ctrl-C again to stop now)...",
+                err=True,
+            )
+            shutdown.set()
+
+
+async def serve_until_stopped(
+    settings: Settings, prepared: Prepared, api: ApiStarter | None, as_json: bool
+) -> None:
+    config = node_config(settings, prepared, await resolve_all(settings["bootstrap"]))
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_on_signals, shutdown, nursery.cancel_scope, config.grace_s)
+        async with trio.open_nursery() as node_nursery:
+            ready = await node_nursery.start(
+                partial(
+                    run_node,
+                    config,
+                    identity=prepared.identity,
+                    shutdown=shutdown,
+                    on_progress=lambda line: click.echo(line, err=True),
+                    api=api,
+                )
+            )
+            print_ready(ready, prepared.data_dir, as_json)
+        nursery.cancel_scope.cancel()  # the node has drained and returned
+
+
+def _port_hint(err: BaseException) -> str:
+    if is_address_in_use(err):
+        return " (is another node using the port? pass --port/--dht-port, 0 picks a free one)"
+    return ""
+
+
+@click.command("node")
+@setting_options(NODE)
+@click.option("--json", "as_json", is_flag=True, help="Print the ready line as JSON.")
+def node_command(as_json: bool, **_flags: Any) -> None:
+    """Run a volunteer node: serve GGUF models to the network.
+
+    Without --bootstrap this starts a new network and prints the address others join with.
+    Every option can also be set in the environment (GPUNET_<OPTION>) or in config.toml in the
+    data dir; `gpunet config` shows what is in effect.
+    """
+    settings = command_settings(NODE)
+    setup_logging(settings["verbose"])
+    api = api_starter(settings)
+    prepared = prepare(settings)
+    try:
+        run_trio(
+            partial(serve_until_stopped, settings, prepared, api, as_json),
+            (NodeError, KeyFileError, ModelFileError, OSError),
+            hint=_port_hint,
+        )
+        click.echo("gpunet node stopped.", err=True)  # after a drain, or Ctrl-C before start
+    finally:
+        (prepared.data_dir / NODE_FILE).unlink(missing_ok=True)
+

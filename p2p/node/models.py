@@ -1,0 +1,110 @@
+"""The models a node serves: one batching worker each, offloaded as planned, speed measured."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+
+from inference.batching import BatchingWorker
+from inference.gpu import GpuInfo, supports_gpu_offload
+from inference.llama_lowlevel import LoadFailed
+from inference.model_file import ModelFileError, ModelInfo
+from inference.offload import OffloadPlan, plan_offload, vram_needed
+from p2p.model_match import model_matches
+from p2p.node.config import NodeConfig, NodeError
+
+log = logging.getLogger(__name__)
+
+# Seconds of self-benchmark per model at start: enough for a stable tok/s on a small model.
+SELF_BENCHMARK_S = 1.5
+
+
+@attrs.define
+class ServedModel:
+    info: ModelInfo
+    worker: BatchingWorker
+    plan: OffloadPlan | None = None
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+
+
+def find_model(served: Sequence[ServedModel], wanted: str) -> ServedModel | None:
+    """The served model that answers to *wanted* (a name or a sha256), if any."""
+    for m in served:
+        if model_matches(wanted, m.info.sha256, m.info.name):
+            return m
+    return None
+
+
+def _memory_estimate(info: ModelInfo, n_ctx: int, n_seq: int) -> str:
+    if info.layout is None:
+        return ""
+    need = vram_needed(info.layout, info.layer_count + 1, n_ctx=n_ctx, n_seq=n_seq)
+    size = f"{need / 2**30:.1f} GiB" if need >= 2**30 else f"{need / 2**20:.0f} MiB"
+    return (
+        f"; it needs about {size} (weights and a KV cache of {n_seq} slots "
+        f"x {n_ctx} tokens: try fewer --slots)"
+    )
+
+
+async def load_models(
+    config: NodeConfig,
+    gpus: Sequence[GpuInfo] = (),
+    *,
+    benchmark: bool = True,
+    on_progress: Callable[[str], None] = lambda _line: None,
+) -> list[ServedModel]:
+    """Start one batching worker per model, offloaded as the planner decides for the free VRAM,
+    then measure its prefill/decode speed (published in the record; clients rank by it).
+
+    A model llama.cpp cannot load (unknown architecture, out of memory) is left out with a
+    warning, so the node still serves the others; NodeError when none loads.
+    """
+    served: list[ServedModel] = []
+    problems: list[str] = []
+    offload_ok = supports_gpu_offload()
+    for info in config.models:
+        n_ctx = min(config.n_ctx, info.context_length or config.n_ctx)
+        plan = plan_offload(
+            info, gpus, n_ctx, config.gpu_layers, n_seq=config.slots, offload_supported=offload_ok
+        )
+        log.info("%s: %s", info.name, plan.reason)
+        on_progress(f"loading {info.name}: {plan.reason}")
+        worker = BatchingWorker(
+            Path(info.path),
+            n_ctx=n_ctx,
+            n_threads=config.n_threads or os.cpu_count(),
+            n_gpu_layers=plan.n_gpu_layers,
+            tensor_split=plan.tensor_split or None,
+            max_queue=config.max_queue,
+            slots=config.slots,
+            prefix_cache=config.prompt_cache,
+            speculate=config.speculate,
+        )
+        try:
+            await worker.start()
+        except ModelFileError as exc:
+            oom = isinstance(exc, LoadFailed) and exc.out_of_memory
+            reason = f"{exc}{_memory_estimate(info, n_ctx, config.slots) if oom else ''}"
+            log.warning("not serving %s: %s", info.name, reason)
+            on_progress(f"not serving {info.name}: {reason}")
+            problems.append(reason)
+            await worker.aclose()
+            continue
+        model = ServedModel(info, worker, plan)
+        if benchmark:
+            on_progress(f"measuring {info.name}'s speed ({SELF_BENCHMARK_S:g} s)...")
+            speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)
+            model.prefill_tok_s, model.decode_tok_s = speed.prefill_tok_s, speed.decode_tok_s
+            on_progress(
+                f"{info.name}: prefill {speed.prefill_tok_s:.0f} tok/s, "
+                f"decode {speed.decode_tok_s:.1f} tok/s"
+            )
+        served.append(model)
+    if not served:
+        raise NodeError("no model could be loaded: " + "; ".join(problems[:3]))
+    return served
