@@ -41,7 +41,6 @@ __all__ = [
     "Outcome",
     "count_refused_record",
     "observe_dht_lookup",
-    "refusal_label",
     "set_routing_table_size",
     "track_routing_table_size",
 ]
@@ -182,17 +181,9 @@ def observe_dht_lookup(seconds: float, metrics: Metrics | None = None) -> None:
     (metrics or DEFAULT).dht_lookup.observe(max(0.0, seconds))
 
 
-def refusal_label(reason: RecordRefusal | str) -> str:
-    """The label *reason* counts under: a `RecordRefusal`'s value; a string only when it is one
-    of those values exactly (never a message to search for words), else "other"."""
-    if isinstance(reason, RecordRefusal):
-        return reason.value
-    return reason if reason in REFUSAL_REASONS else OTHER
-
-
-def count_refused_record(reason: RecordRefusal | str, metrics: Metrics | None = None) -> None:
-    """Hook: a record was refused, for *reason* (see `refusal_label`)."""
-    (metrics or DEFAULT).records_refused.labels(refusal_label(reason)).inc()
+def count_refused_record(refusal: RecordRefusal, metrics: Metrics | None = None) -> None:
+    """Hook: a record was refused for breaking the rule *refusal* names."""
+    (metrics or DEFAULT).records_refused.labels(refusal.value).inc()
 
 
 def set_routing_table_size(size: int, metrics: Metrics | None = None) -> None:

@@ -117,12 +117,12 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
             return False
         self.welcome_if_new(source)
         assert isinstance(key, bytes)
-        accepted, reason = self.record_store.offer(key, value, now=self.clock())
-        if not accepted:
+        offer = self.record_store.offer(key, value, now=self.clock())
+        if offer.refusal is not None:
             self.stats.refused_stores += 1
-            metrics.count_refused_record(reason)
-            log.debug("refused store from %s: %s", sender, reason)
-        return accepted
+            metrics.count_refused_record(offer.refusal)
+            log.debug("refused store from %s: %s", sender, offer.reason)
+        return offer.accepted
 
     def rpc_find_node(
         self, sender: Address, nodeid: object, key: object

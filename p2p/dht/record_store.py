@@ -18,9 +18,12 @@ republish every TTL/3, so an evicted honest record comes back at the next round:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import attrs
 
 from p2p.dht.records import MAX_MODELS, RecordError, SignedRecord, dht_digest, open_record
+from p2p.errors import RecordRefusal
 
 # A popular model may have many providers; a lookup answer must still fit one UDP datagram
 # (about 64 KiB), and records are up to 7 KiB, so answers are trimmed by `ANSWER_LIMIT_BYTES`.
@@ -29,6 +32,14 @@ MAX_KEYS_PER_SIGNER = 2 + 2 * MAX_MODELS
 MAX_KEYS = 4096
 MAX_TOTAL_RECORDS = 16384
 ANSWER_LIMIT_BYTES = 48 * 1024
+
+
+class Offer(NamedTuple):
+    """What `RecordStore.offer` did with a record: `refusal` is None when it was accepted."""
+
+    accepted: bool
+    reason: str
+    refusal: RecordRefusal | None = None
 
 
 @attrs.define
@@ -43,25 +54,25 @@ class RecordStore:
     _by_signer: dict[str, set[bytes]] = attrs.field(factory=dict)
     _total: int = 0
 
-    def offer(self, dkey: bytes, blob: object, *, now: float) -> tuple[bool, str]:
-        """Validate and merge. Returns (accepted, reason)."""
+    def offer(self, dkey: bytes, blob: object, *, now: float) -> Offer:
+        """Validate and merge; whether it was accepted, why, and the rule a refusal broke."""
         try:
             signed = open_record(blob, now=now)
         except RecordError as exc:
-            return False, str(exc)
+            return Offer(False, str(exc), exc.refusal)
         bound = {dht_digest(k) for k in signed.record.dht_keys()}
         if dkey not in bound:
-            return False, "record is not bound to this key"
+            return Offer(False, "record is not bound to this key", RecordRefusal.UNBOUND_KEY)
         self.cull(now=now)
         peer = signed.record.peer_id
         old = self.slots.get(dkey, {}).get(peer)
         if old is not None and old.record.seq >= signed.record.seq:
             if old.blob == signed.blob:
-                return True, "already stored"
-            return False, "not newer than the stored record"
+                return Offer(True, "already stored")
+            return Offer(False, "not newer than the stored record", RecordRefusal.STALE)
         self._drop_superseded(signed, bound)
         self._insert(dkey, signed)
-        return True, "stored"
+        return Offer(True, "stored")
 
     def put_own(self, dkey: bytes, signed: SignedRecord) -> None:
         """Our own record: already built and signed here, so no re-validation."""

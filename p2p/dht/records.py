@@ -22,6 +22,7 @@ from crypto.identity import (
     peer_id_from_public_key,
     verify_signature,
 )
+from p2p.errors import RecordRefusal
 from p2p.host_port import AddressError, parse_host_port
 from p2p.model_match import model_matches
 
@@ -71,7 +72,13 @@ MAX_NETWORK_ID = 32
 
 
 class RecordError(ValueError):
-    """A record from the network (or about to be published) breaks the schema or its signature."""
+    """A record from the network (or about to be published) breaks the schema or its signature.
+
+    `refusal` names the rule it broke, for `/metrics` (the message is for people)."""
+
+    def __init__(self, message: str, refusal: RecordRefusal = RecordRefusal.MALFORMED) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 def namespace(network_id: bytes | None = None) -> str:
@@ -358,14 +365,17 @@ def sign_record(record: CapabilityRecord, identity: Identity) -> SignedRecord:
         [ENVELOPE_VERSION, body, identity.sign(RECORD_DOMAIN, body)], use_bin_type=True
     )
     if len(blob) > MAX_RECORD_BYTES:
-        raise RecordError(f"record is {len(blob)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+        raise RecordError(
+            f"record is {len(blob)} bytes, over the {MAX_RECORD_BYTES}-byte limit",
+            RecordRefusal.TOO_LARGE,
+        )
     return SignedRecord(record, blob)
 
 
 def open_record(blob: object, *, now: float) -> SignedRecord:
     """Parse and check a record from the network: size, schema, signature, lifetime."""
     if not isinstance(blob, bytes) or len(blob) > MAX_RECORD_BYTES:
-        raise RecordError("record: not bytes or too large")
+        raise RecordError("record: not bytes or too large", RecordRefusal.TOO_LARGE)
     try:
         envelope = msgpack.unpackb(blob, raw=False, max_bin_len=MAX_RECORD_BYTES)
         if not (isinstance(envelope, list) and len(envelope) == 3):
@@ -382,18 +392,18 @@ def open_record(blob: object, *, now: float) -> SignedRecord:
         raise RecordError("record: not valid msgpack") from exc
     record = record_from_plain(plain)
     if not verify_signature(record.public_key, RECORD_DOMAIN, body, signature):
-        raise RecordError("record: bad signature")
+        raise RecordError("record: bad signature", RecordRefusal.BAD_SIGNATURE)
     check_lifetime(record, now=now)
     return SignedRecord(record, blob)
 
 
 def check_lifetime(record: CapabilityRecord, *, now: float) -> None:
     if record.expires_at <= now:
-        raise RecordError("record: expired")
+        raise RecordError("record: expired", RecordRefusal.EXPIRED)
     if record.issued_at > now + MAX_CLOCK_SKEW_S:
-        raise RecordError("record: issued in the future")
+        raise RecordError("record: issued in the future", RecordRefusal.FUTURE)
     if record.expires_at - record.issued_at > MAX_TTL_S:
-        raise RecordError("record: lifetime too long")
+        raise RecordError("record: lifetime too long", RecordRefusal.LIFETIME)
 
 
 def newest_per_peer(records: list[SignedRecord]) -> list[CapabilityRecord]:

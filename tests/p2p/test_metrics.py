@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from p2p.errors import ErrorCode, RecordRefusal
 from p2p.metrics import (
     OUTCOMES,
@@ -33,21 +31,11 @@ def test_dht_hooks_feed_a_metrics_registry() -> None:
     m = Metrics()
     observe_dht_lookup(0.004, m)
     count_refused_record(RecordRefusal.BAD_SIGNATURE, m)
-    count_refused_record("bad_signature", m)  # a label value itself
+    count_refused_record(RecordRefusal.BAD_SIGNATURE, m)
     count_refused_record(RecordRefusal.STALE, m)
     assert sample_value(m.render().decode(), "gpunet_dht_lookup_seconds_count") == 1
     assert refused(m, "bad_signature") == 2
     assert refused(m, "stale") == 1
-
-
-@pytest.mark.parametrize(
-    "message", ["record: bad signature", "not newer than the stored record", "made-up reason"]
-)
-def test_a_refusal_message_is_never_searched_for_words(message: str) -> None:
-    m = Metrics()
-    count_refused_record(message, m)
-    assert refused(m, "other") == 1
-    assert all(refused(m, label) == 0 for label in REFUSAL_REASONS)
 
 
 def test_refusal_labels_are_the_enum_values() -> None:

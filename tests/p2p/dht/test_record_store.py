@@ -15,6 +15,7 @@ from p2p.dht.records import (
     node_key,
     sign_record,
 )
+from p2p.errors import RecordRefusal
 from tests.p2p.dht.test_records import SHA, make_record
 
 
@@ -29,10 +30,10 @@ def test_restoring_the_same_blob_is_idempotent_and_an_older_replay_is_refused() 
     key = dht_digest(model_key(SHA))
     old = sign_record(make_record(a, seq=1, now=now), a).blob
     new = sign_record(make_record(a, seq=2, now=now), a).blob
-    assert store.offer(key, old, now=now) == (True, "stored")
-    assert store.offer(key, old, now=now) == (True, "already stored")
+    assert store.offer(key, old, now=now)[:2] == (True, "stored")
+    assert store.offer(key, old, now=now)[:2] == (True, "already stored")
     assert store.offer(key, new, now=now)[0]
-    assert store.offer(key, old, now=now) == (False, "not newer than the stored record")
+    assert store.offer(key, old, now=now)[:2] == (False, "not newer than the stored record")
     assert store.total() == 1
 
 
@@ -93,3 +94,23 @@ def test_bookkeeping_survives_expiry() -> None:
         store.offer(dht_digest(k), signed.blob, now=now)
     store.cull(now=now + 11)
     assert store.total() == 0 and store.keys_of(a.peer_id) == set() and not store.slots
+
+
+def test_each_refusal_names_the_rule_it_broke() -> None:
+    """What /metrics counts by: the rule, given by the record rules, never read from the text."""
+    store = RecordStore()
+    now = time.time()
+    a, b = Identity.generate(), Identity.generate()
+    key = dht_digest(model_key(SHA))
+    good = sign_record(make_record(a, seq=5, now=now), a).blob
+    assert store.offer(key, good, now=now).refusal is None
+    stale = sign_record(make_record(a, seq=4, now=now), a).blob
+    assert store.offer(key, stale, now=now).refusal is RecordRefusal.STALE
+    tampered = good[:-1] + bytes([good[-1] ^ 1])
+    assert store.offer(key, tampered, now=now).refusal is RecordRefusal.BAD_SIGNATURE
+    assert store.offer(key, good, now=now + 86400).refusal is RecordRefusal.EXPIRED
+    other = sign_record(make_record(b, seq=1, now=now), b).blob
+    unbound = dht_digest(model_key("f" * 64))
+    assert store.offer(unbound, other, now=now).refusal is RecordRefusal.UNBOUND_KEY
+    assert store.offer(key, b"\xc1junk", now=now).refusal is RecordRefusal.MALFORMED
+    assert store.offer(key, b"x" * 10_000, now=now).refusal is RecordRefusal.TOO_LARGE
