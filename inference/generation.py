@@ -10,13 +10,39 @@ from collections.abc import Iterable
 
 import attrs
 
-# llama.cpp's "pick a random seed" value (LLAMA_DEFAULT_SEED).
+# --- The bounds of a request: the one definition. The session decoder (p2p/protocol/wire.py),
+# the OpenAI parser (p2p/api/request_parsing.py) and `gpunet ask`'s options all check these, so
+# a value one layer accepts is never refused by the next (issue #14: a seed the wire accepted
+# made the worker raise, and the session was closed). ---
+
+# llama.cpp's "pick a random seed" value (LLAMA_DEFAULT_SEED): never a seed a client may ask for.
 RANDOM_SEED = 0xFFFFFFFF
+MAX_SEED = RANDOM_SEED - 1
+# Tokens one request may ask for (replayed ones included): 32K is the longest context the
+# models a volunteer runs are usually trained for; the model's own context is checked later
+# (`check_fits`, `too_long`).
+MAX_TOKENS_LIMIT = 32768
+# Temperatures above a few make every token equally likely; 10 leaves room for experiments.
+# (OpenAI's API stops at 2, and the gateway keeps that: p2p/api/request_parsing.py.)
+MAX_TEMPERATURE = 10.0
+# top_p keeps the smallest set of tokens whose probability reaches it; 0 would keep none.
+MIN_TOP_P = 1e-6
+# Stop strings: OpenAI allows 4; 8 of at most 256 characters bound the work of matching them
+# against every generated token.
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 256
+# A prompt (or the contents of a chat's messages together), in UTF-8 bytes: half of one session
+# frame (crypto.secure_session.MAX_FRAME_PLAINTEXT, 1 MiB), which leaves room for the replay
+# (at most 32K token ids, ≤ 5 bytes each in msgpack) and the other fields. Counted in bytes,
+# not characters, as frames are.
+MAX_PROMPT_BYTES = 512 * 1024
+# How a generation can end (GenerationDone.finish_reason); a node's answer says one of these.
+FINISH_REASONS = ("stop", "length", "cancelled")
 
 
 def _seed_ok(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and not 0 <= value < RANDOM_SEED:
-        raise ValueError(f"{attribute.name} must be in [0, {RANDOM_SEED}), got {value}")
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{attribute.name} must be an integer from 0 to {MAX_SEED}, got {value}")
 
 
 def _as_stops(value: Iterable[str]) -> tuple[str, ...]:
@@ -28,6 +54,10 @@ def _stops_ok(
 ) -> None:
     if not all(isinstance(s, str) and s for s in value):
         raise ValueError(f"{attribute.name} must be non-empty strings")
+    if len(value) > MAX_STOP_STRINGS or any(len(s) > MAX_STOP_CHARS for s in value):
+        raise ValueError(
+            f"{attribute.name}: at most {MAX_STOP_STRINGS} strings of {MAX_STOP_CHARS} characters"
+        )
 
 
 def _as_token_ids(value: Iterable[int]) -> tuple[int, ...]:
@@ -49,10 +79,14 @@ def _replay_ok(
 @attrs.frozen
 class GenerationRequest:
     prompt: str
-    max_tokens: int = attrs.field(default=128, validator=attrs.validators.ge(1))
-    temperature: float = attrs.field(default=0.0, validator=attrs.validators.ge(0.0))
+    max_tokens: int = attrs.field(
+        default=128, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_TOKENS_LIMIT)]
+    )
+    temperature: float = attrs.field(
+        default=0.0, validator=[attrs.validators.ge(0.0), attrs.validators.le(MAX_TEMPERATURE)]
+    )
     top_p: float = attrs.field(
-        default=1.0, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)]
+        default=1.0, validator=[attrs.validators.ge(MIN_TOP_P), attrs.validators.le(1.0)]
     )
     seed: int | None = attrs.field(default=None, validator=_seed_ok)
     stop: tuple[str, ...] = attrs.field(default=(), converter=_as_stops, validator=_stops_ok)

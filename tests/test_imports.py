@@ -79,7 +79,20 @@ def _violations(rule: str, who: object, forbidden: object) -> list[str]:
     ]
 
 
-SANS_IO = ("p2p.protocol", "p2p.dht.records", "p2p.dht.record_store", "p2p.errors")
+SANS_IO = (
+    "p2p.protocol",
+    "p2p.errors",
+    # the DHT's rules, tested with plain calls
+    "p2p.dht.records",
+    "p2p.dht.record_store",
+    "p2p.dht.record_bounds",
+    "p2p.dht.fair_share",
+    "p2p.dht.signer_history",
+    "p2p.dht.address_cookies",
+    "p2p.dht.answer_budget",
+    "p2p.dht.identity_proof",
+    "p2p.dht.rate_limit",
+)
 EVENT_LOOPS = ("trio", "asyncio", "trio_asyncio", "anyio")
 
 RULES = {

@@ -8,15 +8,19 @@ generation request is routed into the network through p2p/client/ (lookup, ranki
 - `generation_response.py`: the ASGI response of one generation: runs it while writing it
   (whole JSON or SSE), its HTTP status from the network's first answer, cancelled on disconnect.
 - `gateway_queue.py`: `GatewayQueue`, where a request waits while every provider is busy
-  (decided by `ErrorCode`), and the request ids of one gateway.
+  (decided by `ErrorCode`), each request's overall deadline (504 `timeout`), and the request
+  ids of one gateway.
+- `json_body.py`: a request body into JSON, its size (`MAX_BODY_BYTES`) and nesting depth
+  (`MAX_JSON_DEPTH`) bounded before the parser runs: a 400, never a RecursionError.
 - `openai_errors.py`: `ApiError` (an OpenAI error body with its status and metrics outcome)
   and the one table from `p2p.errors.ErrorCode` to OpenAI's error type and code.
-- `request_parsing.py`: OpenAI request bodies into `wire.Generate`: validation and defaults.
+- `request_parsing.py`: OpenAI request bodies into `wire.Generate`: validation and defaults;
+  sizes in UTF-8 bytes against the wire's prompt limit and the session frame (400 `too_long`).
 - `responses.py`: the JSON of whole and chunked completions, usage, SSE framing.
 - `network_view.py`: what the network offers (the model table of /v1/models, the dashboard's
   JSON), from the signed records in the DHT behind a short cache.
 - `dashboard.py`: the self-contained HTML page of the dashboard.
 
-Pure (tested with plain calls): `openai_errors.py`, `request_parsing.py`, `responses.py`, the
-tables of `network_view.py`. The `gpunet gateway` command is p2p/cli/gateway.py.
+Pure (tested with plain calls): `openai_errors.py`, `json_body.py`, `request_parsing.py`,
+`responses.py`, the tables of `network_view.py`. The `gpunet gateway` command is p2p/cli/gateway.py.
 """

@@ -31,7 +31,6 @@ table in network_view.py; the `gpunet gateway` command is p2p/cli/gateway.py.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -48,10 +47,15 @@ from starlette.routing import Route
 
 from p2p import metrics as metrics_mod
 from p2p.api.dashboard import render_page
-from p2p.api.gateway_queue import DEFAULT_QUEUE_TIMEOUT_S, GatewayQueue
+from p2p.api.gateway_queue import (
+    DEFAULT_QUEUE_TIMEOUT_S,
+    GENERATION_DEADLINE_S,
+    GatewayQueue,
+)
 from p2p.api.generation_response import GenerationResponse
+from p2p.api.json_body import MAX_BODY_BYTES, body_too_large, parse_json_body
 from p2p.api.network_view import NetworkView, model_object, model_table, network_json
-from p2p.api.openai_errors import ApiError, bad_request, internal_error
+from p2p.api.openai_errors import ApiError, internal_error
 from p2p.api.request_parsing import parse_generation
 from p2p.client.network import Client
 from p2p.errors import ErrorCode
@@ -64,14 +68,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 8470  # beside the node's 8468 (DHT, UDP) and 8469 (sessions, TCP)
-# A request body is JSON text; the prompt limit of the wire (512 KiB) plus JSON overhead.
-MAX_BODY_BYTES = 2 * 1024 * 1024
 
 __all__ = [
     "DEFAULT_API_HOST",
     "DEFAULT_API_PORT",
     "DEFAULT_QUEUE_TIMEOUT_S",  # the queue's (gateway_queue.py); `gpunet gateway` shows it
-    "MAX_BODY_BYTES",
+    "MAX_BODY_BYTES",  # json_body.py's; the bound of one request body
     "Gateway",
     "build_app",
     "hypercorn_config",
@@ -93,12 +95,14 @@ class Gateway:
         api_key: str | None = None,
         metrics: Metrics | None = None,
         queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        generation_deadline_s: float = GENERATION_DEADLINE_S,
     ) -> None:
         self.client = client
         self.api_key = api_key or None
         self.metrics = metrics or metrics_mod.DEFAULT
         self.network = NetworkView(client)
-        self.queue = GatewayQueue(client, queue_timeout_s)
+        # A request's overall deadline: the queue's wait plus the generation's (gateway_queue.py)
+        self.queue = GatewayQueue(client, queue_timeout_s, generation_deadline_s)
         self.metrics.routing_table_size.set_function(lambda: float(client.dht.routing_table_size()))
 
     def authorize(self, request: Request) -> None:
@@ -161,16 +165,15 @@ class Gateway:
 async def _read_json(request: Request) -> object:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
-    body = b""
+        raise body_too_large()
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes", code="body_too_large")
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise bad_request(f"the request body is not valid JSON ({exc})") from exc
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise body_too_large()
+    return parse_json_body(b"".join(chunks))
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -225,11 +228,19 @@ async def serve_gateway(
     api_key: str | None = None,
     metrics: Metrics | None = None,
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+    generation_deadline_s: float = GENERATION_DEADLINE_S,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway on host:port until cancelled; `nursery.start` returns its base URL
-    ("http://127.0.0.1:8470"; port 0 picks a free port)."""
-    gateway = Gateway(client, api_key=api_key, metrics=metrics, queue_timeout_s=queue_timeout_s)
+    ("http://127.0.0.1:8470"; port 0 picks a free port). A request ends with `timeout` (504)
+    after *queue_timeout_s* + *generation_deadline_s*."""
+    gateway = Gateway(
+        client,
+        api_key=api_key,
+        metrics=metrics,
+        queue_timeout_s=queue_timeout_s,
+        generation_deadline_s=generation_deadline_s,
+    )
     app = build_app(gateway)
 
     async def started(

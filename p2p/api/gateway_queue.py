@@ -9,6 +9,13 @@ whichever comes first. Nothing has been sent to the HTTP client while it waits, 
 wait is still a clean 503.
 
 Which failures wait is decided by their `ErrorCode` (`WAITS_FOR_ROOM`), never by message text.
+
+Every request also has an overall deadline, counted from its arrival: the queue's wait plus
+`GENERATION_DEADLINE_S`. Each try passes what is left of it to `generate` (`deadline_s`), and a
+cancel scope around all of it covers the waits between tries, so no provider (a tarpit that
+accepts TCP and never answers, or one that streams a token a minute) can hold a request
+longer; it then ends with `ErrorCode.TIMEOUT` (HTTP 504 from `p2p.errors.HTTP_STATUS`, or an
+in-stream error once text went out).
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from p2p.protocol import wire
 # A minute covers a burst of a few dozen 128-token requests at CPU speed; OpenAI clients wait
 # 10 minutes for an answer, so they do not give up first.
 DEFAULT_QUEUE_TIMEOUT_S = 60.0
+# What a request may spend beyond its wait in the queue. With the default queue wait the whole
+# request gets 600 s, the default timeout of OpenAI's Python client: by then its caller has
+# given up anyway. 540 s is ~19,000 tokens at the 35 tok/s of the default model on 2 CPU cores.
+GENERATION_DEADLINE_S = 540.0
 QUEUE_RETRY_MIN_S = 0.05
 QUEUE_RETRY_MAX_S = 1.0
 
@@ -44,6 +55,7 @@ class GatewayQueue:
 
     client: Client
     timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    generation_deadline_s: float = GENERATION_DEADLINE_S
     _finished: trio.Event = attrs.field(factory=trio.Event)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
@@ -70,13 +82,41 @@ class GatewayQueue:
         *delivered* says whether text already went to the caller: then nothing is retried
         (the failover has already done what could be done for a started stream).
         """
-        deadline = trio.current_time() + self.timeout_s
+        limit_s = self.timeout_s + self.generation_deadline_s
+        with trio.move_on_after(limit_s) as overall:
+            return await self._generate(model, request, on_text, on_provider, delivered)
+        assert overall.cancelled_caught
+        raise AskError(
+            f"the request did not finish within the gateway's deadline of {limit_s:g} s",
+            ErrorCode.TIMEOUT,
+        )
+
+    async def _generate(
+        self,
+        model: str,
+        request: wire.Generate,
+        on_text: Callable[[str], None],
+        on_provider: Callable[[Provider], None],
+        delivered: Callable[[], bool],
+    ) -> wire.Done:
+        started = trio.current_time()
+        deadline = started + self.timeout_s
+        overall = deadline + self.generation_deadline_s
         backoff = QUEUE_RETRY_MIN_S
         while True:
             finished = self._finished
             numbered = attrs.evolve(request, id=self.next_request_id())
             try:
-                return await generate(self.client, model, numbered, on_text, on_provider)
+                # each try gets what is left of the request's overall deadline (without it,
+                # generate's own default would cut a long generation short)
+                return await generate(
+                    self.client,
+                    model,
+                    numbered,
+                    on_text,
+                    on_provider,
+                    deadline_s=max(0.0, overall - trio.current_time()),
+                )
             except AskError as exc:
                 wait = min(backoff, deadline - trio.current_time())
                 if exc.code not in WAITS_FOR_ROOM or delivered() or wait <= 0:

@@ -3,6 +3,14 @@
 Pure functions, no I/O: each check of a /v1 request body can be tested with a plain call, and the
 ASGI code in p2p/api/app.py only reads the body and hands it here. A refused parameter is a
 `bad_request` (p2p/api/openai_errors.py) naming it.
+
+Sizes are counted as the session counts them, in UTF-8 bytes: a prompt (or the messages of a
+chat) over the wire's prompt limit is a 400 `too_long` (OpenAI's `context_length_exceeded`),
+and the encoded request must fit one session frame (`crypto.secure_session.MAX_FRAME_PLAINTEXT`)
+— counted in characters, a prompt of 3-byte characters passed the gateway and broke the frame
+limit in the session (a 500). Every string must be encodable as UTF-8 (JSON allows lone
+surrogates such as "\ud800"; msgpack does not). No body, however shaped, gets a 500 here
+(tests/p2p/api/test_gateway_limits.py fuzzes it).
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from typing import Any
 
 import attrs
 
-from p2p.api.openai_errors import bad_request
+from crypto.secure_session import MAX_FRAME_PLAINTEXT
+from p2p.api.openai_errors import ApiError, bad_request
+from p2p.errors import ErrorCode
 from p2p.protocol import wire
 
 # OpenAI's documented default for /v1/completions; chat has no documented number (it runs to the
@@ -21,6 +31,9 @@ DEFAULT_COMPLETION_MAX_TOKENS = 16
 DEFAULT_CHAT_MAX_TOKENS = 256
 # OpenAI's ranges for sampling parameters (the wire allows temperature up to 10).
 MAX_TEMPERATURE = 2.0
+# The wire's prompt limit (UTF-8 bytes, half a session frame: inference/generation.py), checked
+# here first so that an over-long prompt is a `too_long` naming its field.
+PROMPT_LIMIT_BYTES = wire.MAX_PROMPT_BYTES
 
 
 @attrs.frozen
@@ -38,11 +51,30 @@ def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: floa
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"{name} must be a number", name)
-    if not lo <= value <= hi:
-        raise bad_request(f"{name} must be between {lo:g} and {hi:g}, got {value}", name)
+    # compared before float(): an integer of 400 digits is valid JSON and overflows a float
+    if (isinstance(value, float) and not math.isfinite(value)) or not lo <= value <= hi:
+        raise bad_request(f"{name} must be between {lo:g} and {hi:g}", name)
     return float(value)
+
+
+def _utf8_size(text: str, name: str) -> int:
+    """How many bytes *text* takes on the wire; a lone surrogate is a 400 naming *name*."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise bad_request(f"{name} is not valid Unicode (a lone surrogate?)", name) from exc
+
+
+def _prompt_fits(size: int, name: str) -> None:
+    if size > PROMPT_LIMIT_BYTES:
+        raise ApiError.from_code(
+            ErrorCode.TOO_LONG,
+            f"{name} takes {size} bytes as UTF-8; the network carries at most "
+            f"{PROMPT_LIMIT_BYTES}",
+            name,
+        )
 
 
 def _integer(body: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
@@ -72,8 +104,12 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
         raise bad_request("stop must be a string or a list of strings", "stop")
     if len(stops) > wire.MAX_STOP_STRINGS:
         raise bad_request(f"stop: at most {wire.MAX_STOP_STRINGS} strings", "stop")
-    if any(len(s) > wire.MAX_STOP_CHARS for s in stops):
-        raise bad_request(f"stop: each string at most {wire.MAX_STOP_CHARS} characters", "stop")
+    for text in stops:
+        if len(text) > wire.MAX_STOP_CHARS:
+            raise bad_request(
+                f"stop: each string at most {wire.MAX_STOP_CHARS} characters", "stop"
+            )
+        _utf8_size(text, "stop")
     return tuple(s for s in stops if s)
 
 
@@ -140,6 +176,7 @@ def _messages(body: dict[str, Any]) -> tuple[wire.ChatMessage, ...]:
                 f"messages[{i}].role must be one of {', '.join(wire.CHAT_ROLES)}", "messages"
             )
         out.append(wire.ChatMessage(role, _text_content(m.get("content"), i)))
+    _prompt_fits(sum(_utf8_size(m.content, "messages") for m in out), "messages")
     return tuple(out)
 
 
@@ -151,6 +188,7 @@ def _prompt(body: dict[str, Any]) -> str:
         raise bad_request(
             "prompt must be a string (one prompt per request; no token ids)", "prompt"
         )
+    _prompt_fits(_utf8_size(prompt, "prompt"), "prompt")
     return prompt
 
 
@@ -161,6 +199,7 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model must be a non-empty string", "model")
+    _utf8_size(model, "model")
     _refuse_unsupported(body, kind)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -180,17 +219,24 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
         # OpenAI's default temperature is 1 (sampling); send 0 for greedy, deterministic output.
         temperature=_number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
-        seed=_integer(body, "seed", 0, 2**32 - 2),
+        seed=_integer(body, "seed", 0, wire.MAX_SEED),
         stop=_stop(body),
         messages=_messages(body) if kind == "chat" else (),
         reproducible=_flag(body, "reproducible"),
     )
     if request.top_p <= 0:
         raise bad_request("top_p must be greater than 0", "top_p")
+    encoded = wire.encode(request)
+    if len(encoded) > MAX_FRAME_PLAINTEXT:
+        raise ApiError.from_code(
+            ErrorCode.TOO_LONG,
+            f"the request takes {len(encoded)} bytes; one session frame carries "
+            f"{MAX_FRAME_PLAINTEXT}",
+        )
     try:  # the wire's own rules (lengths, ranges) are the last word: one place decides
-        wire.decode(wire.encode(request))
+        wire.decode(encoded)
     except wire.ProtocolError as exc:
-        raise bad_request(str(exc)) from exc
+        raise bad_request(str(exc), exc.field) from exc
     return GenerationCall(
         kind=kind,
         model=model,

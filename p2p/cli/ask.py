@@ -11,6 +11,14 @@ from typing import Any
 import attrs
 import click
 
+from inference.generation import (
+    MAX_PROMPT_BYTES,
+    MAX_SEED,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
+)
 from p2p.cli.common import (
     client_bootstrap,
     read_network_key,
@@ -19,7 +27,7 @@ from p2p.cli.common import (
     setup_logging,
 )
 from p2p.cli.options import command_settings, setting_options
-from p2p.client.failover import generate
+from p2p.client.failover import ASK_DEADLINE_S, generate
 from p2p.client.network import Client, list_nodes, open_client
 from p2p.client.ranking import Provider
 from p2p.model_match import model_matches
@@ -42,6 +50,7 @@ class Question:
     chat: bool
     reproducible: bool
     prefer: str | None
+    timeout_s: float | None = ASK_DEADLINE_S  # the whole request; None: no limit
 
     def request(self, model: str) -> wire.Generate:
         return wire.Generate(
@@ -111,9 +120,33 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
     async with open_client(addrs, psk=read_network_key(settings["network_key"])) as client:
         chosen = question.model or await pick_default_model(client)
         done = await generate(
-            client, chosen, question.request(chosen), on_text, on_provider, prefer=question.prefer
+            client,
+            chosen,
+            question.request(chosen),
+            on_text,
+            on_provider,
+            prefer=question.prefer,
+            deadline_s=question.timeout_s,
         )
     _print_done(done, "".join(pieces), as_json, verbose)
+
+
+def _check_stops(stops: tuple[str, ...]) -> tuple[str, ...]:
+    """The node's bounds on stop strings (inference.generation), at the command line."""
+    if len(stops) > MAX_STOP_STRINGS:
+        raise click.BadParameter(f"at most {MAX_STOP_STRINGS} stop strings", param_hint="--stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise click.BadParameter(f"at most {MAX_STOP_CHARS} characters", param_hint="--stop")
+    return stops
+
+
+def _check_prompt(prompt: str) -> str:
+    size = len(prompt.encode("utf-8", "surrogateescape"))
+    if size > MAX_PROMPT_BYTES:
+        raise click.BadParameter(
+            f"{size} bytes; a node takes at most {MAX_PROMPT_BYTES}", param_hint="PROMPT"
+        )
+    return prompt
 
 
 @click.command("ask")
@@ -125,17 +158,34 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
     help=f"Model name or sha256 (default: {DEFAULT_MODEL_NAME} if offered).",
 )
 @click.option(
-    "--max-tokens", default=128, show_default=True, type=click.IntRange(1, wire.MAX_TOKENS_LIMIT)
+    "--max-tokens",
+    default=128,
+    show_default=True,
+    type=click.IntRange(1, MAX_TOKENS_LIMIT),
+    help="Tokens to generate at most (the node may stop sooner: end of text, a stop string).",
+)
+@click.option(
+    "--timeout",
+    default=ASK_DEADLINE_S,
+    show_default=True,
+    type=click.FloatRange(0.0, None),
+    help="Seconds the whole request may take, lookups and failover included (0: no limit). "
+    "Past it the request fails with a timeout error.",
 )
 @click.option(
     "--temperature",
     default=0.0,
     show_default=True,
-    type=click.FloatRange(0.0, 10.0),
+    type=click.FloatRange(0.0, MAX_TEMPERATURE),
     help="0 is greedy (deterministic).",
 )
-@click.option("--seed", default=None, type=click.IntRange(0, 2**32 - 1), help="Sampling seed.")
-@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--seed", default=None, type=click.IntRange(0, MAX_SEED), help="Sampling seed.")
+@click.option(
+    "--stop",
+    multiple=True,
+    callback=lambda _ctx, _param, stops: _check_stops(stops),
+    help=f"Stop string (repeatable, at most {MAX_STOP_STRINGS} of {MAX_STOP_CHARS} characters).",
+)
 @click.option(
     "--chat",
     is_flag=True,
@@ -158,10 +208,11 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
 @click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming."
 )
-@click.argument("prompt")
+@click.argument("prompt", callback=lambda _ctx, _param, prompt: _check_prompt(prompt))
 def ask_command(
     model: str | None,
     max_tokens: int,
+    timeout: float,
     temperature: float,
     seed: int | None,
     stop: tuple[str, ...],
@@ -180,6 +231,15 @@ def ask_command(
     settings = command_settings("ask")
     setup_logging(settings["verbose"])
     question = Question(
-        prompt, model, max_tokens, temperature, seed, stop, chat, reproducible, prefer
+        prompt,
+        model,
+        max_tokens,
+        temperature,
+        seed,
+        stop,
+        chat,
+        reproducible,
+        prefer,
+        timeout_s=timeout or None,
     )
     run_client(partial(ask_network, settings, question, as_json))

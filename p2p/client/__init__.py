@@ -8,10 +8,14 @@ tools), and nothing a provider needs.
   long-lived client), `list_nodes`, `describe_offer`; `AskError`, the client's failure, which
   always carries a `p2p.errors.ErrorCode`.
 - `failover.py`: `generate`, which sends one request to the best provider and, when that one
-  fails, continues it on the next by exact replay of the tokens delivered so far.
+  fails, continues it on the next by exact replay of the tokens delivered so far; the whole
+  request has a deadline (`ASK_DEADLINE_S` by default; `ErrorCode.TIMEOUT` past it).
+- `provider_race.py`: `connect_first`, providers dialled as a staggered race in rank order (the
+  first session up is used), so providers that never answer cannot hold a request.
 - `token_stream.py`: one provider's answer to one request: tokens to the caller, stalls caught
   by the first-token and between-token timeouts, refusals told apart by `p2p.errors.RETRYABLE`.
-- `ranking.py`: which provider to try first (speed, load, RTT, backoff after failures), and
+- `ranking.py`: which provider to try first (speed measured by this client, else the record's
+  claim capped near the best measured; load; time to first token; backoff after failures), and
   the reorderings a caller asks for (a preferred node, the failed node's hardware class).
 - `provider_query.py`: which records' models answer to a name or sha256 and pass the filters
   of `gpunet peers` (GPU, free VRAM, quantization); pure functions over verified records.

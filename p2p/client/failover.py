@@ -8,26 +8,44 @@ first one did, feeds the tokens already delivered one per decode step, and conti
 decoding on the same build and hardware class the text is identical to an uninterrupted run;
 across classes only "nothing lost, nothing repeated" holds.
 
+Providers are dialled as a staggered race in rank order (p2p/client/provider_race.py), so the
+first ranks cannot hold a request by never answering; the whole request, lookup included, has a
+deadline (`ASK_DEADLINE_S` unless the caller passes its own).
+
 When no provider finishes, `generate` raises `AskError` with a code: `UNKNOWN_MODEL` (no node
 serves the model), `UNAVAILABLE` (none of those that do could serve it), `INTERNAL` (the stream
-broke after text was delivered and nobody could continue it: the serving side failed), or the
-non-retryable code a provider refused it with.
+broke after text was delivered and nobody could continue it: the serving side failed),
+`TIMEOUT` (the deadline passed), or the non-retryable code a provider refused it with.
 """
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Sequence
 
 import attrs
+import trio
 
 from p2p.client.network import AskError, Client, describe_offer, lookup_key
-from p2p.client.ranking import Provider, prefer_first, prefer_same_class, rank_providers
+from p2p.client.provider_race import connect_first
+from p2p.client.ranking import (
+    Provider,
+    measure_answer,
+    prefer_first,
+    prefer_same_class,
+    rank_providers,
+)
 from p2p.client.token_stream import Progress, receive_answer
 from p2p.errors import ErrorCode
 from p2p.protocol import wire
 from p2p.session.pool import MultiplexedSession
 from p2p.session.secure import SessionError
+
+# The whole request, from the lookup to the last token, when the caller sets no deadline of its
+# own. 128 tokens (`gpunet ask`'s default) take ~2.5 s on two CPU cores (docs/benchmarks.md); 120 s
+# is the first-token timeout of token_stream.py, so a request that has not finished by then is
+# held by something other than an honest, slow prefill. Longer generations pass their own.
+ASK_DEADLINE_S = 120.0
 
 
 @attrs.define
@@ -51,11 +69,30 @@ async def generate(
     on_provider: Callable[[Provider], None] = lambda _p: None,
     *,
     prefer: str | None = None,
+    deadline_s: float | None = ASK_DEADLINE_S,
 ) -> wire.Done:
     """Stream *request* to `on_text` as one uninterrupted stream, failing over between nodes.
 
-    *prefer* (a peer id or a prefix of it) puts that node first; the ranking orders the rest.
+    *prefer* (a peer id or a prefix of it) puts that node first and dials it alone (the user
+    chose it: a slower handshake than the next node's does not lose it the request); the ranking
+    orders the rest.
+    *deadline_s* bounds the whole request, counted from this call (None: no bound); past it the
+    request is cancelled wherever it is and `AskError` with `ErrorCode.TIMEOUT` is raised.
     """
+    attempt = _Attempt(client, request, on_text, on_provider)
+    with trio.move_on_after(math.inf if deadline_s is None else deadline_s):
+        return await _generate(attempt, model, prefer)
+    delivered = attempt.progress.chunks
+    raise AskError(
+        f"no complete answer within the request's deadline of {deadline_s:g} s"
+        + (f" ({delivered} chunks were delivered)" if delivered else "")
+        + (f"; {'; '.join(attempt.problems[-3:])}" if attempt.problems else ""),
+        ErrorCode.TIMEOUT,
+    )
+
+
+async def _generate(attempt: _Attempt, model: str, prefer: str | None) -> wire.Done:
+    client = attempt.client
     key = lookup_key(model, client.network_id)
     records, cached = await client.find_records(key)
     providers = prefer_first(rank_providers(client.ranker, records, model), prefer)
@@ -64,8 +101,8 @@ async def generate(
             f"no node serves model {model!r}; the network offers: {await describe_offer(client)}",
             ErrorCode.UNKNOWN_MODEL,
         )
-    attempt = _Attempt(client, request, on_text, on_provider)
-    done = await _serve(attempt, providers)
+    chosen = bool(prefer) and providers[0].record.peer_id.startswith(str(prefer).lower())
+    done = await _serve(attempt, providers, alone_first=chosen)
     if done is None and cached and not attempt.progress.chunks:
         # the cached list may be out of date: ask the DHT once more, for nodes not tried yet
         records, _ = await client.find_records(key, fresh=True)
@@ -87,19 +124,37 @@ def _exhausted(attempt: _Attempt) -> AskError:
     return AskError("no provider could serve the request: " + recent, ErrorCode.UNAVAILABLE)
 
 
-async def _serve(attempt: _Attempt, providers: Sequence[Provider]) -> wire.Done | None:
-    """Try *providers* in order until one finishes the request; None when none could."""
+async def _serve(
+    attempt: _Attempt, providers: Sequence[Provider], *, alone_first: bool = False
+) -> wire.Done | None:
+    """Try *providers* (best first) until one finishes the request; None when none could.
+    *alone_first*: the first is dialled on its own before the others are raced."""
     progress = attempt.progress
     pinned: str | None = None  # after the first delivered token, only the same model file
     remaining = list(providers)
     while remaining:
-        provider = remaining.pop(0)
-        if pinned is not None and provider.model.sha256 != pinned:
-            continue
-        if progress.chunks and not progress.replayable:
+        if pinned is not None:
+            remaining = [p for p in remaining if p.model.sha256 == pinned]
+        if not remaining or (progress.chunks and not progress.replayable):
             break
+        racing = remaining[:1] if alone_first else remaining
+        alone_first = False
+        dialled = await connect_first(attempt.client, racing)
+        out = {id(p) for p, _ in dialled.failed}
+        attempt.tried.update(p.record.peer_id for p, _ in dialled.failed)
+        attempt.tried.update(p.record.peer_id for p in dialled.slow)
+        attempt.problems.extend(problem for _, problem in dialled.failed)
+        if dialled.failed:
+            attempt.client.forget_lookups()
+        slow = {id(p) for p in dialled.slow}
+        # Too slow to dial this time: still candidates, but after every other one.
+        remaining = [p for p in remaining if id(p) not in out | slow] + list(dialled.slow)
+        if dialled.connected is None:
+            continue  # every provider raced failed; any left were not raced yet
+        provider, session = dialled.connected
+        remaining = [p for p in remaining if p is not provider]
         attempt.tried.add(provider.record.peer_id)
-        outcome = await _try_provider(attempt, provider)
+        outcome = await _request(attempt, provider, session)
         if isinstance(outcome, wire.Done):
             return outcome
         attempt.client.forget_lookups()
@@ -110,33 +165,35 @@ async def _serve(attempt: _Attempt, providers: Sequence[Provider]) -> wire.Done 
     return None
 
 
-async def _try_provider(attempt: _Attempt, provider: Provider) -> wire.Done | str:
+async def _request(
+    attempt: _Attempt, provider: Provider, session: MultiplexedSession
+) -> wire.Done | str:
     """Done, or why this provider did not finish (the caller tries the next)."""
     client, peer = attempt.client, provider.record.peer_id
-    session: MultiplexedSession | None = None
-    problem = "no address"
-    for address in provider.record.addresses:
-        started = time.monotonic()
-        try:
-            session = await client.pool.get(peer, address)
-            break
-        except SessionError as exc:
-            problem = str(exc)
-    if session is None:
-        client.ranker.record_failure(peer)
-        return f"{peer[:12]}: {problem}"
     attempt.on_provider(provider)
     replay = attrs.evolve(
         attempt.request,
         model=provider.model.sha256,
         replay_tokens=tuple(attempt.progress.token_ids),
     )
+    sent = trio.current_time()
+    first: float | None = None
+
+    def on_text(text: str) -> None:
+        nonlocal first
+        if first is None:
+            first = trio.current_time()
+        attempt.on_text(text)
+
     try:
-        outcome = await receive_answer(session, replay, attempt.progress, attempt.on_text)
+        outcome = await receive_answer(session, replay, attempt.progress, on_text)
     except SessionError as exc:
         outcome = str(exc)
     if isinstance(outcome, wire.Done):
-        client.ranker.record_success(peer, time.monotonic() - started)
+        ttft_s, decode_tok_s = measure_answer(
+            sent, first, trio.current_time(), outcome.completion_tokens
+        )
+        client.ranker.record_success(peer, ttft_s=ttft_s, decode_tok_s=decode_tok_s)
         return outcome
     client.ranker.record_failure(peer)
     client.pool.drop(peer)

@@ -1,8 +1,18 @@
-"""Choosing a provider: measured speed, load, round-trip time, recent failures, a little chance.
+"""Choosing a provider: measured speed, load, time to first token, recent failures, a little chance.
 
 Sans-IO: the clock and the random source are passed in, so the rules are tested with plain calls.
 A long-lived client (the gateway) keeps one `ProviderRanker`, so a node that failed recently is
 tried last until its backoff ends; a short `gpunet ask` starts fresh each time.
+
+A record's speed is a claim: anyone can sign "10^12 tok/s". What this client measured itself
+(time to first token and decode tok/s of its own requests, `record_success`) replaces the claim
+once it has it, and an unmeasured claim counts as at most `CLAIM_CAP_FACTOR` times the best speed
+measured among the candidates: a new node may still be tried first (that is how it gets measured)
+but a lie buys no more than that factor. With nothing measured yet (a fresh `gpunet ask`) claims
+rank as told; what bounds a lying node's cost then is the dialling (p2p/client/provider_race.py:
+the next provider is dialled after a short stagger, a node that does not finish its handshake
+goes into backoff here). Rejected: ignoring claims altogether (every fresh client would then pick
+at random, and honest fast nodes would wait for measurements nobody makes).
 
 Beside the ranking, the two reorderings the caller may ask for: a preferred node first
 (`prefer_first`), and after a mid-stream failure the failed node's build and hardware class
@@ -27,6 +37,15 @@ BACKOFF_MAX_S = 300.0
 UNKNOWN_DECODE_TOK_S = 20.0
 # Multiplicative noise on the score: equal nodes share the work and new nodes get tried.
 JITTER = 0.15
+# An unmeasured node's claimed speed counts as at most this many times the best measured one.
+# 2x: a node twice as fast as the best we know is plausible (a bigger GPU, a smaller quant) and
+# worth trying once, which is how it gets measured; more than that is not believed until seen.
+CLAIM_CAP_FACTOR = 2.0
+# Weight of the newest measurement in the running average (exponential smoothing): one slow
+# answer (a long prompt, a busy moment) moves the estimate halfway, not all the way.
+MEASUREMENT_WEIGHT = 0.5
+# Fewer tokens than this time the network more than the decode: no speed is measured from them.
+MIN_MEASURED_TOKENS = 4
 
 
 @attrs.frozen
@@ -43,22 +62,44 @@ class _Failures:
     until: float = 0.0
 
 
+@attrs.frozen
+class Measured:
+    """What this client saw of a provider's own answers (running averages)."""
+
+    ttft_s: float | None = None
+    decode_tok_s: float | None = None
+
+
+def _smooth(old: float | None, new: float | None) -> float | None:
+    if new is None or old is None:
+        return old if new is None else new
+    return old + MEASUREMENT_WEIGHT * (new - old)
+
+
 @attrs.define
 class ProviderRanker:
     clock: Callable[[], float]
     rng: random.Random = attrs.field(factory=random.Random)
-    rtt_s: dict[str, float] = attrs.field(factory=dict)
+    measured: dict[str, Measured] = attrs.field(factory=dict)
     _failures: dict[str, _Failures] = attrs.field(factory=dict)
 
     def record_failure(self, peer_id: str) -> None:
+        """The node failed: it could not be reached, its handshake failed or was too slow, or
+        its answer broke. It ranks last until its backoff ends."""
         f = self._failures.setdefault(peer_id, _Failures())
         f.count += 1
         f.until = self.clock() + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (f.count - 1))
 
-    def record_success(self, peer_id: str, rtt_s: float | None = None) -> None:
+    def record_success(
+        self, peer_id: str, *, ttft_s: float | None = None, decode_tok_s: float | None = None
+    ) -> None:
+        """The node answered; *ttft_s* and *decode_tok_s* are what this client measured of it
+        (None where the answer was too short to tell)."""
         self._failures.pop(peer_id, None)
-        if rtt_s is not None:
-            self.rtt_s[peer_id] = rtt_s
+        old = self.measured.get(peer_id, Measured())
+        self.measured[peer_id] = Measured(
+            _smooth(old.ttft_s, ttft_s), _smooth(old.decode_tok_s, decode_tok_s)
+        )
 
     def in_backoff(self, peer_id: str) -> bool:
         f = self._failures.get(peer_id)
@@ -67,29 +108,60 @@ class ProviderRanker:
     def rank(self, providers: Sequence[tuple[CapabilityRecord, ModelEntry]]) -> list[Candidate]:
         """Best first. Stale records (expired by now) are skipped; nodes in backoff go last."""
         now = self.clock()
-        out: list[Candidate] = []
-        for record, model in providers:
-            if record.expires_at <= now:
-                continue
-            out.append(self._score(record, model))
+        live = [(r, m) for r, m in providers if r.expires_at > now]
+        speeds = [s for r, _m in live if (s := self._measured_speed(r.peer_id)) is not None]
+        cap = CLAIM_CAP_FACTOR * max(speeds) if speeds else None
+        out = [self._score(record, model, cap) for record, model in live]
         out.sort(key=lambda c: (self.in_backoff(c.record.peer_id), -c.score))
         return out
 
-    def _score(self, record: CapabilityRecord, model: ModelEntry) -> Candidate:
-        speed = model.decode_tok_s or UNKNOWN_DECODE_TOK_S
+    def _measured_speed(self, peer_id: str) -> float | None:
+        seen = self.measured.get(peer_id)
+        return seen.decode_tok_s if seen is not None else None
+
+    def _speed(
+        self, record: CapabilityRecord, model: ModelEntry, cap: float | None
+    ) -> tuple[float, str]:
+        """The speed the score uses and how it is told: measured, or the claim (capped)."""
+        seen = self._measured_speed(record.peer_id)
+        if seen is not None:
+            return seen, f"measured {seen:.0f} tok/s"
+        claim = model.decode_tok_s or UNKNOWN_DECODE_TOK_S
+        if cap is not None and claim > cap:
+            return cap, f"claims {claim:.0f} tok/s, counted as {cap:.0f}"
+        return claim, f"claims {claim:.0f} tok/s"
+
+    def _score(self, record: CapabilityRecord, model: ModelEntry, cap: float | None) -> Candidate:
+        speed, told = self._speed(record, model, cap)
         load = record.load
         # A request joining a node already serving n others gets roughly 1/(n+1) of its speed
         # when it has no free slot; with free slots (batching) the share is much better.
         share = 1.0 if load.free_slots > 0 else 1.0 / (1 + load.active_requests + load.queue_depth)
-        rtt = self.rtt_s.get(record.peer_id)
-        rtt_factor = 1.0 / (1.0 + 10 * rtt) if rtt is not None else 1.0
-        score = speed * share * rtt_factor * (1 + self.rng.uniform(-JITTER, JITTER))
-        parts = [f"{speed:.0f} tok/s", f"{load.active_requests} active/{load.free_slots} free"]
-        if rtt is not None:
-            parts.append(f"rtt {rtt * 1000:.0f} ms")
+        seen = self.measured.get(record.peer_id)
+        ttft = seen.ttft_s if seen is not None else None
+        # Time to first token as measured here (round trip + prefill): 100 ms halves the score.
+        ttft_factor = 1.0 / (1.0 + 10 * ttft) if ttft is not None else 1.0
+        score = speed * share * ttft_factor * (1 + self.rng.uniform(-JITTER, JITTER))
+        parts = [told, f"{load.active_requests} active/{load.free_slots} free"]
+        if ttft is not None:
+            parts.append(f"first token {ttft * 1000:.0f} ms")
         if self.in_backoff(record.peer_id):
             parts.append("recently failed")
         return Candidate(record, model, score, ", ".join(parts))
+
+
+def measure_answer(
+    sent: float, first_text: float | None, ended: float, completion_tokens: int
+) -> tuple[float | None, float | None]:
+    """(time to first token, decode tok/s) of one answer as this client saw it, the way
+    docs/benchmarks.md measures a client: times on one clock, the request sent at *sent*, its
+    first text at *first_text*, its end at *ended*.
+    None for what the answer cannot tell (no text; too few tokens to time the decode)."""
+    ttft = first_text - sent if first_text is not None else None
+    decode = None
+    if first_text is not None and completion_tokens >= MIN_MEASURED_TOKENS and ended > first_text:
+        decode = (completion_tokens - 1) / (ended - first_text)
+    return ttft, decode
 
 
 @attrs.frozen

@@ -61,6 +61,11 @@ class ProvenContacts(DatagramRpc):
         self._background = set()
         self._exclude = frozenset({own_id, CLIENT_ID})
 
+    def _source_proven(self, source: tuple[str, int]) -> bool:
+        """A contact that answered our challenge from *source* receives there (the nonce went
+        to it): its answers need no cookie."""
+        return self.verified.address_proven(source, now=self.clock())
+
     def _admit(self, node: Node) -> None:
         """Add a proven contact to the routing table (the protocol decides what else)."""
         raise NotImplementedError

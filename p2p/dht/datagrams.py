@@ -7,11 +7,18 @@
   an expected event, never a crash (FACTS: trio-asyncio re-raises unhandled asyncio errors into
   the nursery). Only the RPCs in `RPC_NAMES` are callable; upstream calls any `rpc_*` attribute.
   An answer over `MAX_ANSWER_DATAGRAM` is not sent.
+- **No amplifier.** An answer to a source that has not proven it receives at its address is at
+  most `AMPLIFICATION_FACTOR` × the request (`p2p.dht.address_cookies`): the RPCs in
+  `SIZED_RPCS` take an optional trailing cookie and get `answer_limit` from here, and any other
+  answer over the budget is not sent. The source is proven by a valid cookie or by being a
+  contact that answered our challenge from that address (`_source_proven`).
 - **Requests.** `request` sends one, not rpcudp's `__getattr__` magic, and a reply is taken only
   from the address the request went to (upstream matches by message id alone, so anyone who sees
   or guesses an id could answer). `_timeout` and `_accept_response` skip futures already done: a
   trio-side cancellation cancels the future, and upstream's timeout would later call
-  `set_result` on it (InvalidStateError, crash).
+  `set_result` on it (InvalidStateError, crash). A `SIZED_RPCS` request carries the cookie that
+  address gave us, and when the answer is a small form (`p2p.dht.answer_budget`) it is sent once
+  more with the fresh cookie; callers see the ordinary answer shape either way.
 
 Wire format (rpcudp's, kept for compatibility): `0x00` request or `0x01` reply, a 20-byte
 message id, then msgpack — `[name, [args...]]` for a request, the answer for a reply.
@@ -28,6 +35,13 @@ from typing import Any
 
 import msgpack
 
+from p2p.dht.address_cookies import (
+    AMPLIFICATION_FACTOR,
+    AddressCookies,
+    CookieJar,
+    CookieStats,
+)
+from p2p.dht.answer_budget import answer_budget, unwrap_small_answer
 from p2p.dht.rate_limit import SourceRateLimiter
 from p2p.dht.stats import ProtocolStats
 
@@ -41,6 +55,9 @@ MAX_TASKS_IN_FLIGHT = 256
 # datagrams; a lost proof would keep a node out for identity_proof.FAILED_TTL_S).
 ATTEMPTS = 3
 RPC_NAMES = frozenset({"ping", "store", "find_node", "find_value", "prove", "record"})
+# RPCs whose answer can outgrow 3× the request, with their number of arguments before the
+# optional cookie. The others (ping, store, prove) answer a few dozen bytes.
+SIZED_RPCS = {"find_node": 2, "find_value": 2, "record": 1}
 
 Address = tuple[str, int]
 Outstanding = tuple[asyncio.Future[Any], asyncio.TimerHandle, Address]
@@ -58,6 +75,9 @@ class DatagramRpc:
     tasks_in_flight: int
     _wait_timeout: float
     _outstanding: dict[bytes, Outstanding]
+    cookies: AddressCookies
+    cookie_jar: CookieJar
+    cookie_stats: CookieStats
 
     def _init_datagrams(self, *, wait_timeout: float, rate_limiter: SourceRateLimiter) -> None:
         self._wait_timeout = wait_timeout
@@ -65,6 +85,16 @@ class DatagramRpc:
         self.stats = ProtocolStats()
         self.tasks_in_flight = 0
         self._outstanding = {}
+        self.cookies = AddressCookies()
+        self.cookie_jar = CookieJar()
+        self.cookie_stats = CookieStats()
+
+    def _source_proven(self, source: Address) -> bool:
+        """Has *source* shown, other than by a cookie, that it receives at its address?"""
+        return False
+
+    def _issue_cookie(self, source: Address) -> bytes:
+        return self.cookies.issue(source, now=self._monotonic())
 
     # compatibility with the counters tests and tools read
     @property
@@ -101,7 +131,7 @@ class DatagramRpc:
             msg_id = data[1:21]
             payload = msgpack.unpackb(data[21:], raw=False)
             if data[:1] == REQUEST:
-                await self._accept_request(msg_id, payload, addr)
+                await self._accept_request(msg_id, payload, addr, len(data))
             elif data[:1] == REPLY:
                 self._accept_response(msg_id, payload, addr)
             else:
@@ -110,19 +140,32 @@ class DatagramRpc:
             self.stats.datagrams_dropped += 1
             log.debug("dropped datagram from %s: %r", addr, exc)
 
-    async def _accept_request(self, msg_id: bytes, data: Any, address: Address) -> None:
+    async def _accept_request(
+        self, msg_id: bytes, data: Any, address: Address, request_bytes: int
+    ) -> None:
         if not (isinstance(data, list) and len(data) == 2):
             raise ValueError("request is not [name, args]")
         name, args = data
         if not (isinstance(name, str) and name in RPC_NAMES and isinstance(args, list)):
             raise ValueError("unknown rpc or bad arguments")
         handler = getattr(self, f"rpc_{name}")
-        response = handler(address, *args)  # wrong arity: TypeError, dropped by the caller
+        proven = self._source_proven(address)
+        if name in SIZED_RPCS:
+            if len(args) == SIZED_RPCS[name] + 1:
+                cookie = args.pop()
+                proven = proven or self.cookies.check(cookie, address, now=self._monotonic())
+            limit = None if proven else answer_budget(request_bytes)
+            response = handler(address, *args, answer_limit=limit)
+        else:
+            response = handler(address, *args)  # wrong arity: TypeError, dropped by the caller
         if inspect.isawaitable(response):
             response = await response
         reply = REPLY + msg_id + msgpack.packb(response, use_bin_type=True)
         if len(reply) > MAX_ANSWER_DATAGRAM:
             raise ValueError("answer too large")
+        if not proven and len(reply) > AMPLIFICATION_FACTOR * request_bytes:
+            self.cookie_stats.refused_answers += 1  # the class rule, whatever the RPC
+            raise ValueError("answer over the unproven source's budget")
         self.transport.sendto(reply, address)
 
     def _accept_response(self, msg_id: bytes, data: Any, address: Address) -> None:
@@ -146,7 +189,40 @@ class DatagramRpc:
             entry[0].set_result((False, None))
 
     def request(self, address: Address, name: str, *args: Any) -> asyncio.Future[Any]:
-        """Send request *name* to *address*; the future gives (answered, answer)."""
+        """Send request *name* to *address*; the future gives (answered, answer).
+
+        For `SIZED_RPCS` the cookie *address* gave us goes along, and a small answer costs one
+        more exchange with the fresh cookie (at most one: a second small answer is used as is)."""
+        if name not in SIZED_RPCS:
+            return self._request_once(address, name, args)
+        return asyncio.ensure_future(self._request_with_cookie(address, name, args))
+
+    async def _request_with_cookie(self, address: Address, name: str, args: tuple[Any, ...]) -> Any:
+        address = (address[0], address[1])
+        cookie = self.cookie_jar.get(address, now=self._monotonic())
+        first = args if cookie is None else (*args, cookie)
+        result = await self._request_once(address, name, first)
+        fresh, unwrapped = self._take_cookie(address, result)
+        if fresh is None:
+            return result
+        self.cookie_stats.cookie_retries += 1
+        result = await self._request_once(address, name, (*args, fresh))
+        fresh, unwrapped = self._take_cookie(address, result)
+        return result if fresh is None else (True, unwrapped)
+
+    def _take_cookie(self, address: Address, result: Any) -> tuple[bytes | None, object]:
+        """A small answer's cookie (kept for *address*) and its ordinary shape."""
+        ok, answer = result
+        if not ok:
+            return None, answer
+        fresh, unwrapped = unwrap_small_answer(answer)
+        if fresh is not None:
+            self.cookie_jar.put(address, fresh, now=self._monotonic())
+        return fresh, unwrapped
+
+    def _request_once(
+        self, address: Address, name: str, args: tuple[Any, ...]
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         payload = msgpack.packb([name, list(args)], use_bin_type=True)

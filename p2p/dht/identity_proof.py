@@ -166,13 +166,16 @@ class VerifiedContacts:
     """Cache of proofs: (node id, ip, port) → when it proved, and recent failures.
 
     Keyed by the full contact, not the id alone: the same id at a new address (a restarted node,
-    or an impostor) must prove again.
+    or an impostor) must prove again. A proof also shows that its address receives what we send
+    there (the nonce went to it), which `address_proven` answers for the amplification rule
+    (`p2p.dht.address_cookies`).
     """
 
     verified_ttl: float = VERIFIED_TTL_S
     failed_ttl: float = FAILED_TTL_S
     _ok: BoundedLRU[Contact, float] = attrs.field(factory=lambda: BoundedLRU(MAX_VERIFIED))
     _failed: BoundedLRU[Contact, float] = attrs.field(factory=lambda: BoundedLRU(MAX_FAILED))
+    _addresses: BoundedLRU[Address, float] = attrs.field(factory=lambda: BoundedLRU(MAX_VERIFIED))
 
     def is_verified(self, node_id: bytes, addr: Address, *, now: float) -> bool:
         return self._fresh(self._ok, (node_id, addr[0], addr[1]), self.verified_ttl, now)
@@ -184,6 +187,17 @@ class VerifiedContacts:
         key = (node_id, addr[0], addr[1])
         self._failed.pop(key)
         self._ok.set(key, now)
+        self._addresses.set((addr[0], addr[1]), now)
+
+    def address_proven(self, addr: Address, *, now: float) -> bool:
+        """Did some contact answer our challenge from *addr* within the verified TTL?"""
+        at = self._addresses.peek((addr[0], addr[1]))
+        if at is None:
+            return False
+        if now - at > self.verified_ttl:
+            self._addresses.pop((addr[0], addr[1]))
+            return False
+        return True
 
     def mark_failed(self, node_id: bytes, addr: Address, *, now: float) -> None:
         key = (node_id, addr[0], addr[1])

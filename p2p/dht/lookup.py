@@ -3,11 +3,26 @@
 Upstream's `ValueSpiderCrawl` returns the *majority* value (counted with `Counter`, which raises
 on an unhashable value from a peer) and writes it back unvalidated. Ours never does either:
 `RecordCrawl` asks `find_value` of the nearest uncontacted nodes, keeps every record blob that
-`accept` admits from every holder (the union), and stops once `enough` holders answered with at
-least one acceptable record — any one of the k nodes closest to a key holds every record stored
-there, so a few holders give the whole set and the lookup ends rounds earlier than a full crawl
-of the k closest. A holder whose records are all junk does not count, so a liar cannot end a
-lookup early.
+`accept` admits from every holder (the union; the reader keeps the newest per signer), and ends
+only when every one of the k nodes closest to the key has been asked (or is unreachable), as
+kademlia's node lookup does.
+
+Why not stop at the first few holders (as before issue #14, at 3)? Each holder's answer is a
+byte-bounded, fair share of what it holds (`RecordStore.answer`), and holders differ: one that a
+crowd reached first, one eclipsed, one that missed a store. Merging the k closest is the part of
+S/Kademlia's disjoint lookups that needs no change to the wire: a crowd must now fill every one
+of the k closest nodes' answers to hide a record, instead of the first three reached. (Disjoint
+paths proper, d lookups that share no node, would also resist a liar on the path; not done.)
+The price: a lookup asks up to k = 20 nodes instead of ~3 holders. To keep rounds few, once one
+holder has answered (the lookup is among the key's closest) the next round asks every
+uncontacted one of the k nearest at once, a straggler among them counts as asked instead of
+being replaced, and such a round waits a grace past the fastest answer seen, never a whole RPC
+timeout. `tools/netsim.py`, 60 nodes, 10–100 ms links, 20 lookups, before → after: no node dead
+1.5 → 3.1 rounds, 6 → 55 datagrams, median 0.2 → 0.6 s; a quarter dead 1.6 → 3.1 rounds,
+6 → 47 datagrams, median 0.2 → 0.85 s, p99 0.9 → 1.5–2.0 s; every lookup complete in both.
+(Asking α at a time until all k are asked took 6.2 rounds with a quarter dead.) Clients cache a
+lookup for a few seconds (`p2p.client.network`), so a user pays this once per request at most.
+A holder whose records are all junk does not count as a holder.
 
 A round does not wait for its slowest peer: once the first answer is in, the others get a grace
 of `STRAGGLER_FACTOR` times that latency (at least `MIN_GRACE_S`), then the round ends with what
@@ -30,8 +45,6 @@ from typing import Any
 from kademlia.crawling import NodeSpiderCrawl, SpiderCrawl
 from kademlia.node import Node
 
-# Three holders: one may be a liar and one may have missed a store, and the third still answers.
-ENOUGH_HOLDERS = 3
 STRAGGLER_FACTOR = 3.0
 MIN_GRACE_S = 0.05
 
@@ -58,21 +71,21 @@ class RecordCrawl(SpiderCrawl):  # type: ignore[misc]
         alpha: int,
         *,
         accept: Callable[[bytes], bool],
-        enough: int = ENOUGH_HOLDERS,
     ) -> None:
         super().__init__(protocol, node, peers, ksize, alpha)
         self.accept = accept
-        self.enough = enough
         self.blobs: dict[bytes, None] = {}
         self.holders = 0
         self.rounds = 0
         self.stragglers: dict[bytes, asyncio.Future[Any]] = {}
         self.last_ids_crawled: list[bytes] = []
+        self.fastest: float | None = None  # seconds to the first answer of a round, best seen
 
     async def find(self) -> list[bytes]:
         self.rounds += 1
         count = self.alpha
-        if self.nearest.get_ids() == self.last_ids_crawled:
+        # once a holder answered, the lookup is among the key's closest: ask the rest at once
+        if self.holders or self.nearest.get_ids() == self.last_ids_crawled:
             count = len(self.nearest)
         self.last_ids_crawled = self.nearest.get_ids()
         calls: dict[bytes, asyncio.Future[Any]] = {}
@@ -82,15 +95,31 @@ class RecordCrawl(SpiderCrawl):  # type: ignore[misc]
         if calls:
             loop = asyncio.get_running_loop()
             started = loop.time()
-            _done, pending = await asyncio.wait(calls.values(), return_when=asyncio.FIRST_COMPLETED)
-            if pending:
-                grace = max(MIN_GRACE_S, STRAGGLER_FACTOR * (loop.time() - started))
+            # Among the key's closest, the records are in hand: a round of late finds (one or
+            # two new nodes, possibly all dead) waits a grace past the fastest answer so far,
+            # not a whole RPC timeout.
+            cap = None
+            if self.holders and self.fastest is not None:
+                cap = max(MIN_GRACE_S, (1 + STRAGGLER_FACTOR) * self.fastest)
+            _done, pending = await asyncio.wait(
+                calls.values(), timeout=cap, return_when=asyncio.FIRST_COMPLETED
+            )
+            if pending and len(pending) < len(calls):
+                first = loop.time() - started
+                self.fastest = first if self.fastest is None else min(self.fastest, first)
+                grace = max(MIN_GRACE_S, STRAGGLER_FACTOR * first)
                 _done, pending = await asyncio.wait(pending, timeout=grace)
+            elif not pending:
+                first = loop.time() - started
+                self.fastest = first if self.fastest is None else min(self.fastest, first)
             late = {pid: call for pid, call in calls.items() if call in pending}
             self.stragglers.update(late)
-            # the next round moves on to the next-nearest instead of asking everyone left
-            self.nearest.remove(list(late))
         answers = {pid: call.result() for pid, call in calls.items() if call.done()}
+        if not self.holders and not any(map(self._holds, answers.values())):
+            # still searching: the next round moves on to the next-nearest instead of waiting.
+            # Among the key's closest (a holder answered), a straggler counts as asked, so
+            # one slow or dead holder does not add a round of its replacements.
+            self.nearest.remove([pid for pid, call in calls.items() if not call.done()])
         return await self._nodes_found(answers)
 
     async def _late_answers(self) -> bool:
@@ -109,6 +138,10 @@ class RecordCrawl(SpiderCrawl):  # type: ignore[misc]
                 self.nearest.push([Node(*c) for c in answer if c[0] not in late])
         return self.holders > holders or not self.nearest.have_contacted_all()
 
+    def _holds(self, result: Any) -> bool:
+        _ok, answer = result
+        return isinstance(answer, dict) and any(map(self.accept, answer["value"]))
+
     def _take(self, answer: dict[str, Any]) -> None:
         good = [b for b in answer["value"] if self.accept(b)]
         if good:
@@ -125,11 +158,9 @@ class RecordCrawl(SpiderCrawl):  # type: ignore[misc]
             else:
                 self.nearest.push([Node(*c) for c in answer])
         self.nearest.remove(unreachable)
-        if self.holders >= self.enough:
-            return list(self.blobs)
         if self.nearest.have_contacted_all():
             if self.holders or not self.stragglers or not await self._late_answers():
                 return list(self.blobs)
-            if self.holders >= self.enough or self.nearest.have_contacted_all():
+            if self.nearest.have_contacted_all():
                 return list(self.blobs)
         return await self.find()

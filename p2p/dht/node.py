@@ -200,7 +200,8 @@ class DhtServer(Server):  # type: ignore[misc]
         return RecordCrawl(self.protocol, node, nearest, self.ksize, self.alpha, accept=accept)
 
     async def collect(self, dkey: bytes, accept: Callable[[bytes], bool]) -> list[bytes]:
-        """Union of the acceptable records held near *dkey* (not the majority's value)."""
+        """Union of the acceptable records the k closest nodes to *dkey* hold (not the
+        majority's value)."""
         crawl = self.record_crawl(dkey, accept)
         return [] if crawl is None else await crawl.find()
 
@@ -296,7 +297,11 @@ class Dht:
         return accepted
 
     async def find_records(self, key: str) -> list[CapabilityRecord]:
-        """Verified, unexpired records under *key*, newest per signer (local copy included)."""
+        """Verified, unexpired records under *key*, newest per signer (local copy included).
+
+        The union of the answers of every one of the k nodes closest to the key (`RecordCrawl`),
+        not the first holder's: each holder's answer is a bounded, fair share of what it holds,
+        and a crowd must fill all k of them to hide a record (issue #14)."""
         dkey = dht_digest(key)
         now = self._server.clock()
         accept = record_acceptor(key, now=now)

@@ -15,6 +15,10 @@ What the handlers change against upstream kademlia 2.2.3:
 - `rpc_find_value` returns a *list* of record blobs; readers take the union over responders.
 - `rpc_record` returns this node's own signed record (the crawler's way from a contact to what
   the node offers; the reader checks `sha1(record.public_key) == node id`).
+- `find_node`, `find_value` and `record` take `answer_limit` from the intake: for a source that
+  has not proven its address it is 3× the request, and an answer over it goes out in its small
+  form with a cookie (`p2p.dht.answer_budget`); the asker's second request, with the cookie,
+  gets the whole answer. No amplifier for spoofed sources.
 - `_hand_off` gives records to a newly admitted close node using the stored 160-bit key as is
   (upstream's `welcome_if_new` hashes it a second time, so the hand-off went to a random node).
 - Replies from peers are shape-checked before the crawlers touch them, so an odd reply counts as
@@ -41,6 +45,7 @@ from kademlia.protocol import KademliaProtocol
 
 from crypto.identity import Identity
 from p2p import metrics
+from p2p.dht.answer_budget import fits, items_room, small_answer
 from p2p.dht.answers import sanitize_nodes_answer, sanitize_value_answer, valid_id
 from p2p.dht.contact_health import ContactHealth
 from p2p.dht.contact_proofs import CLIENT_ID, ProvenContacts
@@ -117,7 +122,7 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
             return False
         self.welcome_if_new(source)
         assert isinstance(key, bytes)
-        offer = self.record_store.offer(key, value, now=self.clock())
+        offer = self.record_store.offer(key, value, now=self.clock(), source=sender[0])
         if offer.refusal is not None:
             self.stats.refused_stores += 1
             metrics.count_refused_record(offer.refusal)
@@ -125,25 +130,52 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
         return offer.accepted
 
     def rpc_find_node(
-        self, sender: Address, nodeid: object, key: object
-    ) -> list[tuple[bytes, str, int]]:
+        self, sender: Address, nodeid: object, key: object, *, answer_limit: int | None = None
+    ) -> Any:
+        """The k nearest contacts; *answer_limit* (bytes, from the intake, never the wire) is
+        the budget of a source that has not proven its address."""
         source = self._contact(sender, nodeid)
         if not valid_id(key):
             raise ValueError("bad key")
         self.welcome_if_new(source)
         neighbors = self.router.find_neighbors(Node(key), exclude=source)
-        return [tuple(n) for n in neighbors]
+        contacts = [tuple(n) for n in neighbors]
+        if answer_limit is None or fits(contacts, answer_limit):
+            return contacts
+        return self._small(sender, answer_limit, "nodes", contacts)
 
-    def rpc_find_value(self, sender: Address, nodeid: object, key: object) -> Any:
+    def rpc_find_value(
+        self, sender: Address, nodeid: object, key: object, *, answer_limit: int | None = None
+    ) -> Any:
         source = self._contact(sender, nodeid)
         if not valid_id(key):
             raise ValueError("bad key")
         assert isinstance(key, bytes)
         blobs = self.record_store.answer(key, now=self.clock())
         if not blobs:
-            return self.rpc_find_node(sender, nodeid, key)
+            return self.rpc_find_node(sender, nodeid, key, answer_limit=answer_limit)
         self.welcome_if_new(source)
-        return {"value": blobs}
+        answer = {"value": blobs}
+        if answer_limit is None or fits(answer, answer_limit):
+            return answer
+        # the store's fair share across signers and networks, within the small form's room
+        room = items_room(answer_limit, "value")
+        fair = self.record_store.answer(key, now=self.clock(), max_bytes=max(room, 0))
+        return self._small(sender, answer_limit, "value", fair)
+
+    def rpc_record(
+        self, sender: Address, nodeid: object, *, answer_limit: int | None = None
+    ) -> Any:
+        blob = None if self.own_record is None else self.own_record.blob
+        if answer_limit is None or fits(blob, answer_limit):
+            return blob
+        return self._small(sender, answer_limit)
+
+    def _small(
+        self, sender: Address, budget: int, field: str | None = None, items: Any = ()
+    ) -> Any:
+        self.cookie_stats.small_answers += 1
+        return small_answer(self._issue_cookie(sender), budget, field, items)
 
     def rpc_prove(self, sender: Address, nodeid: object, nonce: object) -> list[object] | None:
         """Answer a challenge. The challenger is not welcomed here: a proof costs a signature,
@@ -151,9 +183,6 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
         if self.identity is None or self.client_mode:
             return None
         return answer_challenge(self.identity, nonce, sender, self.network_id or b"")
-
-    def rpc_record(self, sender: Address, nodeid: object) -> bytes | None:
-        return None if self.own_record is None else self.own_record.blob
 
     # --- outgoing calls, answers shape-checked --------------------------------------------
 

@@ -22,6 +22,20 @@ from crypto.identity import (
     peer_id_from_public_key,
     verify_signature,
 )
+from p2p.dht.record_bounds import (
+    MAX_ACTIVE_REQUESTS,
+    MAX_CONTEXT_TOKENS,
+    MAX_CPU_CORES,
+    MAX_DECODE_TOK_S,
+    MAX_FREE_SLOTS,
+    MAX_GPU_VRAM_BYTES,
+    MAX_LAYERS,
+    MAX_PARAMETERS,
+    MAX_PREFILL_TOK_S,
+    MAX_QUEUE_DEPTH,
+    MAX_RAM_BYTES,
+    MAX_UTILIZATION_PCT,
+)
 from p2p.errors import RecordRefusal
 from p2p.host_port import AddressError, parse_host_port
 from p2p.model_match import model_matches
@@ -45,7 +59,10 @@ MAX_RECORD_BYTES = 7 * 1024
 # stale records); longer keeps dead nodes listed by `gpunet peers` for many minutes.
 DEFAULT_TTL_S = 300.0
 REPUBLISH_INTERVAL_S = DEFAULT_TTL_S / 3
-MAX_TTL_S = 3600.0
+# Records are republished, never long-lived: twice the default lifetime leaves a node room to pick
+# a longer TTL of its own, and no more. A longer cap gave a stranger's record a longer stay than
+# an honest one's (issue #14: 1 h against 300 s), so "latest expiry" was the attacker's to win.
+MAX_TTL_S = 2 * DEFAULT_TTL_S
 # Clocks of volunteers drift; refuse records from further in the future than this.
 MAX_CLOCK_SKEW_S = 120.0
 
@@ -157,6 +174,31 @@ def _non_negative_float(_inst: object, attr: attrs.Attribute[Any], value: object
         raise RecordError(f"{attr.name}: expected a non-negative number")
 
 
+def _at_most(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        _non_negative_int(inst, attr, value)
+        assert isinstance(value, int)
+        if value > limit:
+            raise RecordError(f"{attr.name}: {value} is over the sane bound {limit}")
+
+    return check
+
+
+def _rate(limit: float) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+        _non_negative_float(inst, attr, value)
+        assert isinstance(value, (int, float))
+        if value > limit:
+            raise RecordError(f"{attr.name}: {value} is over the sane bound {limit:g}")
+
+    return check
+
+
+def _not_above(name: str, value: int, limit_name: str, limit: int) -> None:
+    if value > limit:
+        raise RecordError(f"{name}: {value} is more than {limit_name} ({limit})")
+
+
 def _sha256(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not is_sha256(value):
         raise RecordError(f"{attr.name}: expected 64 lower-case hex digits")
@@ -177,21 +219,28 @@ def _address(text: str) -> bool:
     return True
 
 
+# Cross-field rules (free <= total, offloaded <= layers) run in `__attrs_post_init__`, after every
+# field passed its own validator: a record that does not make sense never becomes an object.
+
+
 @attrs.frozen
 class GpuEntry:
     name: str = attrs.field(validator=_bounded_str)
-    vram_total: int = attrs.field(validator=_non_negative_int)
-    vram_free: int = attrs.field(validator=_non_negative_int)
+    vram_total: int = attrs.field(validator=_at_most(MAX_GPU_VRAM_BYTES))
+    vram_free: int = attrs.field(validator=_at_most(MAX_GPU_VRAM_BYTES))
     compute_capability: str = attrs.field(validator=_bounded_str)
     driver_version: str = attrs.field(validator=_bounded_str)
     cuda_version: str = attrs.field(validator=_bounded_str)
-    utilization_pct: int = attrs.field(validator=_non_negative_int)
+    utilization_pct: int = attrs.field(validator=_at_most(MAX_UTILIZATION_PCT))
+
+    def __attrs_post_init__(self) -> None:
+        _not_above("vram_free", self.vram_free, "vram_total", self.vram_total)
 
 
 @attrs.frozen
 class CpuEntry:
-    cores: int = attrs.field(validator=_non_negative_int)
-    ram_bytes: int = attrs.field(validator=_non_negative_int)
+    cores: int = attrs.field(validator=_at_most(MAX_CPU_CORES))
+    ram_bytes: int = attrs.field(validator=_at_most(MAX_RAM_BYTES))
     # llama.cpp's CPU features of this build (`llama_print_system_info`), sorted
     simd: tuple[str, ...] = attrs.field(default=(), validator=_simd_flags)
     gpu_offload: bool = attrs.field(default=False, validator=_bool)  # llama_supports_gpu_offload
@@ -202,20 +251,23 @@ class ModelEntry:
     sha256: str = attrs.field(validator=_sha256)
     name: str = attrs.field(validator=_model_name)
     architecture: str = attrs.field(validator=_bounded_str)
-    parameter_count: int = attrs.field(validator=_non_negative_int)
+    parameter_count: int = attrs.field(validator=_at_most(MAX_PARAMETERS))
     quantization: str = attrs.field(validator=_bounded_str)
-    context_length: int = attrs.field(validator=_non_negative_int)
-    layers_offloaded: int = attrs.field(validator=_non_negative_int)
-    layers_total: int = attrs.field(validator=_non_negative_int)
-    decode_tok_s: float = attrs.field(default=0.0, validator=_non_negative_float)
-    prefill_tok_s: float = attrs.field(default=0.0, validator=_non_negative_float)
+    context_length: int = attrs.field(validator=_at_most(MAX_CONTEXT_TOKENS))
+    layers_offloaded: int = attrs.field(validator=_at_most(MAX_LAYERS))
+    layers_total: int = attrs.field(validator=_at_most(MAX_LAYERS))
+    decode_tok_s: float = attrs.field(default=0.0, validator=_rate(MAX_DECODE_TOK_S))
+    prefill_tok_s: float = attrs.field(default=0.0, validator=_rate(MAX_PREFILL_TOK_S))
+
+    def __attrs_post_init__(self) -> None:
+        _not_above("layers_offloaded", self.layers_offloaded, "layers_total", self.layers_total)
 
 
 @attrs.frozen
 class LoadEntry:
-    active_requests: int = attrs.field(default=0, validator=_non_negative_int)
-    free_slots: int = attrs.field(default=1, validator=_non_negative_int)
-    queue_depth: int = attrs.field(default=0, validator=_non_negative_int)
+    active_requests: int = attrs.field(default=0, validator=_at_most(MAX_ACTIVE_REQUESTS))
+    free_slots: int = attrs.field(default=1, validator=_at_most(MAX_FREE_SLOTS))
+    queue_depth: int = attrs.field(default=0, validator=_at_most(MAX_QUEUE_DEPTH))
 
 
 def _addresses(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:

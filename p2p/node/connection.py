@@ -2,7 +2,9 @@
 
 The request rules (ids, the per-connection cap, cancel, ping, one final message per request,
 what a client may not send) are the state machine's (`p2p/protocol/requests_server.py`); this loop
-only moves messages, starts a task per request and cancels it when the machine says so.
+only moves messages, starts a task per request and cancels it when the machine says so. It tells
+the connection how many requests are live after each change, which is what the node's session
+deadlines and eviction go by (`p2p/protocol/session_table.py`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ async def serve_connection(
                 await conn.send(out)
             if isinstance(event, RequestStarted):
                 scope = scopes[event.request.id] = trio.CancelScope()
+                conn.requests_changed(requests.live_requests)
                 nursery.start_soon(_serve_one, conn, requests, serve, event.request, scope, scopes)
             elif isinstance(event, RequestCancelled) and event.id in scopes:
                 scopes[event.id].cancel()
@@ -84,6 +87,7 @@ async def _serve_one(
     finally:
         scopes.pop(msg.id, None)
         missing = requests.end(msg.id)
+        conn.requests_changed(requests.live_requests)
         if missing is not None:  # `serve` returned without a final message: still one
             with suppress(SessionError):
                 await conn.send(missing)

@@ -31,6 +31,7 @@ from p2p.node.record_seq import RecordSequence
 from p2p.node.serving import BUSY_TEXT, serve_on_worker
 from p2p.protocol import wire
 from p2p.protocol.admission import AdmissionControl
+from p2p.protocol.session_table import SessionTable
 from p2p.session.local import Connection
 from p2p.session.pool import SessionPool
 from p2p.session.secure import serve_sessions
@@ -66,6 +67,8 @@ class Node:
         self.active_requests = 0
         self.draining = False
         self.admission = AdmissionControl(clock=time.monotonic)
+        # Established sessions: caps, deadlines, eviction (its counters are for logs and tests).
+        self.sessions = SessionTable()
         self._request_ended = trio.Event()
         self._seq = RecordSequence(config.data_dir)
         self._host: HostFacts | None = None
@@ -209,6 +212,7 @@ async def _serve(
             config.port,
             node.handle_connection,
             psk=config.psk,
+            sessions=node.sessions,
         )
     )
     host = advertised_host(config.host)

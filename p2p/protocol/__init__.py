@@ -13,4 +13,7 @@ is passed in. The trio adapters are `p2p/session/` (client side) and `p2p/node/c
 - `requests_client.py` — `RequestClient`: the same connection seen from the client (fresh ids,
   finals, cancels, what it ignores).
 - `admission.py` — `AdmissionControl`: per-peer concurrency and request rate on a node.
+- `session_table.py` — `SessionTable`: the node's established sessions (caps in total, per
+  source and per source network, first-request and idle deadlines, eviction of the idlest);
+  `source_key` / `network_key`, the units of per-source limits.
 """

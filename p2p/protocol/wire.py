@@ -8,6 +8,12 @@ belongs to no request, and the session that carried it may be closed. A message 
 but whose other fields are invalid raises `InvalidMessage`, which names the request and the field,
 so the receiver answers `bad_request` for that one request and the others on the connection go on
 (`Malformed` is the value the request state machines receive for it).
+
+Every field is checked here, with the worker's own bounds (inference/generation.py, shared with
+the OpenAI parser and `gpunet ask`) and the rules between fields (a replay shorter than
+max_tokens, a prompt or messages but not both, sizes in UTF-8 bytes as frames count them), so a
+`Generate` that decodes is one the worker accepts: no value can make the node raise while it
+builds the request (issue #14, attack 3).
 """
 
 from __future__ import annotations
@@ -19,14 +25,22 @@ from typing import Any, NoReturn
 import attrs
 import msgpack
 
+# The request bounds are inference.generation's (the worker's own), re-exported for the wire's
+# users: one definition, so what this decoder accepts the worker never refuses.
+from inference.generation import FINISH_REASONS
+from inference.generation import MAX_PROMPT_BYTES as MAX_PROMPT_BYTES
+from inference.generation import MAX_SEED as MAX_SEED
+from inference.generation import MAX_STOP_CHARS as MAX_STOP_CHARS
+from inference.generation import MAX_STOP_STRINGS as MAX_STOP_STRINGS
+from inference.generation import MAX_TEMPERATURE as MAX_TEMPERATURE
+from inference.generation import MAX_TOKENS_LIMIT as MAX_TOKENS_LIMIT
+from inference.generation import MIN_TOP_P as MIN_TOP_P
 from p2p.errors import BadRequest, ErrorCode
 
 PROTOCOL_VERSION = 1
 
-MAX_PROMPT_CHARS = 512 * 1024
-MAX_STOP_STRINGS = 8
-MAX_STOP_CHARS = 256
-MAX_TOKENS_LIMIT = 32768
+# The old name of MAX_PROMPT_BYTES (the limit was once counted in characters; frames count bytes).
+MAX_PROMPT_CHARS = MAX_PROMPT_BYTES
 MAX_TEXT_CHARS = 64 * 1024
 MAX_MESSAGES = 256
 CHAT_ROLES = ("system", "user", "assistant")
@@ -266,24 +280,44 @@ class _Fields:
 
 
 def _generate(f: _Fields) -> Generate:
+    """Every field within the worker's own bounds (inference.generation), and the rules between
+    fields, so that what passes here is never refused by `GenerationRequest` later."""
     stop = f.array("stop", MAX_STOP_STRINGS)
     seed = f.body.get("seed")
     messages = tuple(_chat_message(f, m) for m in f.array("messages", MAX_MESSAGES))
-    if sum(len(m.content) for m in messages) > MAX_PROMPT_CHARS:
-        f.fail("messages", "messages: too long (≤ 512 KiB)")
+    if sum(_utf8_len(m.content) for m in messages) > MAX_PROMPT_BYTES:
+        f.fail("messages", f"messages: contents over {MAX_PROMPT_BYTES} bytes (UTF-8) together")
+    prompt = f.string("prompt", MAX_PROMPT_BYTES)
+    if _utf8_len(prompt) > MAX_PROMPT_BYTES:
+        f.fail("prompt", f"prompt must be at most {MAX_PROMPT_BYTES} bytes (UTF-8)")
+    if messages and prompt:
+        f.fail("prompt", "prompt must be empty when messages are given")
+    max_tokens = f.integer("max_tokens", 1, MAX_TOKENS_LIMIT, 128)
+    replay = f.token_ids("replay_tokens", MAX_TOKENS_LIMIT)
+    if len(replay) >= max_tokens:
+        f.fail(
+            "replay_tokens",
+            f"replay_tokens holds {len(replay)} tokens: nothing left to generate within "
+            f"max_tokens {max_tokens}",
+        )
     return Generate(
         id=f.id,
         model=f.string("model", MAX_MODEL_CHARS),
-        prompt=f.string("prompt", MAX_PROMPT_CHARS),
-        max_tokens=f.integer("max_tokens", 1, MAX_TOKENS_LIMIT, 128),
-        temperature=f.number("temperature", 0.0, 10.0, 0.0),
-        top_p=f.number("top_p", 1e-6, 1.0, 1.0),
-        seed=None if seed is None else f.integer("seed", 0, 2**32 - 1),
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=f.number("temperature", 0.0, MAX_TEMPERATURE, 0.0),
+        top_p=f.number("top_p", MIN_TOP_P, 1.0, 1.0),
+        seed=None if seed is None else f.integer("seed", 0, MAX_SEED),
         stop=tuple(f.text(s, MAX_STOP_CHARS, "stop") for s in stop if s != ""),
         messages=messages,
-        replay_tokens=f.token_ids("replay_tokens", MAX_TOKENS_LIMIT),
+        replay_tokens=replay,
         reproducible=f.flag("reproducible", False),
     )
+
+
+def _utf8_len(text: str) -> int:
+    """Bytes of *text* in UTF-8; a lone surrogate (msgpack can carry one) counts as 3."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _chat_message(f: _Fields, raw: object) -> ChatMessage:
@@ -292,7 +326,7 @@ def _chat_message(f: _Fields, raw: object) -> ChatMessage:
     role = f.text(raw[0], 16, "messages")
     if role not in CHAT_ROLES:
         f.fail("messages", f"message role must be one of {', '.join(CHAT_ROLES)}")
-    return ChatMessage(role, f.text(raw[1], MAX_PROMPT_CHARS, "messages"))
+    return ChatMessage(role, f.text(raw[1], MAX_PROMPT_BYTES, "messages"))
 
 
 def _token(f: _Fields) -> Token:
@@ -301,9 +335,12 @@ def _token(f: _Fields) -> Token:
 
 
 def _done(f: _Fields) -> Done:
+    finish = f.string("finish_reason", 32)
+    if finish not in FINISH_REASONS:
+        f.fail("finish_reason", f"finish_reason must be one of {', '.join(FINISH_REASONS)}")
     return Done(
         f.id,
-        f.string("finish_reason", 32),
+        finish,
         f.integer("prompt_tokens", 0, 2**31),
         f.integer("completion_tokens", 0, 2**31),
         f.number("ttft_s", 0, 1e6),

@@ -32,6 +32,11 @@ class Connection(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def requests_changed(self, live: int) -> None:
+        """The server's request layer reports its *live* requests after each change: what the
+        node's session deadlines and eviction go by (p2p/protocol/session_table.py)."""
+        ...
+
 
 class LocalConnection:
     def __init__(
@@ -59,6 +64,9 @@ class LocalConnection:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             return None
+
+    def requests_changed(self, live: int) -> None:
+        pass  # the node's own gateway: one connection per process, never hoarded
 
     async def aclose(self) -> None:
         await self._send.aclose()

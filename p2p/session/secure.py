@@ -17,6 +17,12 @@ bounded before any byte is read:
 - each handshake has a deadline, and its messages are at most 1 KiB
   (crypto.secure_session.MAX_HANDSHAKE_MESSAGE), read in small chunks.
 
+Established sessions (``p2p.protocol.session_table.SessionTable``): caps in total, per source and
+per source network, a deadline for a session that sends no request and one after its last
+request, and eviction of the idlest when full; the node's descriptors stay under
+``NODE_DESCRIPTOR_BOUND``. The request layer reports each session's live requests through
+``SecureConnection.requests_changed``.
+
 Rejected alternatives: refusing new connections when the total cap is full (an attacker keeps it
 full with idle connections and every legitimate client is refused: the SYN-flood failure); a
 cookie round trip as in WireGuard (the cheap checks above already make junk cost the node no
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ipaddress
 import logging
 import socket
 import struct
@@ -49,6 +54,7 @@ from crypto.secure_session import (
 from p2p.bounded_lru import BoundedLRU
 from p2p.host_port import parse_host_port
 from p2p.protocol import wire
+from p2p.protocol.session_table import MAX_SESSIONS, SessionTable, source_key
 from p2p.token_bucket import KeyedBuckets
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,12 @@ HANDSHAKE_BURST_PER_SOURCE = 40
 # Sources whose token buckets are remembered; beyond it, idle ones are forgotten first (a
 # forgotten source just starts again with a full bucket). Bounds the table to ~1 MiB.
 TRACKED_SOURCES = 4096
+# What the node's descriptors stay under: established sessions (SessionTable's cap), unfinished
+# handshakes, and a reserve of 64 for the listeners (IPv4 and IPv6), the DHT's UDP socket, model
+# files, trio's wakeup pair, logs and the odd outbound session of a node's own gateway. Under the
+# usual soft limit of 1,024, so the accept loop never meets EMFILE.
+DESCRIPTOR_RESERVE = 64
+NODE_DESCRIPTOR_BOUND = MAX_SESSIONS + MAX_HALF_OPEN_HANDSHAKES + DESCRIPTOR_RESERVE
 
 
 class SessionError(Exception):
@@ -105,21 +117,6 @@ class SessionLimits:
     handshake_burst_per_source: int = HANDSHAKE_BURST_PER_SOURCE
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     tracked_sources: int = TRACKED_SOURCES
-
-
-def source_key(address: object) -> str:
-    """The unit of per-source limits for a peer address as getpeername() returns it: the IPv4
-    address, or the /64 of an IPv6 address (IPv4-mapped IPv6 counts as IPv4)."""
-    host = address[0] if isinstance(address, tuple) and address else address
-    try:
-        ip = ipaddress.ip_address(str(host).split("%", 1)[0])
-    except ValueError:
-        return str(host)
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class HandshakeAdmission:
@@ -194,6 +191,13 @@ class SecureConnection:
         self.remote_peer_id = remote_peer_id
         self._send_lock = trio.Lock()
         self._closed = False
+        # Set by serve_sessions on the node's side: the session's deadlines follow its requests.
+        self.on_requests: Callable[[int], None] | None = None
+
+    def requests_changed(self, live: int) -> None:
+        """The request layer's count of live requests on this session (see SessionTable)."""
+        if self.on_requests is not None:
+            self.on_requests(live)
 
     async def send(self, msg: wire.Message) -> None:
         # The lock keeps frames whole when several requests share the connection. Taken without
@@ -305,16 +309,18 @@ async def connect(
     expected_peer_id: str,
     *,
     psk: bytes | None = None,
+    local_address: str | None = None,
 ) -> SecureConnection:
     """Open a session to *address* ("host:port") and insist the responder is *expected_peer_id*.
 
     *psk* is the network key of a private network (crypto.network_key.load_network_key), None
-    for the public network; it must be the responder's.
+    for the public network; it must be the responder's. *local_address*: the source address to
+    bind (tests stand in for many networks with many 127.x.y.z sources).
     """
     try:
         host, port = parse_host_port(address)
         with trio.fail_after(CONNECT_TIMEOUT_S):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     except (OSError, ValueError, trio.TooSlowError) as exc:
         raise SessionError(f"cannot connect to {address}: {exc or 'timed out'}") from exc
     try:
@@ -363,6 +369,7 @@ async def _serve_one(
     identity: Identity,
     handler: Handler,
     admission: HandshakeAdmission,
+    sessions: SessionTable,
     psk: bytes | None,
     stream: trio.SocketStream,
 ) -> None:
@@ -396,8 +403,21 @@ async def _serve_one(
         _reset(stream)
         await trio.aclose_forcefully(stream)
         return
+    # Authenticated now, but as a key anyone can make: the session table decides how long the
+    # session may stay (its deadline follows its requests) and may evict it for a newcomer.
+    session_scope = trio.CancelScope()
+    place = sessions.admit(source, trio.current_time(), session_scope.cancel)
+    if place is None:
+        log.debug("session from %s refused: its share is full of sessions in use", peer)
+        await conn.aclose()
+        return
+    conn.on_requests = partial(_requests_changed, sessions, place, session_scope)
+    session_scope.deadline = sessions.deadline(place)
     try:
-        await handler(conn)
+        with session_scope:
+            await handler(conn)
+        if session_scope.cancelled_caught:  # at debug: silent sessions must not flood the log
+            log.debug("session from %s closed: idle, silent or evicted", peer)
     except BaseException as exc:
         if _only(exc, SessionError):
             log.info("session with %s ended: %s", conn.remote_peer_id[:12], exc)
@@ -406,7 +426,15 @@ async def _serve_one(
         else:
             raise
     finally:
+        sessions.release(place)
         await conn.aclose()
+
+
+def _requests_changed(
+    sessions: SessionTable, ticket: int, scope: trio.CancelScope, live: int
+) -> None:
+    sessions.requests_changed(ticket, live, trio.current_time())
+    scope.deadline = sessions.deadline(ticket)
 
 
 async def serve_sessions(
@@ -417,6 +445,7 @@ async def serve_sessions(
     *,
     psk: bytes | None = None,
     admission: HandshakeAdmission | None = None,
+    sessions: SessionTable | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept sessions on host:port and run *handler* for each authenticated one.
@@ -424,9 +453,11 @@ async def serve_sessions(
     *psk*: the private network's key (None: public network); initiators with another key are
     dropped at their first message. *admission*: pass one to choose the limits
     (``HandshakeAdmission(SessionLimits(...))``) or to read its counters; default: the module
-    constants.
+    constants. *sessions*: the same for established sessions (``SessionTable(...)``).
     """
     admission = admission or HandshakeAdmission()
+    sessions = sessions if sessions is not None else SessionTable()
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
-    await trio.serve_listeners(partial(_serve_one, identity, handler, admission, psk), listeners)
+    serve_one = partial(_serve_one, identity, handler, admission, sessions, psk)
+    await trio.serve_listeners(serve_one, listeners)

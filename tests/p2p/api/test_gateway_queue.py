@@ -27,7 +27,9 @@ def scripted(monkeypatch: pytest.MonkeyPatch, answers: list[ErrorCode | None]) -
     """`generate` fails with each code in turn (None: succeeds); returns the ids it was given."""
     ids: list[int] = []
 
-    async def fake_generate(_client: object, _model: str, request: wire.Generate, *_: Any) -> Any:
+    async def fake_generate(
+        _client: object, _model: str, request: wire.Generate, *_: Any, **_kw: Any
+    ) -> Any:
         ids.append(request.id)
         code = answers.pop(0) if answers else None
         if code is not None:
@@ -101,3 +103,57 @@ async def test_a_finished_request_wakes_the_waiting_ones(
             await trio.testing.wait_all_tasks_blocked()
             assert len(ids) == tries  # woken by the finished request, not by a timer
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_that_never_ends_times_out_at_the_overall_deadline(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A provider that holds the request (a tarpit, a stalled stream) cannot hold the gateway:
+    the whole request ends with `timeout` (HTTP 504) at the queue's wait plus the generation
+    deadline, whatever the failover below is doing."""
+
+    async def stalled(*_: Any, **_kw: Any) -> Any:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(gateway_queue, "generate", stalled)
+    queue = GatewayQueue(client=None, timeout_s=3, generation_deadline_s=7)  # type: ignore[arg-type]
+    started = trio.current_time()
+    result = await run(queue)
+    assert isinstance(result, AskError) and result.code is ErrorCode.TIMEOUT
+    assert trio.current_time() - started == pytest.approx(10)
+
+
+async def test_the_overall_deadline_includes_the_wait_for_room(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    calls: list[float] = []
+
+    async def busy_then_stalled(*_: Any, **_kw: Any) -> Any:
+        calls.append(trio.current_time())
+        if len(calls) < 3:
+            raise AskError("refused: busy", ErrorCode.BUSY)
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(gateway_queue, "generate", busy_then_stalled)
+    queue = GatewayQueue(client=None, timeout_s=60, generation_deadline_s=5)  # type: ignore[arg-type]
+    started = trio.current_time()
+    result = await run(queue)
+    assert isinstance(result, AskError) and result.code is ErrorCode.TIMEOUT
+    assert trio.current_time() - started == pytest.approx(65)
+
+
+async def test_each_try_gets_what_is_left_of_the_overall_deadline(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    given: list[float] = []
+
+    async def busy_twice(*_: Any, deadline_s: float, **_kw: Any) -> Any:
+        given.append(deadline_s)
+        if len(given) < 3:
+            raise AskError("refused: busy", ErrorCode.BUSY)
+        return DONE
+
+    monkeypatch.setattr(gateway_queue, "generate", busy_twice)
+    queue = GatewayQueue(client=None, timeout_s=60, generation_deadline_s=540)  # type: ignore[arg-type]
+    assert await run(queue) == DONE
+    assert given[0] == pytest.approx(600) and given[0] > given[1] > given[2] > 599

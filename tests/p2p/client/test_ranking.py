@@ -1,4 +1,5 @@
-"""Provider ranking: speed, load, failures with backoff, stale records — plain calls."""
+"""Provider ranking: speed (claimed and measured), load, failures with backoff, stale records —
+plain calls with a fake clock."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import attrs
 from crypto.identity import Identity
 from p2p.client.ranking import (
     BACKOFF_BASE_S,
+    CLAIM_CAP_FACTOR,
+    JITTER,
+    Measured,
     Provider,
     ProviderRanker,
+    measure_answer,
     prefer_first,
     prefer_same_class,
 )
@@ -153,3 +158,51 @@ async def test_client_reuses_a_lookup_briefly_and_forgets_it_after_a_failure() -
     assert (await client.find_records("k"))[1] is False  # a provider failed: asked again
     assert (await client.find_records("k", fresh=True))[1] is False
     assert dht.calls == 4
+
+
+# --- published speed is a claim (issue #14, attack 4) ---
+
+
+def test_an_unmeasured_claim_counts_as_at_most_twice_the_best_measured_speed() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(4))
+    honest, other, liar = (provider(d, now=clock.now) for d in (40, 35, 1e5))
+    ranker.record_success(honest[0].peer_id, ttft_s=0.0, decode_tok_s=40.0)
+    ranker.record_success(other[0].peer_id, ttft_s=0.0, decode_tok_s=30.0)
+    ranked = ranker.rank([honest, other, liar])
+    assert ranked[0].record.peer_id == liar[0].peer_id  # a new node may be tried first...
+    best = 40.0 * (1 + JITTER)
+    assert ranked[0].score <= CLAIM_CAP_FACTOR * best  # ...but its lie buys at most 2x
+    assert "claims 100000 tok/s, counted as 80" in ranked[0].reason
+    assert "measured 40 tok/s" in ranker.rank([honest])[0].reason
+    # once it failed (a handshake that never finished), it goes last
+    ranker.record_failure(liar[0].peer_id)
+    assert ranker.rank([honest, other, liar])[-1].record.peer_id == liar[0].peer_id
+
+
+def test_with_nothing_measured_claims_rank_as_told() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(5))
+    fast, slow = provider(1e5, now=clock.now), provider(40, now=clock.now)
+    assert ranker.rank([slow, fast])[0].record.peer_id == fast[0].peer_id
+    assert ranker.rank([fast])[0].reason.startswith("claims 100000 tok/s")
+
+
+def test_what_this_client_measured_replaces_the_claim() -> None:
+    clock = Clock()
+    ranker = ProviderRanker(clock=clock, rng=random.Random(6))
+    boaster, modest = provider(1000, now=clock.now), provider(30, now=clock.now)
+    ranker.record_success(boaster[0].peer_id, ttft_s=0.01, decode_tok_s=10.0)
+    # measured 10; the unmeasured 30-tok/s claim is under the cap (2 x 10 = 20): counted as 20
+    order = ranker.rank([boaster, modest])
+    assert [c.record.peer_id for c in order] == [modest[0].peer_id, boaster[0].peer_id]
+    assert "measured 10 tok/s" in order[1].reason and "first token 10 ms" in order[1].reason
+    # measurements are smoothed: one fast answer moves the estimate halfway
+    ranker.record_success(boaster[0].peer_id, decode_tok_s=30.0)
+    assert ranker.measured[boaster[0].peer_id] == Measured(ttft_s=0.01, decode_tok_s=20.0)
+
+
+def test_an_answer_is_measured_from_this_clients_own_clock() -> None:
+    assert measure_answer(10.0, 10.5, 12.5, 41) == (0.5, 20.0)  # 40 tokens after the first in 2 s
+    assert measure_answer(10.0, 10.5, 10.6, 2) == (0.5, None)  # too short to time the decode
+    assert measure_answer(10.0, None, 11.0, 0) == (None, None)  # no text at all

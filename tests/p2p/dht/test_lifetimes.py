@@ -12,12 +12,14 @@ from p2p.dht.node import Dht, open_dht
 from p2p.dht.records import (
     DEFAULT_TTL_S,
     MAX_CLOCK_SKEW_S,
+    MAX_TTL_S,
     REPUBLISH_INTERVAL_S,
     directory_key,
     model_key,
     node_key,
     sign_record,
 )
+from p2p.node.config import NodeConfig
 from tests.p2p.dht.test_records import SHA, make_record
 
 LOCAL = "127.0.0.1"
@@ -51,6 +53,13 @@ async def network(n: int, clock: FakeClock) -> AsyncIterator[list[Dht]]:
 def test_republishing_leaves_room_for_two_lost_rounds() -> None:
     assert 2 * REPUBLISH_INTERVAL_S < DEFAULT_TTL_S <= 600
     assert MAX_CLOCK_SKEW_S < DEFAULT_TTL_S
+
+
+def test_lifetimes_are_capped_near_the_publish_period() -> None:
+    """Issue #14: a stranger's record may not outlive an honest one by more than the cap allows
+    (it was 1 h against the nodes' 300 s); a node's own TTL setting stays under the cap."""
+    assert DEFAULT_TTL_S < MAX_TTL_S <= 2 * DEFAULT_TTL_S
+    assert attrs.fields(NodeConfig).ttl_s.default <= MAX_TTL_S
 
 
 async def test_a_killed_node_is_gone_from_lookups_within_one_ttl() -> None:

@@ -155,7 +155,7 @@ def test_store_refuses_records_not_bound_to_the_key() -> None:
     blob = sign_record(make_record(a), a).blob
     assert store.offer(dht_digest(model_name_key("tiny-llama")), blob, now=time.time())[0]
     assert store.offer(dht_digest(node_key(a.peer_id)), blob, now=time.time())[0]
-    ok, reason = store.offer(dht_digest(model_key("cd" * 32)), blob, now=time.time())
+    ok, reason, _ = store.offer(dht_digest(model_key("cd" * 32)), blob, now=time.time())
     assert not ok and "bound" in reason
 
 

@@ -1,0 +1,235 @@
+"""The local network the attack drill attacks: real `python -m p2p` processes of a target tree.
+
+The target is any checkout (`--repo`): its nodes, its `peers`, `ask` and `gateway` run from its
+own source with the interpreter given, so an older tree is measured with its own code. Nodes
+run with the usual soft limit of 1,024 descriptors (what a volunteer's shell gives them), even
+when the drill raised its own limit to hold many sessions. Loopback only: every process binds
+127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+NODE_READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 15.0
+# The soft limit a login shell usually gives a process; the hoarding attack is about it.
+NODE_SOFT_NOFILE = 1024
+HOST = "127.0.0.1"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _node_limits() -> None:  # runs in the child, before exec
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = NODE_SOFT_NOFILE if hard == resource.RLIM_INFINITY else min(NODE_SOFT_NOFILE, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+@attrs.define
+class Child:
+    """A `python -m p2p ...` process whose stdout lines are read on a thread."""
+
+    proc: subprocess.Popen[bytes]
+    lines: queue.Queue[bytes]
+    name: str
+
+    @classmethod
+    def start(cls, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> Child:
+        stderr = log_path.open("wb")
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_node_limits,  # only setrlimit: safe beside the pump threads
+        )
+        stderr.close()
+        lines: queue.Queue[bytes] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # drained, so the child never blocks on a full pipe
+                lines.put(line)
+            lines.put(b"")
+
+        threading.Thread(target=pump, daemon=True).start()
+        return cls(proc, lines, log_path.stem)
+
+    def ready(self, timeout: float = NODE_READY_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if not line:
+                break
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if isinstance(data, dict) and data.get("event") == "ready":
+                    return data
+        raise RuntimeError(f"{self.name} did not report ready in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@attrs.define
+class Node:
+    child: Child
+    peer_id: str
+    dht: tuple[str, int]
+    session: str
+    models: dict[str, str]  # name -> sha256
+
+    @property
+    def pid(self) -> int:
+        return self.child.proc.pid
+
+    def descriptors(self) -> int:
+        """Open descriptors of the node process, from /proc."""
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/fd"))
+        except OSError:
+            return -1
+
+
+@attrs.define
+class CliRun:
+    ok: bool
+    seconds: float
+    stdout: str
+    error: str  # the last line of stderr when it failed, or "timed out after N s"
+
+
+@attrs.define
+class LocalNetwork:
+    """Nodes of the target tree on loopback, and its CLI pointed at them."""
+
+    repo: Path
+    python: str
+    work: Path
+    nodes: list[Node] = attrs.field(factory=list)
+    children: list[Child] = attrs.field(factory=list)
+
+    def env(self, data_dir: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
+        env["GPUNET_DATA_DIR"] = str(data_dir)
+        env["PYTHONPATH"] = str(self.repo)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    @property
+    def bootstrap(self) -> str:
+        host, port = self.nodes[0].dht
+        return f"{host}:{port}"
+
+    def start_node(self, models: list[Path], threads: int = 1) -> Node:
+        index = len(self.nodes)
+        data = self.work / f"node{index}"
+        cmd = [self.python, "-m", "p2p", "node", "--host", HOST, "--dht-port", "0"]
+        cmd += ["--port", "0", "--threads", str(threads), "--json"]
+        for m in models:
+            cmd += ["--model", str(m)]
+        if self.nodes:
+            cmd += ["--bootstrap", self.bootstrap]
+        child = Child.start(cmd, self.env(data), self.repo, self.work / f"node{index}.log")
+        self.children.append(child)
+        ready = child.ready()
+        host, _, port = str(ready["dht"]).rpartition(":")
+        node = Node(
+            child,
+            str(ready["peer_id"]),
+            (host, int(port)),
+            str(ready["session"]),
+            {str(m["name"]): str(m["sha256"]) for m in ready.get("models", [])},
+        )
+        self.nodes.append(node)
+        return node
+
+    def start_gateway(self, port: int) -> Child:
+        cmd = [self.python, "-m", "p2p", "gateway", "--bootstrap", self.bootstrap]
+        cmd += ["--api", f"{HOST}:{port}", "--json"]
+        child = Child.start(cmd, self.env(self.work / "gateway"), self.repo, self.work / "gw.log")
+        self.children.append(child)
+        child.ready()
+        return child
+
+    async def cli(self, args: list[str], timeout: float) -> CliRun:
+        """One `python -m p2p ARGS` of the target tree, with a fresh client data dir."""
+        data = Path(tempfile.mkdtemp(prefix="client", dir=self.work))
+        cmd = [self.python, "-m", "p2p", *args]
+        started = time.monotonic()
+        with trio.move_on_after(timeout):
+            done = await trio.run_process(
+                cmd,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=self.env(data),
+                cwd=self.repo,
+            )
+            seconds = time.monotonic() - started
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            error = (
+                "" if done.returncode == 0 else (lines[-1] if lines else f"rc {done.returncode}")
+            )
+            return CliRun(
+                done.returncode == 0, seconds, done.stdout.decode(errors="replace"), error
+            )
+        return CliRun(False, time.monotonic() - started, "", f"timed out after {timeout:g} s")
+
+    async def ask(
+        self, model: str, timeout: float, max_tokens: int = 4, extra: tuple[str, ...] = ()
+    ) -> CliRun:
+        args = ["ask", "--bootstrap", self.bootstrap, "--model", model]
+        args += ["--max-tokens", str(max_tokens), "--json", *extra, "Once upon a time"]
+        return await self.cli(args, timeout)
+
+    async def peers(self, timeout: float) -> list[str] | None:
+        run = await self.cli(["peers", "--bootstrap", self.bootstrap, "--json"], timeout)
+        if not run.ok:
+            return None
+        try:
+            return [str(r["peer_id"]) for r in json.loads(run.stdout)]
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+@contextlib.contextmanager
+def local_network(repo: Path, python: str, work: Path) -> Iterator[LocalNetwork]:
+    net = LocalNetwork(repo, python, work)
+    try:
+        yield net
+    finally:
+        net.stop()
