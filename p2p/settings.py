@@ -166,7 +166,13 @@ SETTINGS: tuple[Setting, ...] = (
     _node("port", _PORT, 8469, "TCP port of encrypted sessions (0: any free port)."),
     _node(
         "threads", Whole(1, 512), None,
-        "CPU threads for llama.cpp, for decoding and for prompts.", default_text="all cores",
+        "CPU threads for llama.cpp, for decoding and for prompts.",
+        default_text="the physical cores",
+    ),
+    _node(
+        "ctx_size", Whole(16, 1 << 20), 2048,
+        "Context of each request in tokens (prompt and answer); at most the model's trained "
+        "context. Each slot keeps a KV cache this long: more context, more memory.",
     ),
     _node("slots", Whole(1, 64), 4, "Requests decoded together per model (continuous batching)."),
     _node(
@@ -182,6 +188,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Requests in flight on the node; beyond it the node answers busy. 0 announces the node "
         "but serves nothing.",
         default_text="slots + queue of every model",
+    ),
+    _node(
+        "join_timeout", Number(0, 3600), 180.0,
+        "Seconds the node keeps retrying its --bootstrap peers while none answers (a service "
+        "started before its bootstrap peer); 0 gives up at the first try.",
+    ),
+    _node(
+        "log_file", PathKind(), None,
+        "Also append the node's log (one line per served request, warnings) to this file.",
+        default_text="none, stderr only",
     ),
     _node(
         "grace", Number(0, 3600), 30.0,

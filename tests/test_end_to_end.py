@@ -287,3 +287,51 @@ def test_a_broken_config_file_stops_the_node_in_one_line(tmp_path: Path) -> None
     (data / "config.toml").write_text("[node]\nslotz = 2\n")
     line = one_line_error(run("node", data_dir=data))
     assert "config.toml: unknown key [node] 'slotz' (did you mean 'slots'?)" in line
+
+
+def test_a_second_node_on_a_data_dir_or_port_in_use_is_refused_first(
+    tiny_gguf: Path, tmp_path: Path
+) -> None:
+    """The bugs of issue 18 a volunteer meets first: a second node on the same data dir used to
+    delete the first's node.json; a taken port used to be reported after the model loaded; the
+    request log; `gpunet peers | head` used to print a broken-pipe error."""
+    log = tmp_path / "node.log"
+    data = tmp_path / "n"
+    node = NodeProcess(["--model", str(tiny_gguf), "--no-benchmark", "--log-file", str(log)], data)
+    try:
+        second = run(
+            "node", "--model", str(tiny_gguf), "--dht-port", "0", "--port", "0", data_dir=data
+        )
+        line = one_line_error(second)
+        assert "another gpunet node is already running" in line
+        assert node.ready["peer_id"][:16] in line and node.ready["dht"] in line
+        assert (data / "node.json").exists()
+        dht_port = node.ready["dht"].rpartition(":")[2]
+        taken = run(
+            "node",
+            "--model",
+            str(tiny_gguf),
+            "--dht-port",
+            dht_port,
+            "--port",
+            "0",
+            data_dir=tmp_path / "m",
+        )
+        assert f"UDP port {dht_port} " in one_line_error(taken)
+        assert "Inspecting" not in taken.stderr  # refused before the model is read
+        asked = run("ask", "--max-tokens", "3", "--json", "hi", data_dir=data)  # zero-config
+        assert asked.returncode == 0, asked.stderr
+        piped = subprocess.run(
+            f"{sys.executable} -m p2p peers | head -n 0",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, GPUNET_DATA_DIR=str(data)),
+        )
+        assert "Broken pipe" not in piped.stderr and "Traceback" not in piped.stderr
+    finally:
+        assert node.stop() == 0
+    served = [x for x in log.read_text().splitlines() if "p2p.node.requests" in x]
+    assert len(served) == 1 and " served tiny-llama to " in served[0], served
+    assert served[0][:4].isdigit()  # a timestamp first

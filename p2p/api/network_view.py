@@ -65,6 +65,9 @@ def model_table(nodes: list[CapabilityRecord]) -> list[dict[str, Any]]:
                 },
             )
             entry["providers"] += 1
+            # what every provider runs (nodes choose --ctx-size): a request within it fits
+            # whichever provider the client picks
+            entry["context_length"] = min(entry["context_length"], m.context_length)
             entry["free_slots"] += r.load.free_slots
             entry["decode_tok_s_best"] = max(entry["decode_tok_s_best"], m.decode_tok_s)
             entry["oldest_issued_at"] = min(entry["oldest_issued_at"], r.issued_at)

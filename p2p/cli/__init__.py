@@ -11,6 +11,10 @@
 - `identity.py`: `gpunet identity ...`, the identity key file, its passphrase rules (shared with
   the node) and private-network keys.
 - `config.py`: `gpunet config`, every setting in effect and where it came from.
+- `running_node.py`: one node per data dir (the `node.lock` it holds for its life), the
+  node.json it leaves for local clients (written atomically), its ports checked before it loads.
+- `ready_hints.py`: the lines printed once a node serves: the command as this shell runs it, and
+  a join address other machines can use (or that the node is loopback-only).
 - `options.py`: the click options of the settings, generated from p2p/settings.py's table, and
   the call that resolves them (flags > environment > config.toml > defaults).
 - `common.py`: what every command does alike: one-line errors (`fail`), logging, running trio,

@@ -68,6 +68,9 @@ def run_trio(
     except BaseException as exc:
         if find_error(exc, (KeyboardInterrupt,)):
             return False
+        broken_pipe = find_error(exc, (BrokenPipeError,))
+        if broken_pipe is not None:  # stdout's reader left (`| head`): not an error of ours
+            raise broken_pipe from None
         command_error = find_error(exc, (CommandError,))
         if command_error is not None:
             raise command_error from None
@@ -84,11 +87,25 @@ def run_client(main_fn: Callable[[], Awaitable[Any]]) -> None:
         sys.exit(130)
 
 
-def setup_logging(verbose: int) -> None:
+# The request log (p2p/node/runtime.py) is for volunteers: shown without -v.
+REQUEST_LOGGER = "p2p.node.requests"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def setup_logging(verbose: int, log_file: Path | None = None) -> None:
+    """Log to stderr, and also to *log_file* (appended) when given; timestamps on each line."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT, datefmt=DATE_FORMAT)
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            to_file = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write the log file {log_file}: {exc.strerror or exc}")
+        to_file.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+        logging.getLogger().addHandler(to_file)
+    logging.getLogger(REQUEST_LOGGER).setLevel(min(level, logging.INFO))
     # kademlia logs every unanswered RPC as a warning (departed clients are normal here);
     # show its chatter only when asked twice.
     for name in ("kademlia", "rpcudp"):

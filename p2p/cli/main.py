@@ -7,6 +7,10 @@ imports run one way.
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 import click
 
 from p2p.cli.ask import ask_command
@@ -15,10 +19,45 @@ from p2p.cli.gateway import gateway_command
 from p2p.cli.identity import identity_group
 from p2p.cli.node import node_command
 from p2p.cli.peers import peers_command
+from p2p.version import version_lines
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="gpunet", message="gpunet %(version)s")
+class GpunetGroup(click.Group):
+    """The group, quiet when stdout's reader goes away (`gpunet peers | head -1`).
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError, possibly only
+    when stdout is flushed at exit; click handles the first case, the flush here the second.
+    stdout is then pointed at /dev/null so the interpreter's own last flush is silent too."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            try:
+                return super().main(*args, **kwargs)
+            finally:
+                sys.stdout.flush()
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    for line in version_lines():
+        click.echo(line)
+    ctx.exit()
+
+
+@click.group(cls=GpunetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show gpunet's version and the llama.cpp build it runs (for bug reports), and exit.",
+)
 def main() -> None:
     """gpunet: a volunteer GPU network for inference on quantized open models.
 

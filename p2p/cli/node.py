@@ -9,7 +9,10 @@ volunteer a DHT bootstrap first.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -24,7 +27,6 @@ from inference.default_model import ensure_default_model
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
 from p2p.api.app import serve_gateway
 from p2p.cli.common import (
-    NODE_FILE,
     fail,
     is_address_in_use,
     read_network_key,
@@ -35,6 +37,8 @@ from p2p.cli.common import (
 from p2p.cli.gateway import warn_if_exposed
 from p2p.cli.identity import identity_path, load_node_identity
 from p2p.cli.options import command_settings, setting_options
+from p2p.cli.ready_hints import command_name, join_lines
+from p2p.cli.running_node import check_ports_free, lock_data_dir, write_node_file
 from p2p.client.network import Client
 from p2p.node.config import NodeConfig, NodeError, NodeReady
 from p2p.node.runtime import ApiStarter, run_node
@@ -105,6 +109,8 @@ def node_config(
         port=settings["port"],
         bootstrap=tuple(bootstrap),
         n_threads=settings["threads"],
+        n_ctx=settings["ctx_size"],
+        join_timeout_s=settings["join_timeout"],
         grace_s=settings["grace"],
         psk=prepared.psk,
         max_queue=settings["max_queue"],
@@ -132,11 +138,10 @@ def api_starter(settings: Settings) -> ApiStarter | None:
     return start
 
 
-def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
-    (data_dir / NODE_FILE).write_text(
-        json.dumps(
-            {"peer_id": ready.peer_id, "dht": ready.dht_address, "session": ready.session_address}
-        )
+def print_ready(ready: NodeReady, data_dir: Path, bind_host: str, as_json: bool) -> None:
+    write_node_file(
+        data_dir,
+        {"peer_id": ready.peer_id, "dht": ready.dht_address, "session": ready.session_address},
     )
     if as_json:
         click.echo(
@@ -156,12 +161,11 @@ def print_ready(ready: NodeReady, data_dir: Path, as_json: bool) -> None:
     for m in ready.models:
         click.echo(f"  {m.name}  ({m.architecture}, {m.quantization}, sha256 {m.sha256[:16]}...)")
     click.echo(f"DHT (UDP) {ready.dht_address}; sessions (TCP) {ready.session_address}")
-    click.echo(f"Others join with:  gpunet node --bootstrap {ready.dht_address}")
-    click.echo(
-        f'Ask it:            gpunet ask --bootstrap {ready.dht_address} "The capital of France is"'
-    )
+    prog = command_name(sys.argv[0], sys.executable, os.getcwd(), shutil.which)
+    for line in join_lines(ready, bind_host, prog):
+        click.echo(line)
     if ready.api_url:
-        click.echo(f"OpenAI API:        {ready.api_url}/v1   (dashboard {ready.api_url}/)")
+        click.echo(f"OpenAI API:         {ready.api_url}/v1   (dashboard {ready.api_url}/)")
     click.echo("Press Ctrl-C to stop.")
 
 
@@ -198,7 +202,7 @@ async def serve_until_stopped(
                     api=api,
                 )
             )
-            print_ready(ready, prepared.data_dir, as_json)
+            print_ready(ready, prepared.data_dir, settings["host"], as_json)
         nursery.cancel_scope.cancel()  # the node has drained and returned
 
 
@@ -219,10 +223,13 @@ def node_command(as_json: bool, **_flags: Any) -> None:
     data dir; `gpunet config` shows what is in effect.
     """
     settings = command_settings(NODE)
-    setup_logging(settings["verbose"])
+    setup_logging(settings["verbose"], settings["log_file"])
     api = api_starter(settings)
-    prepared = prepare(settings)
+    # Before anything else touches the data dir: a second node here must change nothing.
+    lock = lock_data_dir(settings.data_dir)
     try:
+        check_ports_free(settings["host"], settings["dht_port"], settings["port"])
+        prepared = prepare(settings)
         run_trio(
             partial(serve_until_stopped, settings, prepared, api, as_json),
             (NodeError, KeyFileError, ModelFileError, OSError),
@@ -230,5 +237,5 @@ def node_command(as_json: bool, **_flags: Any) -> None:
         )
         click.echo("gpunet node stopped.", err=True)  # after a drain, or Ctrl-C before start
     finally:
-        (prepared.data_dir / NODE_FILE).unlink(missing_ok=True)
+        lock.release()
 

@@ -40,7 +40,8 @@ def describe(r: CapabilityRecord) -> list[str]:
     if on_cpu and r.cpu.simd:
         lines.append(f"    simd {' '.join(r.cpu.simd)}")
     lines += [
-        f"    {m.name}  {m.quantization}  {m.architecture}  sha256 {m.sha256[:16]}..."
+        f"    {m.name}  {m.quantization}  {m.architecture}  ctx {m.context_length}  "
+        f"sha256 {m.sha256[:16]}..."
         for m in r.models
     ]
     return lines

@@ -29,6 +29,7 @@ class ModelOffer:
     n_gpu_layers: int
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
+    n_ctx: int = 0  # the context a request gets on this node; 0: unknown, the trained one
 
 
 def load_entry(active_requests: int, total_slots: int, *, draining: bool) -> LoadEntry:
@@ -96,7 +97,9 @@ def _model_entry(m: ModelOffer) -> ModelEntry:
         architecture=info.architecture[:MAX_NAME_CHARS],
         parameter_count=info.parameter_count,
         quantization=info.quantization,
-        context_length=info.context_length,
+        # What the node runs, not what the GGUF was trained for (Gemma 3 270M's GGUF says 32768
+        # while a node runs 2048 by default): a longer request is refused here as too_long.
+        context_length=m.n_ctx or info.context_length,
         layers_offloaded=max(0, min(m.n_gpu_layers, info.layer_count)),
         decode_tok_s=round(m.decode_tok_s, 1),
         prefill_tok_s=round(m.prefill_tok_s, 1),

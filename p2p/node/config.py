@@ -14,6 +14,9 @@ from p2p.dht.records import DEFAULT_TTL_S
 # On SIGTERM/Ctrl-C in-flight requests get this long to finish before they are cut (and their
 # clients fail over to another node).
 DEFAULT_GRACE_S = 30.0
+# A node whose bootstrap peers do not answer yet (a service started before them, or nodes
+# started together on a slow machine) keeps trying this long before it gives up.
+DEFAULT_JOIN_TIMEOUT_S = 180.0
 
 
 class NodeError(Exception):
@@ -29,10 +32,11 @@ class NodeConfig:
     port: int = 8469
     bootstrap: tuple[tuple[str, int], ...] = ()
     ttl_s: float = DEFAULT_TTL_S
-    n_ctx: int = 2048
+    n_ctx: int = 2048  # per request; capped by each model's trained context
     n_threads: int | None = None
     max_queue: int = 8
     grace_s: float = DEFAULT_GRACE_S
+    join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S  # 0: fail at the first unanswered bootstrap
     psk: bytes | None = None  # private network key; None: the public network
     slots: int = 4  # sequences decoded together per model (continuous batching)
     # Requests in flight on the whole node (None: every model's slots + queue); beyond it the

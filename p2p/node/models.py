@@ -28,6 +28,7 @@ class ServedModel:
     info: ModelInfo
     worker: BatchingWorker
     plan: OffloadPlan | None = None
+    n_ctx: int = 0  # the context each request gets here (what the record publishes)
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
 
@@ -38,6 +39,40 @@ def find_model(served: Sequence[ServedModel], wanted: str) -> ServedModel | None
         if model_matches(wanted, m.info.sha256, m.info.name):
             return m
     return None
+
+
+def physical_cores(cpuinfo: str) -> int:
+    """Distinct (package, core) pairs in /proc/cpuinfo's text; 0 when it does not say."""
+    cores: set[tuple[str, str]] = set()
+    package = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            package = value.strip()
+        elif key == "core id":
+            cores.add((package, value.strip()))
+    return len(cores)
+
+
+def default_threads() -> int:
+    """llama.cpp's threads when --threads is not given: the physical cores, as llama.cpp's own
+    tools default to (a second hyper-thread on a core adds little to memory-bound decoding and
+    slows prompts), and never more than the CPUs this process may run on."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable or 1
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            physical = physical_cores(f.read())
+    except OSError:
+        physical = 0
+    return max(1, min(usable, physical or usable))
+
+
+def served_context(wanted: int, info: ModelInfo) -> int:
+    """The context a request gets: --ctx-size, at most what the model was trained for (past
+    it a model's output degrades; an unknown trained context caps nothing)."""
+    return min(wanted, info.context_length) if info.context_length > 0 else wanted
 
 
 def _memory_estimate(info: ModelInfo, n_ctx: int, n_seq: int) -> str:
@@ -68,7 +103,9 @@ async def load_models(
     problems: list[str] = []
     offload_ok = supports_gpu_offload()
     for info in config.models:
-        n_ctx = min(config.n_ctx, info.context_length or config.n_ctx)
+        n_ctx = served_context(config.n_ctx, info)
+        if n_ctx < config.n_ctx:
+            on_progress(f"{info.name}: context {n_ctx} tokens, the most it was trained for")
         plan = plan_offload(
             info, gpus, n_ctx, config.gpu_layers, n_seq=config.slots, offload_supported=offload_ok
         )
@@ -77,7 +114,7 @@ async def load_models(
         worker = BatchingWorker(
             Path(info.path),
             n_ctx=n_ctx,
-            n_threads=config.n_threads or os.cpu_count(),
+            n_threads=config.n_threads or default_threads(),
             n_gpu_layers=plan.n_gpu_layers,
             tensor_split=plan.tensor_split or None,
             max_queue=config.max_queue,
@@ -95,7 +132,7 @@ async def load_models(
             problems.append(reason)
             await worker.aclose()
             continue
-        model = ServedModel(info, worker, plan)
+        model = ServedModel(info, worker, plan, n_ctx=n_ctx)
         if benchmark:
             on_progress(f"measuring {info.name}'s speed ({SELF_BENCHMARK_S:g} s)...")
             speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)

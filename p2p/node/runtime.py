@@ -39,6 +39,17 @@ from p2p.session.secure import serve_sessions
 __all__ = ["ApiStarter", "Node", "NodeConfig", "NodeError", "NodeReady", "run_node"]
 
 log = logging.getLogger(__name__)
+# One line per served request, shown at the default log level (p2p/cli/common.py): what a
+# volunteer reads to see that the node works for others.
+request_log = logging.getLogger("p2p.node.requests")
+
+# Waits between tries while no bootstrap peer answers, growing to the last, for at most
+# `NodeConfig.join_timeout_s` in all.
+# Final messages a connection keeps for the request log until collected: far more than the
+# requests one connection may have live (p2p/node/connection.py).
+MAX_NOTED_FINALS = 256
+
+JOIN_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 
 # A request may hold a slot this long at most; past it the client is told to go elsewhere.
 REQUEST_DEADLINE_S = 600.0
@@ -92,7 +103,9 @@ class Node:
             now=now,
             ttl_s=self.config.ttl_s,
             models=[
-                ModelOffer(m.info, m.worker.n_gpu_layers, m.prefill_tok_s, m.decode_tok_s)
+                ModelOffer(
+                    m.info, m.worker.n_gpu_layers, m.prefill_tok_s, m.decode_tok_s, n_ctx=m.n_ctx
+                )
                 for m in self.served
             ],
             gpus=self.gpus,
@@ -102,7 +115,8 @@ class Node:
         )
 
     async def handle_connection(self, conn: Connection) -> None:
-        await serve_connection(conn, self._generate)
+        observed = FinalMessages(conn)
+        await serve_connection(observed, partial(self._generate, finals=observed.finals))
 
     async def wait_idle(self) -> None:
         """Return once no request is in flight."""
@@ -122,18 +136,30 @@ class Node:
         text = "too many requests from you at once" if refusal is ErrorCode.BUSY else "slow down"
         return refusal, text
 
-    async def _generate(self, msg: wire.Generate, reply: Reply) -> None:
+    async def _generate(
+        self, msg: wire.Generate, reply: Reply, finals: dict[int, wire.Message] | None = None
+    ) -> None:
         refusal = self._refusal(reply.peer_id)
         if refusal is not None:
             await reply.fail(*refusal)
+            if finals is not None:
+                finals.pop(msg.id, None)
+            # Not in the request log: refusals cost a requester nothing, and a flood of them
+            # must not fill a volunteer's log file (/metrics counts them).
+            log.debug("refused %s from %s: %s", _short(msg.model), reply.peer_id, refusal[0].value)
             return
         self.active_requests += 1
+        started = time.monotonic()
         try:
             with trio.move_on_after(REQUEST_DEADLINE_S) as deadline:
                 await self._serve_request(msg, reply)
             if deadline.cancelled_caught and not reply.finished:
                 await reply.fail(ErrorCode.INTERNAL, "request ran past the deadline")
         finally:
+            final = finals.pop(msg.id, None) if finals is not None else None
+            served = self.find_model(msg.model)
+            model = served.info.name if served is not None else _short(msg.model)
+            log_request(model, reply.peer_id, final, time.monotonic() - started)
             self.active_requests -= 1
             self.admission.release(reply.peer_id)
             self._request_ended.set()
@@ -186,7 +212,7 @@ async def run_node(
         async with open_dht(
             identity, config.host, config.dht_port, network_id=node.network_id
         ) as dht:
-            await _join(dht, config.bootstrap)
+            await join(dht, config.bootstrap, config.join_timeout_s)
             async with trio.open_nursery() as nursery:
                 await _serve(node, dht, nursery, shutdown, task_status, api)
     finally:
@@ -258,13 +284,95 @@ async def _drain(node: Node, dht: Dht, session_address: str, publishing: trio.Ca
         await node.wait_idle()
 
 
-async def _join(dht: Dht, bootstrap: Sequence[tuple[str, int]]) -> None:
+async def join(
+    dht: Dht,
+    bootstrap: Sequence[tuple[str, int]],
+    timeout_s: float,
+    on_retry: Callable[[float], None] = lambda _wait: None,
+) -> None:
+    """Join through *bootstrap*; while none answers, retry with growing waits (logged) for up
+    to *timeout_s*, then raise NodeError. Unlike `gpunet ask`, a node waits: a service may start
+    before its bootstrap peer, and nodes started together on a slow machine answer late."""
     if not bootstrap:
         return
-    answered = await dht.bootstrap(list(bootstrap))
-    if answered == 0:
-        listed = ", ".join(format_host_port(h, p) for h, p in bootstrap)
-        raise NodeError(
-            f"no bootstrap peer answered ({listed}); is a gpunet node of this network "
-            "running there (same --network-key, or none)?"
+    listed = ", ".join(format_host_port(h, p) for h, p in bootstrap)
+    give_up_at = trio.current_time() + timeout_s
+    for attempt in range(1000):  # bounded by the deadline long before this
+        if await dht.bootstrap(list(bootstrap)) > 0:
+            if attempt:
+                log.warning("joined the network through %s", listed)
+            return
+        wait = JOIN_BACKOFF_S[min(attempt, len(JOIN_BACKOFF_S) - 1)]
+        left = give_up_at - trio.current_time()
+        if left <= 0:
+            break
+        wait = min(wait, left)
+        log.warning(
+            "no bootstrap peer answered yet (%s); retrying in %g s (for %.0f s more)",
+            listed,
+            wait,
+            left,
         )
+        on_retry(wait)
+        await trio.sleep(wait)
+    raise NodeError(
+        f"no bootstrap peer answered ({listed}); is a gpunet node of this network "
+        "running there (same --network-key, or none)?"
+    )
+
+
+class FinalMessages:
+    """A connection that notes the final message (Done or Error) of each request it carries,
+    by request id, for the request log; everything else passes through."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.finals: dict[int, wire.Message] = {}
+
+    @property
+    def remote_peer_id(self) -> str:
+        return self._conn.remote_peer_id
+
+    async def send(self, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Done | wire.Error):
+            self.finals[msg.id] = msg
+            if len(self.finals) > MAX_NOTED_FINALS:  # one nobody collected (a refusal's, say)
+                del self.finals[next(iter(self.finals))]
+        await self._conn.send(msg)
+
+    async def receive(self) -> wire.Received | None:
+        return await self._conn.receive()
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()
+
+    def requests_changed(self, live: int) -> None:
+        self._conn.requests_changed(live)
+
+
+def _short(text: str) -> str:
+    """A requested model name as the log shows it: printable, at most 40 characters."""
+    return "".join(c if c.isprintable() else "?" for c in text[:40])
+
+
+def log_request(model: str, peer_id: str, final: wire.Message | None, took: float) -> None:
+    """The request log's line for one admitted request (*model* by the name it is served as:
+    requests often name it by sha256)."""
+    who = peer_id[:12]
+    if isinstance(final, wire.Done):
+        request_log.info(
+            "served %s to %s: %d prompt + %d tokens, %.1f tok/s, %.2f s, ok (%s)",
+            model,
+            who,
+            final.prompt_tokens,
+            final.completion_tokens,
+            final.decode_tok_s,
+            took,
+            final.finish_reason,
+        )
+    elif isinstance(final, wire.Error):
+        request_log.info(
+            "failed %s for %s after %.2f s: %s", model, who, took, final.code.value
+        )
+    else:
+        request_log.info("stopped %s for %s after %.2f s (cancelled or gone)", model, who, took)

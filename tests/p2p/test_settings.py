@@ -176,5 +176,5 @@ def test_secrets_are_not_displayed(tmp_path: Path) -> None:
     write_config(tmp_path, 'api_key = "s3cret"\n')
     s = resolve(None, {"data_dir": tmp_path}, {})
     assert s["api_key"] == "s3cret" and display(s.entry("api_key")) == "(hidden)"
-    assert display(s.entry("node.threads")) == "(all cores)"
+    assert display(s.entry("node.threads")) == "(the physical cores)"
     assert s["gateway.api"] == DEFAULT_API_ADDRESS and s["node.api"] is None

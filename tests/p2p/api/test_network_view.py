@@ -22,3 +22,16 @@ def test_model_table_counts_providers_and_lists_clashing_names_by_sha256() -> No
     ids = {e["id"] for e in model_table([*same, clash])}
     assert ids == {SHA, other_sha}
     json.dumps(model_table([*same, clash]))  # plain data, JSON-ready
+
+
+def test_the_context_shown_is_one_every_provider_runs() -> None:
+    """Nodes choose --ctx-size: /v1/models shows what a request may use wherever it lands."""
+    big, small = (
+        make_record(
+            Identity.generate(),
+            models=(ModelEntry(SHA, "tiny-llama", "llama", 1000, "F32", ctx, 0, 2),),
+        )
+        for ctx in (512, 256)
+    )
+    assert [e["context_length"] for e in model_table([big, small])] == [256]
+    assert [e["context_length"] for e in model_table([big])] == [512]

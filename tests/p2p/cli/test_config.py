@@ -65,7 +65,7 @@ def test_config_shows_each_value_and_its_origin(tmp_path: Path) -> None:
     assert shown["node.slots"] == f"file {path} | 8"
     assert shown["node.max_queue"] == "env GPUNET_MAX_QUEUE | 3"
     assert shown["node.port"] == "default | 8469"
-    assert shown["node.threads"] == "default | (all cores)"
+    assert shown["node.threads"] == "default | (the physical cores)"
     assert shown["gateway.api"] == f"file {path} | 0.0.0.0:9000"
     assert shown["api_key"] == "env GPUNET_API_KEY | (hidden)"
     assert {s.name for s in SETTINGS} == set(shown)

@@ -76,3 +76,11 @@ def test_the_sequence_number_only_goes_up(tmp_path) -> None:  # type: ignore[no-
     first = seq.next(now=2000.0)
     assert seq.next(now=1000.0) == first + 1  # a clock set back
     assert RecordSequence(tmp_path).next(now=1000.0) == first + 2  # a restart
+
+
+def test_the_model_entry_tells_the_context_the_node_runs() -> None:
+    """Not the GGUF's trained context (INFO says 512): the one requests get here."""
+    runs = record(models=(ModelOffer(INFO, n_gpu_layers=0, n_ctx=256),))
+    assert [m.context_length for m in runs.models] == [256]
+    unknown = record(models=(ModelOffer(INFO, n_gpu_layers=0),))
+    assert [m.context_length for m in unknown.models] == [512]
