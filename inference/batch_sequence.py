@@ -111,15 +111,15 @@ class BatchSequence:
         """The token at batch index `out`; the finish reason when the sequence is done."""
         request = self.request
         if self.completion < len(request.replay_tokens):
-            self.sampler.advance(model, out)
             token = request.replay_tokens[self.completion]
+            self.sampler.advance(model, out, token)
             self.assembler.replay(model.piece(token))
             self.completion += 1
             self.next_token = token
             return None
         token = self.sampler.sample(model, out)
         self.first = now if self.first is None else self.first
-        if model.is_eog(token):
+        if model.is_eog(token) and not request.ignore_eos:  # banned then, but be sure
             return "stop"
         self.completion += 1
         self.last = now

@@ -47,12 +47,15 @@ comes first). Each draft token is kept while it is the token the model chose bef
 rest leave the KV cache (`llama_memory_seq_rm` from the first wrong one). So a step can yield
 several tokens of one sequence: on the benchmark's prompt, whose answer repeats a digit, the
 default model's 128 tokens took 19 steps instead of 128. A several-token step rounds
-differently from single ones, so this too is greedy up to noise; sampled and reproducible
-requests never draft, and replayed tokens go one per step.
+differently from single ones, so this too is greedy up to noise; sampled, penalized and
+reproducible requests never draft, and replayed tokens go one per step. A draft token is kept
+only when the request's own chain picks it (with logit_bias or ignore_eos that is the biased
+argmax, not the bare one).
 
 **Exact replay** (GenerationRequest.replay_tokens): the prompt is prefilled as for a fresh
-request, then each replayed token is fed in a decode step of its own, as if sampled (the sampler
-draws and discards, so a seeded chain's random state stays in step), with no text sent; then
+request, then each replayed token is fed in a decode step of its own, as if sampled (the chain
+runs over the logits without taking its pick, so a seeded chain's random state stays in step,
+and then accepts the replayed token, so the penalties see it), with no text sent; then
 generation continues. See inference/streaming.py for how token ids travel with the text.
 
 The thread sends results to trio without blocking either side, as ModelWorker does
@@ -371,6 +374,7 @@ class BatchingWorker(ThreadOwnedWorker):
                 raise GenerationError("the prompt is empty")
             check_fits(len(prompt), request.max_tokens, model.n_ctx)
             check_replay(model.lib, model.vocab, request.replay_tokens)
+            sampler = Sampler(model, request, prompt)  # checks logit_bias against the vocabulary
         except GenerationError as e:
             self._end(job, e)
             return None
@@ -385,7 +389,7 @@ class BatchingWorker(ThreadOwnedWorker):
             job=job,
             seq_id=seq_id,
             prompt=prompt,
-            sampler=Sampler(model.lib, request),
+            sampler=sampler,
             assembler=TextAssembler(request.stop),
             started=time.perf_counter(),
             prefilled=cached,
@@ -395,8 +399,17 @@ class BatchingWorker(ThreadOwnedWorker):
 
     def _may_draft(self, request: GenerationRequest) -> bool:
         """Greedy requests speculate; a sampled one would need its draws checked against the
-        draft's, and a reproducible one decodes one token per step like any solo run."""
-        return self.speculate and request.temperature == 0 and not request.reproducible
+        draft's, and a reproducible one decodes one token per step like any solo run. A greedy
+        request with penalties does not either: they discourage exactly the repeats drafts
+        come from, and each kept draft would have to move the penalty window. One with only
+        logit_bias or ignore_eos drafts: each draft token is checked against its chain's pick
+        (bias → argmax), so a token the chain would not choose is never kept."""
+        return (
+            self.speculate
+            and request.temperature == 0
+            and not request.penalized
+            and not request.reproducible
+        )
 
     # -- scheduler thread: one step, and who leaves --------------------------------------------
 

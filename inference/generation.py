@@ -6,7 +6,8 @@ trio.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -36,6 +37,33 @@ MAX_STOP_CHARS = 256
 # (at most 32K token ids, ≤ 5 bytes each in msgpack) and the other fields. Counted in bytes,
 # not characters, as frames are.
 MAX_PROMPT_BYTES = 512 * 1024
+# --- Samplers beyond temperature and top_p (issue #17). The defaults are the chain every
+# request got before these were per request (llama-cpp-python's create_completion defaults), so
+# a request from a peer that sends none of them samples as it always did. ---
+# top_k: 0 turns it off (llama.cpp's convention); no vocabulary we load has a million tokens.
+DEFAULT_TOP_K = 40
+MAX_TOP_K = 1_000_000
+DEFAULT_MIN_P = 0.05
+# typical_p 1 turns it off; like top_p, 0 would keep no token.
+MIN_TYPICAL_P = MIN_TOP_P
+# repeat_penalty divides a repeated token's positive logit (llama.cpp, "must be > 0"); 1 is off.
+# The floor keeps the division finite; beyond 10 every repeat is already ruled out.
+MIN_REPEAT_PENALTY = 0.01
+MAX_REPEAT_PENALTY = 10.0
+# presence/frequency penalties: OpenAI's range, kept on the wire too.
+MAX_PRESENCE_PENALTY = 2.0
+MAX_FREQUENCY_PENALTY = 2.0
+# The window the three penalties look back over: llama.cpp's default (repeat_last_n = 64); the
+# last prompt tokens count too, as in llama-server.
+DEFAULT_PENALTY_LAST_N = 64
+MAX_PENALTY_LAST_N = MAX_TOKENS_LIMIT
+# logit_bias: OpenAI's range; its -100 means "never this token" and is applied as -infinity.
+MAX_LOGIT_BIAS = 100.0
+BAN_BIAS = -MAX_LOGIT_BIAS
+# Entries per request: ample for banning or favouring words, and a bound on the table the
+# sampler builds for every request.
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_TOKEN_ID = 2**31 - 1
 # How a generation can end (GenerationDone.finish_reason); a node's answer says one of these.
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -58,6 +86,33 @@ def _stops_ok(
         raise ValueError(
             f"{attribute.name}: at most {MAX_STOP_STRINGS} strings of {MAX_STOP_CHARS} characters"
         )
+
+
+def _as_bias(
+    value: Iterable[tuple[int, float]] | Mapping[int, float],
+) -> tuple[tuple[int, float], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((token, float(bias)) for token, bias in items)
+
+
+def _bias_ok(
+    _: object,
+    attribute: attrs.Attribute[tuple[tuple[int, float], ...]],
+    value: tuple[tuple[int, float], ...],
+) -> None:
+    if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+        raise ValueError(f"{attribute.name}: at most {MAX_LOGIT_BIAS_ENTRIES} tokens")
+    for token, bias in value:
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token <= MAX_TOKEN_ID:
+            raise ValueError(f"{attribute.name}: keys must be token ids (whole numbers >= 0)")
+        if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:  # NaN fails both
+            raise ValueError(
+                f"{attribute.name}: biases must be from {-MAX_LOGIT_BIAS:g} to {MAX_LOGIT_BIAS:g}"
+            )
+
+
+def _range(lo: float, hi: float) -> list[Any]:
+    return [attrs.validators.ge(lo), attrs.validators.le(hi)]
 
 
 def _as_token_ids(value: Iterable[int]) -> tuple[int, ...]:
@@ -103,6 +158,48 @@ class GenerationRequest:
     # reproducible run of it — which exact replay and verification rely on. Costs the batch's
     # other requests a pause while it runs. ModelWorker serves every request this way.
     reproducible: bool = False
+    # The sampler chain (inference/llama_lowlevel.py `Sampler`): logit_bias → penalties → top_k →
+    # typical_p → top_p → min_p → temperature → draw; at temperature 0 the bias and penalties
+    # still apply before the argmax. ignore_eos bans the end-of-generation tokens.
+    top_k: int = attrs.field(default=DEFAULT_TOP_K, validator=_range(0, MAX_TOP_K))
+    min_p: float = attrs.field(default=DEFAULT_MIN_P, validator=_range(0.0, 1.0))
+    typical_p: float = attrs.field(default=1.0, validator=_range(MIN_TYPICAL_P, 1.0))
+    repeat_penalty: float = attrs.field(
+        default=1.0, validator=_range(MIN_REPEAT_PENALTY, MAX_REPEAT_PENALTY)
+    )
+    presence_penalty: float = attrs.field(
+        default=0.0, validator=_range(-MAX_PRESENCE_PENALTY, MAX_PRESENCE_PENALTY)
+    )
+    frequency_penalty: float = attrs.field(
+        default=0.0, validator=_range(-MAX_FREQUENCY_PENALTY, MAX_FREQUENCY_PENALTY)
+    )
+    penalty_last_n: int = attrs.field(
+        default=DEFAULT_PENALTY_LAST_N, validator=_range(0, MAX_PENALTY_LAST_N)
+    )
+    # (token id, bias) pairs; a dict is accepted too.
+    logit_bias: tuple[tuple[int, float], ...] = attrs.field(
+        default=(), converter=_as_bias, validator=_bias_ok
+    )
+    ignore_eos: bool = False
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the repeat, presence or frequency penalty changes anything."""
+        return self.penalty_last_n > 0 and (
+            self.repeat_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Temperature 0 with nothing between the logits and the argmax."""
+        return (
+            self.temperature == 0
+            and not self.penalized
+            and not self.logit_bias
+            and not self.ignore_eos
+        )
 
 
 @attrs.frozen

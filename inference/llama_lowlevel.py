@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
+import math
 import os
 import re
 import threading
@@ -32,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.generation import RANDOM_SEED, GenerationError, GenerationRequest
+from inference.generation import BAN_BIAS, RANDOM_SEED, GenerationError, GenerationRequest
 from inference.model_file import ModelFileError
 
 
@@ -52,10 +54,6 @@ _backend_ready = False
 # Loading with verbose=False redirects the process's stdout/stderr for a moment; two loads at
 # once would restore each other's redirections wrongly. One load at a time, process-wide.
 LOAD_LOCK = threading.Lock()
-# llama-cpp-python's create_completion defaults, kept so sampled output matches what people
-# get from llama.cpp elsewhere; only temperature, top_p and seed are per request.
-TOP_K = 40
-MIN_P = 0.05
 
 # llama.cpp's log goes to the "llama.cpp" logger. llama-cpp-python installs its own callback, but
 # maps ggml's levels (NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5) one off, so with
@@ -276,6 +274,12 @@ class LoadedModel:
     def is_eog(self, token: int) -> bool:
         return bool(self.lib.llama_vocab_is_eog(self.vocab, token))
 
+    @functools.cached_property
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token (what ignore_eos bans); one scan of the vocabulary,
+        kept for the model's life."""
+        return tuple(t for t in range(self.n_vocab) if self.lib.llama_vocab_is_eog(self.vocab, t))
+
     # -- batches ---------------------------------------------------------------------------------
 
     def clear_batch(self) -> None:
@@ -333,43 +337,109 @@ class LoadedModel:
 
 
 class Sampler:
-    """One request's sampling: greedy (argmax) at temperature 0, otherwise llama.cpp's chain
-    top-k 40 → top-p → min-p 0.05 → temperature → seeded draw, as ModelWorker samples.
+    """One request's sampling, as llama.cpp's sampler chain: logit_bias → penalties (repeat,
+    frequency, presence over the last `penalty_last_n` tokens) → top-k → typical-p → top-p →
+    min-p → temperature → seeded draw, or at temperature 0 bias and penalties → argmax. A plain
+    greedy request (nothing before the argmax) skips the chain. With the defaults this is the
+    chain every request had before the samplers were per request: top-k 40 → top-p → min-p 0.05
+    → temperature → draw (a typical-p of 1 and neutral penalties are left out, not run as
+    no-ops, so those draws are unchanged).
 
-    The chain keeps its own random state, so sampling every step in order — replayed steps
-    included (`advance`) — gives the same draws as an uninterrupted run.
+    The chain keeps its own state — the random state, and the window of tokens the penalties
+    see, which starts with the prompt's last tokens as llama-server's does — so feeding every
+    step in order, replayed steps included (`advance`), continues exactly as an uninterrupted
+    run.
     """
 
-    def __init__(self, llama_cpp: Any, request: GenerationRequest) -> None:
-        self._lib = llama_cpp
+    def __init__(self, model: LoadedModel, request: GenerationRequest, prompt: Sequence[int]):
+        self._lib = lib = model.lib
         self.chain: Any = None
-        if request.temperature > 0:
-            chain = llama_cpp.llama_sampler_chain_init(
-                llama_cpp.llama_sampler_chain_default_params()
+        self._draws = request.temperature > 0  # the chain's apply moves its random state
+        if request.plain_greedy:
+            return
+        bias = _bias_table(model, request)  # before the chain: it may refuse the request
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        self.chain = chain
+        samplers = []
+        if bias:
+            table = (lib.llama_logit_bias * len(bias))(*bias)
+            samplers.append(lib.llama_sampler_init_logit_bias(model.n_vocab, len(bias), table))
+        if request.penalized:
+            samplers.append(
+                lib.llama_sampler_init_penalties(
+                    model.n_vocab,
+                    request.penalty_last_n,
+                    request.repeat_penalty,
+                    request.frequency_penalty,
+                    request.presence_penalty,
+                )
             )
-            seed = RANDOM_SEED if request.seed is None else request.seed
-            for sampler in (
-                llama_cpp.llama_sampler_init_top_k(TOP_K),
-                llama_cpp.llama_sampler_init_top_p(request.top_p, 1),
-                llama_cpp.llama_sampler_init_min_p(MIN_P, 1),
-                llama_cpp.llama_sampler_init_temp(request.temperature),
-                llama_cpp.llama_sampler_init_dist(seed),
-            ):
-                llama_cpp.llama_sampler_chain_add(chain, sampler)  # the chain owns it now
-            self.chain = chain
+        if request.temperature == 0:
+            samplers.append(lib.llama_sampler_init_greedy())
+        else:
+            samplers.append(lib.llama_sampler_init_top_k(request.top_k))
+            if request.typical_p < 1:
+                samplers.append(lib.llama_sampler_init_typical(request.typical_p, 1))
+            samplers += [
+                lib.llama_sampler_init_top_p(request.top_p, 1),
+                lib.llama_sampler_init_min_p(request.min_p, 1),
+                lib.llama_sampler_init_temp(request.temperature),
+                lib.llama_sampler_init_dist(RANDOM_SEED if request.seed is None else request.seed),
+            ]
+        for sampler in samplers:
+            lib.llama_sampler_chain_add(chain, sampler)  # the chain owns it now
+        if request.penalized:
+            for token in prompt[-request.penalty_last_n :]:
+                lib.llama_sampler_accept(chain, token)
 
     def sample(self, model: LoadedModel, i: int) -> int:
         if self.chain is None:
             return model.argmax(i)
         return int(self._lib.llama_sampler_sample(self.chain, model.ctx, i))
 
-    def advance(self, model: LoadedModel, i: int) -> None:
-        """A replayed step: draw and discard, so the random state stays in step."""
-        if self.chain is not None:
-            self._lib.llama_sampler_sample(self.chain, model.ctx, i)
+    def advance(self, model: LoadedModel, i: int, token: int) -> None:
+        """A replayed step that produced `token`: run the chain over the logits without taking
+        its choice, so the random state moves as when it was sampled, then let the penalties
+        see `token`."""
+        if self.chain is None:
+            return
+        if self._draws:
+            _apply(self._lib, self.chain, model.logits(i))
+        self._lib.llama_sampler_accept(self.chain, token)
 
     def close(self) -> None:
         if self.chain is not None:
             with contextlib.suppress(Exception):
                 self._lib.llama_sampler_free(self.chain)
             self.chain = None
+
+
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
+
+def _apply(lib: Any, chain: Any, logits: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+    """llama_sampler_apply over one position's logits, as llama_sampler_sample prepares them."""
+    data = np.empty(len(logits), dtype=_TOKEN_DATA)
+    data["id"] = np.arange(len(logits), dtype=np.int32)
+    data["logit"] = logits
+    data["p"] = 0.0
+    candidates = lib.llama_token_data_array(
+        data=data.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)),
+        size=len(logits),
+        selected=-1,
+        sorted=False,
+    )
+    lib.llama_sampler_apply(chain, ctypes.byref(candidates))
+
+
+def _bias_table(model: LoadedModel, request: GenerationRequest) -> list[tuple[int, float]]:
+    """(token, bias) for llama.cpp's logit-bias sampler: OpenAI's -100 and ignore_eos's banned
+    end-of-generation tokens as -infinity, so no logit can outweigh them."""
+    table: dict[int, float] = {}
+    for token, bias in request.logit_bias:
+        if token >= model.n_vocab:
+            raise GenerationError(f"logit_bias token {token} is not in this model's vocabulary")
+        table[token] = -math.inf if bias <= BAN_BIAS else bias
+    if request.ignore_eos:
+        table.update((token, -math.inf) for token in model.eog_tokens)
+    return list(table.items())

@@ -22,19 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from inference.generation import (
+    BAN_BIAS,
     RANDOM_SEED,
     GenerationDone,
     GenerationError,
+    GenerationRequest,
     WorkerBusy,
     WorkerLoad,
     check_fits,
 )
 from inference.llama_lowlevel import (
     LOAD_LOCK,
-    MIN_P,
-    TOP_K,
     LoadedModel,
     check_replay,
     install_log_bridge,
@@ -206,6 +207,8 @@ class ModelWorker(ThreadOwnedWorker):
         run = _Run(llama_cpp, vocab, TextAssembler(request.stop), started)
 
         llm.reset()  # see the module docstring: no prefix reuse
+        # Llama reads its penalty window from this attribute when generate() builds the chain.
+        llm.last_n_tokens_size = request.penalty_last_n
         llm.set_seed(RANDOM_SEED if request.seed is None else request.seed)
         if request.replay_tokens:
             self._replay(llm, job, prompt, run)
@@ -239,9 +242,13 @@ class ModelWorker(ThreadOwnedWorker):
             [*prompt, *request.replay_tokens],
             temp=request.temperature,
             top_p=request.top_p,
-            top_k=TOP_K,
-            min_p=MIN_P,
-            repeat_penalty=1.0,
+            top_k=request.top_k,
+            min_p=request.min_p,
+            typical_p=request.typical_p,
+            repeat_penalty=request.repeat_penalty,
+            frequency_penalty=request.frequency_penalty,
+            presence_penalty=request.presence_penalty,
+            logits_processor=_bias_processor(llm, run, request),
             reset=True,
         )
         try:
@@ -251,7 +258,7 @@ class ModelWorker(ThreadOwnedWorker):
                 run.first = now if run.first is None else run.first
                 if job.cancelled.is_set() or self._closing.is_set():
                     return "cancelled"
-                if run.lib.llama_vocab_is_eog(run.vocab, token):
+                if run.lib.llama_vocab_is_eog(run.vocab, token) and not request.ignore_eos:
                     return "stop"
                 run.completion += 1
                 run.last = now
@@ -265,6 +272,29 @@ class ModelWorker(ThreadOwnedWorker):
             return "length"
         finally:
             tokens.close()
+
+
+def _bias_processor(llm: Any, run: _Run, request: GenerationRequest) -> Any:
+    """logit_bias and ignore_eos as a logits processor of Llama.generate (None when neither is
+    asked for); -100 and the banned end-of-generation tokens become -infinity, as in
+    BatchingWorker's chain (inference/llama_lowlevel.py `Sampler`)."""
+    if not request.logit_bias and not request.ignore_eos:
+        return None
+    n_vocab = llm.n_vocab()
+    bias = np.zeros(n_vocab, dtype=np.float32)
+    for token, value in request.logit_bias:
+        if token >= n_vocab:
+            raise GenerationError(f"logit_bias token {token} is not in this model's vocabulary")
+        bias[token] = -np.inf if value <= BAN_BIAS else value
+    if request.ignore_eos:
+        for token in range(n_vocab):
+            if run.lib.llama_vocab_is_eog(run.vocab, token):
+                bias[token] = -np.inf
+
+    def add_bias(_input_ids: Any, scores: Any) -> Any:
+        return scores + bias
+
+    return [add_bias]
 
 
 @attrs.define

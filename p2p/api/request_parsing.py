@@ -113,27 +113,133 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(s for s in stops if s)
 
 
-def _refuse_unsupported(body: dict[str, Any], kind: str) -> None:
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise bad_request("n: only one choice per request is supported", "n")
-    if body.get("logprobs") not in (None, False, 0):
-        raise bad_request("logprobs are not supported", "logprobs")
-    if kind == "completion":
-        if body.get("echo"):
-            raise bad_request("echo is not supported", "echo")
-        if body.get("suffix"):
-            raise bad_request("suffix is not supported", "suffix")
-        if body.get("best_of") not in (None, 1):
-            raise bad_request("best_of is not supported", "best_of")
-    else:
-        if body.get("tools") or body.get("functions"):
-            raise bad_request("tools and function calling are not supported", "tools")
-        fmt = body.get("response_format")
-        if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+# Parameters of OpenAI's API or llama-server's OpenAI endpoints that gpunet does not honour,
+# each with the values that ask for nothing (OpenAI's or llama-server's own defaults): any other
+# value is a 400 naming the parameter, so nothing a client asks for is silently ignored
+# (issue #17; the table in docs/gateway.md). A key that neither API knows is ignored.
+_NOT_HONOURED: dict[str, tuple[str, tuple[object, ...]]] = {
+    "n": ("only one choice per request is supported", (1,)),
+    "best_of": ("only one choice per request is supported", (1,)),
+    "logprobs": ("log-probabilities are not supported", (False, 0)),
+    "top_logprobs": ("log-probabilities are not supported", (0,)),
+    "n_probs": ("token probabilities are not supported", (0,)),
+    "post_sampling_probs": ("token probabilities are not supported", (False,)),
+    "echo": ("echo is not supported", (False,)),
+    "suffix": ("suffix (fill-in-the-middle) is not supported", ("",)),
+    "tools": ("tools and function calling are not supported", ([],)),
+    "functions": ("tools and function calling are not supported", ([],)),
+    "tool_choice": ("tools and function calling are not supported", ("none",)),
+    "function_call": ("tools and function calling are not supported", ("none",)),
+    "parallel_tool_calls": ("tools and function calling are not supported", ()),
+    "response_format": ("only response_format {'type': 'text'} is supported", ({"type": "text"},)),
+    "grammar": ("grammars (constrained output) are not supported", ("",)),
+    "json_schema": ("JSON schemas (constrained output) are not supported", ({},)),
+    "mirostat": ("mirostat sampling is not supported", (0,)),
+    "mirostat_tau": ("mirostat sampling is not supported", ()),
+    "mirostat_eta": ("mirostat sampling is not supported", ()),
+    "dry_multiplier": ("DRY sampling is not supported", (0,)),
+    "dry_base": ("DRY sampling is not supported", ()),
+    "dry_allowed_length": ("DRY sampling is not supported", ()),
+    "dry_penalty_last_n": ("DRY sampling is not supported", ()),
+    "dry_sequence_breakers": ("DRY sampling is not supported", ()),
+    "xtc_probability": ("XTC sampling is not supported", (0,)),
+    "xtc_threshold": ("XTC sampling is not supported", ()),
+    "dynatemp_range": ("dynamic temperature is not supported", (0,)),
+    "dynatemp_exponent": ("dynamic temperature is not supported", (1,)),
+    "top_n_sigma": ("top-n-sigma sampling is not supported", (-1,)),
+    "tfs_z": ("tail-free sampling is not supported", (1,)),
+    "penalize_nl": ("penalize_nl is not supported", ()),
+    "min_keep": ("min_keep is not supported", (0,)),
+    "samplers": ("the sampler order is fixed (see docs/gateway.md)", ()),
+    # gpunet reuses cached prompt prefixes, as llama-server's default true does; `reproducible`
+    # is how to turn that (and batching) off.
+    "cache_prompt": ("prompt caching cannot be turned off; send reproducible: true", (True,)),
+    "n_predict": ("use max_tokens", ()),
+    "n_keep": ("context shifting is not supported", ()),
+    "n_indent": ("n_indent is not supported", (0,)),
+    "t_max_predict_ms": ("time limits per request are not supported", (0,)),
+    "id_slot": ("requests cannot choose a slot", (-1,)),
+    "lora": ("LoRA adapters are not supported", ([],)),
+    "return_tokens": ("token ids in the answer are not supported", (False,)),
+    "timings_per_token": ("timings are not supported", (False,)),
+    "response_fields": ("response_fields is not supported", ()),
+    "chat_template_kwargs": ("chat template arguments are not supported", ({},)),
+    "reasoning_format": ("reasoning formats are not supported", ()),
+    "reasoning_effort": ("reasoning effort is not supported", ()),
+    "audio": ("audio output is not supported", ()),
+    "modalities": ("only text output is supported", (["text"],)),
+    "prediction": ("predicted outputs are not supported", ()),
+    "web_search_options": ("web search is not supported", ()),
+    "store": ("stored completions are not supported", (False,)),
+    "metadata": ("stored completions are not supported", ({},)),
+    "service_tier": ("service tiers are not supported", ("auto", "default")),
+    "verbosity": ("verbosity is not supported", ()),
+}
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for name, (why, neutral) in _NOT_HONOURED.items():
+        value = body.get(name)
+        if value is not None and not any(_same(value, n) for n in neutral):
+            raise bad_request(f"{name}: {why}", name)
+
+
+def _same(value: object, neutral: object) -> bool:
+    """Equal and of the same kind: true is not 1 here, nor 1 a flag."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return value is neutral
+    if type(value) in (int, float) and type(neutral) in (int, float):
+        return value == neutral
+    return type(value) is type(neutral) and value == neutral
+
+
+def _logit_bias(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} (or llama-server's [[token id, bias], ...]): biases from -100
+    to 100, -100 banning the token. Ids outside the model's vocabulary are refused by the
+    node."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return ()
+    items = raw.items() if isinstance(raw, dict) else raw
+    if not isinstance(items, list) and not isinstance(raw, dict):
+        raise bad_request("logit_bias must map token ids to biases", "logit_bias")
+    pairs: dict[int, float] = {}
+    for item in items:
+        if not (isinstance(item, list | tuple) and len(item) == 2):
+            raise bad_request("logit_bias must map token ids to biases", "logit_bias")
+        key, bias = item
+        token = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else key
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise bad_request("logit_bias: keys are token ids (whole numbers)", "logit_bias")
+        if not 0 <= token <= wire.MAX_TOKEN_ID:
+            raise bad_request(f"logit_bias: {key!s:.20} is not a token id", "logit_bias")
+        number = isinstance(bias, int | float) and not isinstance(bias, bool)
+        if not (number and -wire.MAX_LOGIT_BIAS <= bias <= wire.MAX_LOGIT_BIAS):
             raise bad_request(
-                "only response_format {'type': 'text'} is supported", "response_format"
+                f"logit_bias: biases are numbers from {-wire.MAX_LOGIT_BIAS:g} to "
+                f"{wire.MAX_LOGIT_BIAS:g}",
+                "logit_bias",
             )
+        pairs[token] = float(bias)
+        if len(pairs) > wire.MAX_LOGIT_BIAS_ENTRIES:
+            raise bad_request(
+                f"logit_bias: at most {wire.MAX_LOGIT_BIAS_ENTRIES} tokens", "logit_bias"
+            )
+    return tuple(pairs.items())
+
+
+def _top_k(body: dict[str, Any]) -> int:
+    """llama-server's top_k: 0 or less keeps every token (sent as 0, llama.cpp's "off")."""
+    top_k = _integer(body, "top_k", -(2**31), wire.MAX_TOP_K)
+    return wire.DEFAULT_TOP_K if top_k is None else max(top_k, 0)
+
+
+def _penalty_last_n(body: dict[str, Any]) -> int:
+    """llama-server's repeat_last_n: -1 is "the whole context", here the longest window."""
+    last_n = _integer(body, "repeat_last_n", -1, wire.MAX_PENALTY_LAST_N)
+    if last_n is None:
+        return wire.DEFAULT_PENALTY_LAST_N
+    return wire.MAX_PENALTY_LAST_N if last_n == -1 else last_n
 
 
 def _text_content(content: object, index: int) -> str:
@@ -200,7 +306,7 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
     if not isinstance(model, str) or not model:
         raise bad_request("model must be a non-empty string", "model")
     _utf8_size(model, "model")
-    _refuse_unsupported(body, kind)
+    _refuse_unsupported(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("stream must be a boolean", "stream")
@@ -218,14 +324,32 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
         max_tokens=default_max if max_tokens is None else max_tokens,
         # OpenAI's default temperature is 1 (sampling); send 0 for greedy, deterministic output.
         temperature=_number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        top_p=_number(body, "top_p", 1.0, wire.MIN_TOP_P, 1.0),
         seed=_integer(body, "seed", 0, wire.MAX_SEED),
         stop=_stop(body),
         messages=_messages(body) if kind == "chat" else (),
         reproducible=_flag(body, "reproducible"),
+        presence_penalty=_number(
+            body, "presence_penalty", 0.0, -wire.MAX_PRESENCE_PENALTY, wire.MAX_PRESENCE_PENALTY
+        ),
+        frequency_penalty=_number(
+            body,
+            "frequency_penalty",
+            0.0,
+            -wire.MAX_FREQUENCY_PENALTY,
+            wire.MAX_FREQUENCY_PENALTY,
+        ),
+        logit_bias=_logit_bias(body),
+        # llama-server's extras
+        top_k=_top_k(body),
+        min_p=_number(body, "min_p", wire.DEFAULT_MIN_P, 0.0, 1.0),
+        typical_p=_number(body, "typical_p", 1.0, wire.MIN_TYPICAL_P, 1.0),
+        repeat_penalty=_number(
+            body, "repeat_penalty", 1.0, wire.MIN_REPEAT_PENALTY, wire.MAX_REPEAT_PENALTY
+        ),
+        penalty_last_n=_penalty_last_n(body),
+        ignore_eos=_flag(body, "ignore_eos"),
     )
-    if request.top_p <= 0:
-        raise bad_request("top_p must be greater than 0", "top_p")
     encoded = wire.encode(request)
     if len(encoded) > MAX_FRAME_PLAINTEXT:
         raise ApiError.from_code(

@@ -44,6 +44,15 @@ def generation_request(msg: wire.Generate, served: ServedModel) -> GenerationReq
             stop=msg.stop,  # type: ignore[arg-type]  # attrs converter confuses mypy
             replay_tokens=msg.replay_tokens,
             reproducible=msg.reproducible,
+            top_k=msg.top_k,
+            min_p=msg.min_p,
+            typical_p=msg.typical_p,
+            repeat_penalty=msg.repeat_penalty,
+            presence_penalty=msg.presence_penalty,
+            frequency_penalty=msg.frequency_penalty,
+            penalty_last_n=msg.penalty_last_n,
+            logit_bias=msg.logit_bias,  # type: ignore[arg-type]  # attrs converter
+            ignore_eos=msg.ignore_eos,
         )
     except ValueError as exc:  # the worker's own bounds (a seed, a replay as long as the limit)
         raise BadRequest(str(exc)) from exc

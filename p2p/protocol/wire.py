@@ -27,14 +27,27 @@ import msgpack
 
 # The request bounds are inference.generation's (the worker's own), re-exported for the wire's
 # users: one definition, so what this decoder accepts the worker never refuses.
+from inference.generation import DEFAULT_MIN_P as DEFAULT_MIN_P
+from inference.generation import DEFAULT_PENALTY_LAST_N as DEFAULT_PENALTY_LAST_N
+from inference.generation import DEFAULT_TOP_K as DEFAULT_TOP_K
 from inference.generation import FINISH_REASONS
+from inference.generation import MAX_FREQUENCY_PENALTY as MAX_FREQUENCY_PENALTY
+from inference.generation import MAX_LOGIT_BIAS as MAX_LOGIT_BIAS
+from inference.generation import MAX_LOGIT_BIAS_ENTRIES as MAX_LOGIT_BIAS_ENTRIES
+from inference.generation import MAX_PENALTY_LAST_N as MAX_PENALTY_LAST_N
+from inference.generation import MAX_PRESENCE_PENALTY as MAX_PRESENCE_PENALTY
 from inference.generation import MAX_PROMPT_BYTES as MAX_PROMPT_BYTES
+from inference.generation import MAX_REPEAT_PENALTY as MAX_REPEAT_PENALTY
 from inference.generation import MAX_SEED as MAX_SEED
 from inference.generation import MAX_STOP_CHARS as MAX_STOP_CHARS
 from inference.generation import MAX_STOP_STRINGS as MAX_STOP_STRINGS
 from inference.generation import MAX_TEMPERATURE as MAX_TEMPERATURE
+from inference.generation import MAX_TOKEN_ID as MAX_TOKEN_ID
 from inference.generation import MAX_TOKENS_LIMIT as MAX_TOKENS_LIMIT
+from inference.generation import MAX_TOP_K as MAX_TOP_K
+from inference.generation import MIN_REPEAT_PENALTY as MIN_REPEAT_PENALTY
 from inference.generation import MIN_TOP_P as MIN_TOP_P
+from inference.generation import MIN_TYPICAL_P as MIN_TYPICAL_P
 from p2p.errors import BadRequest, ErrorCode
 
 PROTOCOL_VERSION = 1
@@ -96,6 +109,19 @@ class Generate:
     # Served alone, never batched with other requests: bit-identical to any other reproducible
     # run on the same build and hardware (what verification compares), at the cost of throughput.
     reproducible: bool = False
+    # The sampler chain's other parameters (inference.generation.GenerationRequest). A peer
+    # that sends none of them (an older one) gets the chain every request had before: top-k 40,
+    # min-p 0.05, no typical-p, no penalties, no bias.
+    top_k: int = DEFAULT_TOP_K
+    min_p: float = DEFAULT_MIN_P
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = DEFAULT_PENALTY_LAST_N
+    # (token id, bias) pairs, sent as a list of pairs (msgpack map keys are strings here).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    ignore_eos: bool = False
 
 
 @attrs.frozen
@@ -181,6 +207,7 @@ def encode(msg: Message) -> bytes:
         body["stop"] = list(msg.stop)
         body["messages"] = [[m.role, m.content] for m in msg.messages]
         body["replay_tokens"] = list(msg.replay_tokens)
+        body["logit_bias"] = [[token, bias] for token, bias in msg.logit_bias]
     if isinstance(msg, Token | Done):
         body["token_ids"] = list(msg.token_ids)
     if isinstance(msg, Error):
@@ -312,7 +339,43 @@ def _generate(f: _Fields) -> Generate:
         messages=messages,
         replay_tokens=replay,
         reproducible=f.flag("reproducible", False),
+        top_k=f.integer("top_k", 0, MAX_TOP_K, DEFAULT_TOP_K),
+        min_p=f.number("min_p", 0.0, 1.0, DEFAULT_MIN_P),
+        typical_p=f.number("typical_p", MIN_TYPICAL_P, 1.0, 1.0),
+        repeat_penalty=f.number("repeat_penalty", MIN_REPEAT_PENALTY, MAX_REPEAT_PENALTY, 1.0),
+        presence_penalty=f.number(
+            "presence_penalty", -MAX_PRESENCE_PENALTY, MAX_PRESENCE_PENALTY, 0.0
+        ),
+        frequency_penalty=f.number(
+            "frequency_penalty", -MAX_FREQUENCY_PENALTY, MAX_FREQUENCY_PENALTY, 0.0
+        ),
+        penalty_last_n=f.integer("penalty_last_n", 0, MAX_PENALTY_LAST_N, DEFAULT_PENALTY_LAST_N),
+        logit_bias=_logit_bias(f),
+        ignore_eos=f.flag("ignore_eos", False),
     )
+
+
+def _logit_bias(f: _Fields) -> tuple[tuple[int, float], ...]:
+    """[[token id, bias], ...] with distinct token ids and biases within ±MAX_LOGIT_BIAS."""
+    pairs = []
+    for raw in f.array("logit_bias", MAX_LOGIT_BIAS_ENTRIES):
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 2
+            and _is_int(raw[0], 0, MAX_TOKEN_ID)
+            and isinstance(raw[1], int | float)
+            and not isinstance(raw[1], bool)
+            and -MAX_LOGIT_BIAS <= raw[1] <= MAX_LOGIT_BIAS  # NaN fails
+        ):
+            f.fail(
+                "logit_bias",
+                f"logit_bias: [token id, bias] pairs, biases from {-MAX_LOGIT_BIAS:g} to "
+                f"{MAX_LOGIT_BIAS:g}",
+            )
+        pairs.append((raw[0], float(raw[1])))
+    if len({token for token, _ in pairs}) != len(pairs):
+        f.fail("logit_bias", "logit_bias: each token id at most once")
+    return tuple(pairs)
 
 
 def _utf8_len(text: str) -> int:

@@ -52,3 +52,12 @@ def test_a_refused_parameter_is_a_400_naming_it() -> None:
     assert (error.status, error.param, error.type) == (400, "temperature", "invalid_request_error")
     assert error.outcome is Outcome.BAD_REQUEST
     assert error.body()["error"]["param"] == "temperature"
+
+
+def test_top_p_below_the_wire_minimum_is_a_400_naming_top_p() -> None:
+    """The wire refuses top_p under MIN_TOP_P; the API says so itself, naming the parameter."""
+    with pytest.raises(ApiError) as info:
+        parse_generation({"model": "m", "prompt": "x", "top_p": wire.MIN_TOP_P / 2}, "completion")
+    assert info.value.param == "top_p"
+    call = parse_generation({"model": "m", "prompt": "x", "top_p": wire.MIN_TOP_P}, "completion")
+    assert call.request.top_p == wire.MIN_TOP_P

@@ -5,6 +5,7 @@ invalid field is refused where the message is decoded, naming the field."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -12,16 +13,21 @@ import pytest
 from click.testing import CliRunner
 
 from inference.generation import (
+    MAX_LOGIT_BIAS_ENTRIES,
     MAX_PROMPT_BYTES,
     MAX_SEED,
     MAX_STOP_CHARS,
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
+    MAX_TOP_K,
     RANDOM_SEED,
-    GenerationRequest,
 )
 from p2p.cli.ask import ask_command
+from p2p.node.serving import generation_request
 from p2p.protocol import wire
+
+# generation_request reads only the model's chat format, and only for messages.
+SERVED: Any = SimpleNamespace(info=SimpleNamespace(architecture="llama", chat_template=None))
 
 
 def generate(**fields: Any) -> bytes:
@@ -45,6 +51,22 @@ def generate(**fields: Any) -> bytes:
         ({"prompt": "é" * (MAX_PROMPT_BYTES // 2 + 1)}, "prompt"),  # under the limit in chars
         ({"prompt": "p", "messages": [["user", "hi"]]}, "prompt"),  # one or the other
         ({"prompt": "", "messages": [["user", "é" * (MAX_PROMPT_BYTES // 2 + 1)]]}, "messages"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": MAX_TOP_K + 1}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"typical_p": 0.0}, "typical_p"),
+        ({"repeat_penalty": 0.0}, "repeat_penalty"),  # llama.cpp divides by it
+        ({"repeat_penalty": float("inf")}, "repeat_penalty"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"penalty_last_n": -1}, "penalty_last_n"),
+        ({"logit_bias": {"5": 1.0}}, "logit_bias"),  # pairs, not a map
+        ({"logit_bias": [[5, 101]]}, "logit_bias"),
+        ({"logit_bias": [[5, float("nan")]]}, "logit_bias"),
+        ({"logit_bias": [[-1, 1]]}, "logit_bias"),
+        ({"logit_bias": [[5, 1], [5, 2]]}, "logit_bias"),
+        ({"logit_bias": [[t, 1] for t in range(MAX_LOGIT_BIAS_ENTRIES + 1)]}, "logit_bias"),
+        ({"ignore_eos": 1}, "ignore_eos"),
     ],
 )
 def test_an_invalid_generate_is_refused_where_it_is_decoded_naming_the_field(
@@ -64,20 +86,28 @@ def test_an_invalid_generate_is_refused_where_it_is_decoded_naming_the_field(
         {"max_tokens": MAX_TOKENS_LIMIT, "stop": ["s" * MAX_STOP_CHARS] * 8},
         {"prompt": "é" * (MAX_PROMPT_BYTES // 2)},
         {"prompt": "", "messages": [["system", "a"], ["user", "b"]]},
+        {"top_k": MAX_TOP_K, "min_p": 1.0, "typical_p": 1e-6, "repeat_penalty": 0.01},
+        {"top_k": 0, "min_p": 0.0, "repeat_penalty": 10, "penalty_last_n": MAX_TOKENS_LIMIT},
+        {"presence_penalty": -2, "frequency_penalty": 2, "ignore_eos": True},
+        {"logit_bias": [[t, (-100, 100)[t % 2]] for t in range(MAX_LOGIT_BIAS_ENTRIES)]},
     ],
 )
 def test_what_the_decoder_accepts_the_worker_accepts(fields: dict[str, Any]) -> None:
     msg = wire.decode(generate(**fields))
     assert isinstance(msg, wire.Generate)
-    GenerationRequest(
-        prompt=msg.prompt,
-        max_tokens=msg.max_tokens,
-        temperature=msg.temperature,
-        top_p=msg.top_p,
-        seed=msg.seed,
-        stop=msg.stop,  # type: ignore[arg-type]  # attrs converter confuses mypy
-        replay_tokens=msg.replay_tokens,
-    )
+    request = generation_request(msg, SERVED)
+    for name in fields.keys() - {"prompt", "messages", "logit_bias", "stop", "replay_tokens"}:
+        assert getattr(request, name) == fields[name], name
+    assert request.logit_bias == tuple((t, float(b)) for t, b in fields.get("logit_bias", []))
+
+
+def test_a_generate_without_the_sampler_fields_gets_the_old_chain() -> None:
+    """An older peer sends none of them: top-k 40, min-p 0.05, no typical-p, penalties, bias."""
+    msg = wire.decode(generate())
+    assert isinstance(msg, wire.Generate)
+    request = generation_request(msg, SERVED)
+    assert (request.top_k, request.min_p, request.typical_p) == (40, 0.05, 1.0)
+    assert not request.penalized and not request.logit_bias and not request.ignore_eos
 
 
 @pytest.mark.parametrize(
