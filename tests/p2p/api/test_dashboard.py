@@ -9,30 +9,19 @@ from __future__ import annotations
 import html.parser
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from p2p.api.dashboard import render_page
-from tests.p2p.api.test_gateway import LiveNetwork, start_live_network
+from tests.p2p.api.test_gateway import LiveNetwork, live_network_fixture
 
 CHROMIUM_TIMEOUT_S = 90
 PHONE = "390,844"  # CSS pixels of a common phone in portrait
 
 
-@pytest.fixture(scope="module")
-def net(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_gguf: Path,
-    make_tiny_gguf: Callable[..., Path],
-) -> Iterator[LiveNetwork]:
-    network = start_live_network(tmp_path_factory, tiny_gguf, make_tiny_gguf, api_key=None)
-    try:
-        yield network
-    finally:
-        network.stop()
+net = live_network_fixture(api_key=None)
 
 
 def chromium() -> str:

@@ -134,17 +134,26 @@ def start_live_network(
     return LiveNetwork(tmp_path_factory.mktemp("net"), tiny_gguf, busy, api_key=api_key)
 
 
-@pytest.fixture(scope="module")
-def net(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_gguf: Path,
-    make_tiny_gguf: Callable[..., Path],
-) -> Iterator[LiveNetwork]:
-    network = start_live_network(tmp_path_factory, tiny_gguf, make_tiny_gguf, API_KEY)
-    try:
-        yield network
-    finally:
-        network.stop()
+def live_network_fixture(api_key: str | None) -> Any:
+    """A module's `net` fixture: one live network (nodes on the tiny model and a gateway, with
+    *api_key*) shared by the module's tests, stopped after them."""
+
+    @pytest.fixture(scope="module")
+    def net(
+        tmp_path_factory: pytest.TempPathFactory,
+        tiny_gguf: Path,
+        make_tiny_gguf: Callable[..., Path],
+    ) -> Iterator[LiveNetwork]:
+        network = start_live_network(tmp_path_factory, tiny_gguf, make_tiny_gguf, api_key)
+        try:
+            yield network
+        finally:
+            network.stop()
+
+    return net
+
+
+net = live_network_fixture(API_KEY)
 
 
 @pytest.fixture

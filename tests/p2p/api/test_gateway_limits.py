@@ -13,8 +13,6 @@ serving tiny GGUFs, the gateway in front), and fuzzed there with Hypothesis.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,22 +24,12 @@ from crypto.secure_session import MAX_FRAME_PLAINTEXT
 from p2p.api.json_body import MAX_BODY_BYTES, MAX_JSON_DEPTH, nesting_depth, parse_json_body
 from p2p.api.openai_errors import ApiError
 from p2p.api.request_parsing import PROMPT_LIMIT_BYTES, parse_generation
-from tests.p2p.api.test_gateway import LiveNetwork, start_live_network
+from tests.p2p.api.test_gateway import LiveNetwork, live_network_fixture
 
 HTTP_TIMEOUT_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def net(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_gguf: Path,
-    make_tiny_gguf: Callable[..., Path],
-) -> Iterator[LiveNetwork]:
-    network = start_live_network(tmp_path_factory, tiny_gguf, make_tiny_gguf, api_key=None)
-    try:
-        yield network
-    finally:
-        network.stop()
+net = live_network_fixture(api_key=None)
 
 
 def post(net: LiveNetwork, route: str, body: bytes) -> httpx.Response:

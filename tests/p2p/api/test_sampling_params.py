@@ -6,7 +6,6 @@ text however the node batches or caches."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 
 from p2p.api.openai_errors import ApiError
 from p2p.api.request_parsing import parse_generation
-from tests.p2p.api.test_gateway import LiveNetwork, start_live_network
+from tests.p2p.api.test_gateway import LiveNetwork, live_network_fixture
 
 MODEL = "tiny-llama"
 PROMPT = "The capital of France is"
@@ -23,17 +22,7 @@ EOS = 2  # the tiny vocabulary's </s>
 EXACT = {"reproducible": True}
 
 
-@pytest.fixture(scope="module")
-def net(
-    tmp_path_factory: pytest.TempPathFactory,
-    tiny_gguf: Path,
-    make_tiny_gguf: Callable[..., Path],
-) -> Iterator[LiveNetwork]:
-    network = start_live_network(tmp_path_factory, tiny_gguf, make_tiny_gguf, None)
-    try:
-        yield network
-    finally:
-        network.stop()
+net = live_network_fixture(api_key=None)
 
 
 @pytest.fixture(scope="module")
