@@ -12,20 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
+
+from tools._bench_servers import Process
 
 NODE_READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -45,64 +42,8 @@ def _node_limits() -> None:  # runs in the child, before exec
 
 
 @attrs.define
-class Child:
-    """A `python -m p2p ...` process whose stdout lines are read on a thread."""
-
-    proc: subprocess.Popen[bytes]
-    lines: queue.Queue[bytes]
-    name: str
-
-    @classmethod
-    def start(cls, cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> Child:
-        stderr = log_path.open("wb")
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-            cwd=cwd,
-            preexec_fn=_node_limits,  # only setrlimit: safe beside the pump threads
-        )
-        stderr.close()
-        lines: queue.Queue[bytes] = queue.Queue()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # drained, so the child never blocks on a full pipe
-                lines.put(line)
-            lines.put(b"")
-
-        threading.Thread(target=pump, daemon=True).start()
-        return cls(proc, lines, log_path.stem)
-
-    def ready(self, timeout: float = NODE_READY_TIMEOUT_S) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if not line:
-                break
-            with contextlib.suppress(ValueError):
-                data = json.loads(line)
-                if isinstance(data, dict) and data.get("event") == "ready":
-                    return data
-        raise RuntimeError(f"{self.name} did not report ready in {timeout:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@attrs.define
 class Node:
-    child: Child
+    child: Process
     peer_id: str
     dht: tuple[str, int]
     session: str
@@ -136,7 +77,17 @@ class LocalNetwork:
     python: str
     work: Path
     nodes: list[Node] = attrs.field(factory=list)
-    children: list[Child] = attrs.field(factory=list)
+    children: list[Process] = attrs.field(factory=list)
+
+    def _start(self, cmd: list[str], env: dict[str, str], log_path: Path) -> Process:
+        return Process(
+            cmd,
+            log_path,
+            env,
+            cwd=self.repo,
+            preexec_fn=_node_limits,
+            stop_timeout_s=STOP_TIMEOUT_S,
+        )
 
     def env(self, data_dir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUNET_")}
@@ -159,9 +110,9 @@ class LocalNetwork:
             cmd += ["--model", str(m)]
         if self.nodes:
             cmd += ["--bootstrap", self.bootstrap]
-        child = Child.start(cmd, self.env(data), self.repo, self.work / f"node{index}.log")
+        child = self._start(cmd, self.env(data), self.work / f"node{index}.log")
         self.children.append(child)
-        ready = child.ready()
+        ready = child.ready_json(NODE_READY_TIMEOUT_S)
         host, _, port = str(ready["dht"]).rpartition(":")
         node = Node(
             child,
@@ -173,12 +124,12 @@ class LocalNetwork:
         self.nodes.append(node)
         return node
 
-    def start_gateway(self, port: int) -> Child:
+    def start_gateway(self, port: int) -> Process:
         cmd = [self.python, "-m", "p2p", "gateway", "--bootstrap", self.bootstrap]
         cmd += ["--api", f"{HOST}:{port}", "--json"]
-        child = Child.start(cmd, self.env(self.work / "gateway"), self.repo, self.work / "gw.log")
+        child = self._start(cmd, self.env(self.work / "gateway"), self.work / "gw.log")
         self.children.append(child)
-        child.ready()
+        child.ready_json(NODE_READY_TIMEOUT_S)
         return child
 
     async def cli(self, args: list[str], timeout: float) -> CliRun:

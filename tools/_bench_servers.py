@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,27 @@ def free_port() -> int:
 class Process:
     """A child process whose stdout lines are read on a thread; stderr goes to a log file."""
 
-    def __init__(self, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        cwd: Path = ROOT,
+        preexec_fn: Callable[[], None] | None = None,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
         self.cmd = cmd
         self.log_path = log_path
+        self.stop_timeout_s = stop_timeout_s
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=ROOT
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=env,
+            cwd=cwd,
+            preexec_fn=preexec_fn,  # callers pass only setrlimit: safe beside the pump thread
         )
         self.lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -91,7 +106,7 @@ class Process:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
