@@ -137,12 +137,12 @@ def node_settings(*args: str, env: dict[str, str] | None = None) -> dict[str, li
 
 
 def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "[node]\nslots = 8\nspeculate = false\nhost = '10.0.0.1'\n")
+    path = write_config(tmp_path, "[node]\nslots = 8\nspeculate = false\nhost = '127.0.0.11'\n")
     env = {"GPUNET_SLOTS": "16", "GPUNET_SPECULATE": "1"}
     got = node_settings("--data-dir", str(tmp_path), "--slots", "32", env=env)
     assert got["slots"] == ["flag --slots", "32"]
     assert got["speculate"] == ["env GPUNET_SPECULATE", "True"]
-    assert got["host"] == [f"file {path}", "10.0.0.1"]
+    assert got["host"] == [f"file {path}", "127.0.0.11"]
     assert got["port"] == ["default", "8469"]
     got = node_settings("--data-dir", str(tmp_path), "--no-speculate", "-vv", env=env)
     assert got["speculate"] == ["flag --speculate", "False"]

@@ -27,7 +27,7 @@ class Closed:
 
 def test_a_silent_session_has_the_first_request_deadline_then_the_idle_one() -> None:
     table = SessionTable(SessionTableLimits(first_request_s=10, idle_s=180))
-    t = table.admit("10.0.0.1", 100.0, lambda: None)
+    t = table.admit("127.50.0.1", 100.0, lambda: None)
     assert t is not None
     assert table.deadline(t) == 110.0  # silent since its handshake
     table.requests_changed(t, 1, 105.0)
@@ -44,12 +44,12 @@ def test_a_silent_session_has_the_first_request_deadline_then_the_idle_one() -> 
 def test_over_the_total_cap_the_idlest_of_the_most_crowded_network_goes() -> None:
     closed = Closed()
     table = SessionTable(SessionTableLimits(max_sessions=4, max_per_source=4, max_per_network=4))
-    a1 = table.admit("10.0.1.1", 1.0, closed("a1"))
-    table.admit("10.0.1.2", 2.0, closed("a2"))
-    table.admit("10.0.1.3", 3.0, closed("a3"))
-    table.admit("10.0.2.1", 0.5, closed("b1"))  # idler, but alone in its network
+    a1 = table.admit("127.50.1.1", 1.0, closed("a1"))
+    table.admit("127.50.1.2", 2.0, closed("a2"))
+    table.admit("127.50.1.3", 3.0, closed("a3"))
+    table.admit("127.50.2.1", 0.5, closed("b1"))  # idler, but alone in its network
     assert a1 is not None
-    assert table.admit("10.0.9.9", 4.0, closed("new")) is not None
+    assert table.admit("127.50.9.9", 4.0, closed("new")) is not None
     assert closed.names == ["a1"] and len(table) == 4 and table.evicted == 1
     assert table.deadline(a1) == -math.inf  # gone from the table at once
 
@@ -57,40 +57,40 @@ def test_over_the_total_cap_the_idlest_of_the_most_crowded_network_goes() -> Non
 def test_a_session_with_a_request_in_flight_is_never_evicted() -> None:
     closed = Closed()
     table = SessionTable(SessionTableLimits(max_sessions=2))
-    busy = table.admit("10.0.1.1", 0.0, closed("busy"))
-    idle = table.admit("10.0.1.2", 5.0, closed("idle"))
+    busy = table.admit("127.50.1.1", 0.0, closed("busy"))
+    idle = table.admit("127.50.1.2", 5.0, closed("idle"))
     assert busy is not None and idle is not None
     table.requests_changed(busy, 1, 1.0)
-    new = table.admit("10.0.2.1", 6.0, closed("new"))
+    new = table.admit("127.50.2.1", 6.0, closed("new"))
     assert new is not None and closed.names == ["idle"]
     # every session in use: the newcomer is refused, nobody is cut
     table.requests_changed(new, 1, 7.0)
-    assert table.admit("10.0.4.1", 9.0, closed("late")) is None
+    assert table.admit("127.50.4.1", 9.0, closed("late")) is None
     assert table.refused == 1 and closed.names == ["idle"] and len(table) == 2
 
 
 def test_a_source_over_its_share_gives_way_to_itself_not_to_others() -> None:
     closed = Closed()
     table = SessionTable(SessionTableLimits(max_sessions=100, max_per_source=2))
-    table.admit("10.0.1.1", 0.0, closed("other"))
-    table.admit("10.0.2.1", 1.0, closed("mine-old"))
-    table.admit("10.0.2.1", 2.0, closed("mine-new"))
-    assert table.admit("10.0.2.1", 3.0, closed("mine-3")) is not None
-    assert closed.names == ["mine-old"] and table.sessions_from("10.0.2.1") == 2
+    table.admit("127.50.1.1", 0.0, closed("other"))
+    table.admit("127.50.2.1", 1.0, closed("mine-old"))
+    table.admit("127.50.2.1", 2.0, closed("mine-new"))
+    assert table.admit("127.50.2.1", 3.0, closed("mine-3")) is not None
+    assert closed.names == ["mine-old"] and table.sessions_from("127.50.2.1") == 2
     # with both of its sessions in use, a third from that source is refused
     for t in range(1, 4):
         table.requests_changed(t, 1, 4.0)
-    assert table.admit("10.0.2.1", 5.0, closed("mine-4")) is None
-    assert table.sessions_from("10.0.2.1") == 2 and len(table) == 3
+    assert table.admit("127.50.2.1", 5.0, closed("mine-4")) is None
+    assert table.sessions_from("127.50.2.1") == 2 and len(table) == 3
 
 
 def test_a_network_over_its_share_gives_way_within_itself() -> None:
     closed = Closed()
     table = SessionTable(SessionTableLimits(max_per_source=10, max_per_network=2))
-    table.admit("10.0.5.1", 0.0, closed("five-a"))
-    table.admit("10.0.6.1", 0.5, closed("six"))
-    table.admit("10.0.5.2", 1.0, closed("five-b"))
-    assert table.admit("10.0.5.3", 2.0, closed("five-c")) is not None
+    table.admit("127.50.5.1", 0.0, closed("five-a"))
+    table.admit("127.50.6.1", 0.5, closed("six"))
+    table.admit("127.50.5.2", 1.0, closed("five-b"))
+    assert table.admit("127.50.5.3", 2.0, closed("five-c")) is not None
     assert closed.names == ["five-a"]
 
 
