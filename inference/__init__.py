@@ -10,6 +10,13 @@ Requests and answers (pure data, no llama.cpp, no trio):
 - `streaming.py` — `TextAssembler`: generated tokens into text chunks, stop strings, token ids.
 - `chat.py` — chat messages rendered into one prompt for a completion model.
 - `speculation.py` — `NgramDrafter`: draft tokens for greedy speculation from repeats.
+- `scoring.py` — `ScoreRequest` / `ScoreResult`: given tokens teacher-forced after a prompt,
+  per position their log-probability, rank, margin, top-k and the request's own sampler's
+  choice margin (`score_tokens` runs on a worker's thread).
+- `replayable_draw.py` — the sampled draw as Gumbel-max over llama.cpp's filtered candidates,
+  with noise g(seed, step, token id), so a verifier can replay any sampled token.
+- `verification.py` — `judge`: the check statistic (mismatch rate of choice margins, a binomial
+  bound for honest noise) and its verdict; the calibration figures are in its docstring.
 
 The workers (one thread owns each llama.cpp model; trio talks to it through queues):
 - `worker_thread.py` — what both share: `ThreadOwnedWorker`, jobs, the hand-off to trio.

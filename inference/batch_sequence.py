@@ -13,14 +13,41 @@ from collections.abc import Callable
 
 import attrs
 
-from inference.generation import GenerationDone, GenerationRequest
-from inference.llama_lowlevel import LoadedModel, Sampler
+from inference.generation import GenerationDone, GenerationError, GenerationRequest, check_fits
+from inference.llama_lowlevel import LoadedModel, Sampler, check_replay
 from inference.speculation import NgramDrafter
 from inference.streaming import TextAssembler
 from inference.worker_thread import Job, per_second
 
 # How a sequence hands text to its client: the scheduler's outbox, flushed once per step.
 Send = Callable[[Job, object], None]
+
+
+def prepare(model: LoadedModel, request: GenerationRequest) -> tuple[list[int], Sampler]:
+    """A new request's prompt tokens and sampler; GenerationError when it cannot be served
+    (empty or too long a prompt, a replayed or biased token outside the vocabulary)."""
+    prompt = model.tokenize(request.prompt)
+    if not prompt:
+        raise GenerationError("the prompt is empty")
+    check_fits(len(prompt), request.max_tokens, model.n_ctx)
+    check_replay(model.lib, model.vocab, request.replay_tokens)
+    return prompt, Sampler(model, request, prompt)  # checks logit_bias against the vocabulary
+
+
+def may_draft(request: GenerationRequest, speculate: bool) -> bool:
+    """Whether the request speculates (when the worker does). Greedy requests do; a sampled one
+    would need its draws checked against the draft's, and a reproducible one decodes one token
+    per step like any solo run. A greedy request with penalties does not either: they
+    discourage exactly the repeats drafts come from, and each kept draft would have to move the
+    penalty window. One with only logit_bias or ignore_eos drafts: each draft token is checked
+    against its chain's pick (bias → argmax), so a token the chain would not choose is never
+    kept."""
+    return (
+        speculate
+        and request.temperature == 0
+        and not request.penalized
+        and not request.reproducible
+    )
 
 
 @attrs.define(eq=False)
@@ -146,4 +173,5 @@ class BatchSequence:
             cached_prompt_tokens=self.cached,
             draft_tokens=self.drafted,
             accepted_draft_tokens=self.accepted,
+            seed=self.sampler.seed,
         )

@@ -58,6 +58,10 @@ runs over the logits without taking its pick, so a seeded chain's random state s
 and then accepts the replayed token, so the penalties see it), with no text sent; then
 generation continues. See inference/streaming.py for how token ids travel with the text.
 
+**Scoring** (`score()`, inference/scoring.py): runs between two steps in a free slot, the batch
+pausing for its decodes; the slot's cells are removed afterwards (a cached prefix there is
+dropped first, and the prefix cache told). It waits for a free slot like a request.
+
 The thread sends results to trio without blocking either side, as ModelWorker does
 (inference/worker_thread.py), but gathers a step's items into one hand-off (`_flush`). Each
 sequence's state and its share of a step are inference/batch_sequence.py's.
@@ -74,15 +78,13 @@ from pathlib import Path
 
 import trio
 
-from inference.batch_sequence import BatchSequence
+from inference.batch_sequence import BatchSequence, may_draft, prepare
 from inference.generation import (
     GenerationError,
-    GenerationRequest,
     WorkerBusy,
     WorkerLoad,
-    check_fits,
 )
-from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel, Sampler, check_replay
+from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel
 from inference.prefix_cache import PrefixCache
 from inference.speculation import NgramDrafter
 from inference.streaming import TextAssembler
@@ -90,6 +92,7 @@ from inference.worker_thread import (
     Close,
     Job,
     MeasureJob,
+    ScoreJob,
     ThreadOwnedWorker,
     WorkItem,
     deliver,
@@ -315,6 +318,9 @@ class BatchingWorker(ThreadOwnedWorker):
         error = GenerationError("the model worker is closed")
         if isinstance(item, MeasureJob):
             item.fail(error, self._token)
+        elif isinstance(item, ScoreJob):
+            item.result = error
+            self._end_score(item)
         else:
             self._end(item, error)
 
@@ -332,9 +338,12 @@ class BatchingWorker(ThreadOwnedWorker):
         request then runs alone. Requests given up while waiting leave first, wherever they
         are in line, so they stop counting against the bound within one step."""
         assert self._token is not None
-        for gone in [i for i in backlog if isinstance(i, Job) and i.cancelled.is_set()]:
+        for gone in [i for i in backlog if not isinstance(i, MeasureJob) and i.cancelled.is_set()]:
             backlog.remove(gone)
-            self._end(gone)
+            if isinstance(gone, ScoreJob):
+                self._end_score(gone)
+            else:
+                self._end(gone)
         while backlog:
             if any(seq.request.reproducible for seq in active):
                 return  # it runs alone
@@ -345,6 +354,12 @@ class BatchingWorker(ThreadOwnedWorker):
                 backlog.pop(0)
                 self._cache.drop(model)  # it uses the context's sequences itself
                 item.run(model, self._token)
+                continue
+            if isinstance(item, ScoreJob):
+                if not free:
+                    return
+                backlog.pop(0)
+                self._score(model, item, free)
                 continue
             if item.cancelled.is_set():
                 backlog.pop(0)
@@ -358,6 +373,25 @@ class BatchingWorker(ThreadOwnedWorker):
                 active.append(seq)
                 self._active = len(active)
 
+    def _score(self, model: LoadedModel, job: ScoreJob, free: list[int]) -> None:
+        """Scoring between two decode steps, in a free slot: the batch's sequences pause for
+        its decodes and are otherwise untouched; the slot is emptied again afterwards."""
+        slot = self._cache.take_slot(model, free)
+        try:
+            job.compute(model, slot)
+        finally:
+            model.forget(slot)
+            free.append(slot)
+            free.sort(reverse=True)
+        self._end_score(job)
+
+    def _end_score(self, job: ScoreJob) -> None:
+        """Count the scoring job out, then wake its task (as `_end` does for a stream)."""
+        assert self._token is not None
+        with self._count_lock:
+            self._outstanding -= 1
+        job.wake(self._token)
+
     def _start(
         self, model: LoadedModel, job: Job, free: list[int], active: list[BatchSequence]
     ) -> BatchSequence | None:
@@ -369,12 +403,7 @@ class BatchingWorker(ThreadOwnedWorker):
             self._cache.drop(model)
             model.forget_all()
         try:
-            prompt = model.tokenize(request.prompt)
-            if not prompt:
-                raise GenerationError("the prompt is empty")
-            check_fits(len(prompt), request.max_tokens, model.n_ctx)
-            check_replay(model.lib, model.vocab, request.replay_tokens)
-            sampler = Sampler(model, request, prompt)  # checks logit_bias against the vocabulary
+            prompt, sampler = prepare(model, request)
         except GenerationError as e:
             self._end(job, e)
             return None
@@ -394,21 +423,7 @@ class BatchingWorker(ThreadOwnedWorker):
             started=time.perf_counter(),
             prefilled=cached,
             cached=cached,
-            drafter=NgramDrafter(prompt) if self._may_draft(request) else None,
-        )
-
-    def _may_draft(self, request: GenerationRequest) -> bool:
-        """Greedy requests speculate; a sampled one would need its draws checked against the
-        draft's, and a reproducible one decodes one token per step like any solo run. A greedy
-        request with penalties does not either: they discourage exactly the repeats drafts
-        come from, and each kept draft would have to move the penalty window. One with only
-        logit_bias or ignore_eos drafts: each draft token is checked against its chain's pick
-        (bias → argmax), so a token the chain would not choose is never kept."""
-        return (
-            self.speculate
-            and request.temperature == 0
-            and not request.penalized
-            and not request.reproducible
+            drafter=NgramDrafter(prompt) if may_draft(request, self.speculate) else None,
         )
 
     # -- scheduler thread: one step, and who leaves --------------------------------------------

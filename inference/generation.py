@@ -231,6 +231,10 @@ class GenerationDone:
     # of them were the model's own choice and kept.
     draft_tokens: int = 0
     accepted_draft_tokens: int = 0
+    # The seed of the run's replayable draws (inference/replayable_draw.py): the request's, or
+    # at temperature > 0 without one, the random seed the worker picked, so that the run can be
+    # replayed and verified. None for a greedy run given none.
+    seed: int | None = None
 
 
 Item = TokenChunk | GenerationDone

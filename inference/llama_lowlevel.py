@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from inference.generation import BAN_BIAS, RANDOM_SEED, GenerationError, GenerationRequest
+from inference.generation import BAN_BIAS, MAX_SEED, GenerationError, GenerationRequest
 from inference.model_file import ModelFileError
+from inference.replayable_draw import Candidates, DrawStep, draw_margin
 
 
 class LoadFailed(ModelFileError):
@@ -339,22 +341,30 @@ class LoadedModel:
 class Sampler:
     """One request's sampling, as llama.cpp's sampler chain: logit_bias → penalties (repeat,
     frequency, presence over the last `penalty_last_n` tokens) → top-k → typical-p → top-p →
-    min-p → temperature → seeded draw, or at temperature 0 bias and penalties → argmax. A plain
-    greedy request (nothing before the argmax) skips the chain. With the defaults this is the
-    chain every request had before the samplers were per request: top-k 40 → top-p → min-p 0.05
-    → temperature → draw (a typical-p of 1 and neutral penalties are left out, not run as
-    no-ops, so those draws are unchanged).
+    min-p → temperature → a replayable Gumbel-max draw (inference/replayable_draw.py), or at
+    temperature 0 bias and penalties → argmax. A plain greedy request (nothing before the
+    argmax) skips the chain. A typical-p of 1 and neutral penalties are left out, not run as
+    no-ops.
 
-    The chain keeps its own state — the random state, and the window of tokens the penalties
-    see, which starts with the prompt's last tokens as llama-server's does — so feeding every
-    step in order, replayed steps included (`advance`), continues exactly as an uninterrupted
-    run.
+    The draw's noise is a pure function of (seed, step, token id), `step` counting every token
+    of the run from 0, replayed ones included; a sampled request without a seed gets a random
+    one (`seed`, reported in GenerationDone.seed). The chain's only state is the window of
+    tokens the penalties see, which starts with the prompt's last tokens as llama-server's
+    does; so feeding every step in order, replayed steps included (`advance`), continues
+    exactly as an uninterrupted run, and `choice_margin` replays any step on other logits.
     """
 
     def __init__(self, model: LoadedModel, request: GenerationRequest, prompt: Sequence[int]):
         self._lib = lib = model.lib
         self.chain: Any = None
-        self._draws = request.temperature > 0  # the chain's apply moves its random state
+        self._candidates: Candidates | None = None
+        self._draw: DrawStep | None = None
+        self.temperature = request.temperature
+        self._draws = request.temperature > 0
+        self.seed = request.seed
+        if self._draws and self.seed is None:
+            self.seed = secrets.randbelow(MAX_SEED + 1)
+        self.step = 0  # index of the next token of the run
         if request.plain_greedy:
             return
         bias = _bias_table(model, request)  # before the chain: it may refuse the request
@@ -376,60 +386,77 @@ class Sampler:
             )
         if request.temperature == 0:
             samplers.append(lib.llama_sampler_init_greedy())
-        else:
+        else:  # the draw among the survivors is ours (replayable), not llama.cpp's `dist`
             samplers.append(lib.llama_sampler_init_top_k(request.top_k))
             if request.typical_p < 1:
                 samplers.append(lib.llama_sampler_init_typical(request.typical_p, 1))
+            assert self.seed is not None
+            self._draw = DrawStep(lib, self.seed)
             samplers += [
                 lib.llama_sampler_init_top_p(request.top_p, 1),
                 lib.llama_sampler_init_min_p(request.min_p, 1),
                 lib.llama_sampler_init_temp(request.temperature),
-                lib.llama_sampler_init_dist(RANDOM_SEED if request.seed is None else request.seed),
+                self._draw.pointer,
             ]
         for sampler in samplers:
             lib.llama_sampler_chain_add(chain, sampler)  # the chain owns it now
+        self._candidates = Candidates(lib, model.n_vocab)
         if request.penalized:
             for token in prompt[-request.penalty_last_n :]:
                 lib.llama_sampler_accept(chain, token)
 
     def sample(self, model: LoadedModel, i: int) -> int:
+        """The run's next token from the logits of batch index i."""
         if self.chain is None:
-            return model.argmax(i)
-        return int(self._lib.llama_sampler_sample(self.chain, model.ctx, i))
+            token = model.argmax(i)
+        else:
+            if self._draw is not None:
+                self._draw.step = self.step
+            token = int(self._lib.llama_sampler_sample(self.chain, model.ctx, i))  # accepts
+            if self._draw is not None:
+                self._draw.check()
+        self.step += 1
+        return token
 
     def advance(self, model: LoadedModel, i: int, token: int) -> None:
-        """A replayed step that produced `token`: run the chain over the logits without taking
-        its choice, so the random state moves as when it was sampled, then let the penalties
-        see `token`."""
+        """A replayed step that produced `token`: the penalties see it and the step count
+        moves on (the draw's noise has no state to move)."""
+        del model, i  # the logits of a replayed step are not needed
+        self.accept(token)
+
+    def accept(self, token: int) -> None:
+        """`token` is the run's token at this step (scoring: the given one)."""
+        if self.chain is not None:
+            self._lib.llama_sampler_accept(self.chain, token)
+        self.step += 1
+
+    def choice_margin(self, logits: np.ndarray[Any, np.dtype[np.float32]], token: int) -> float:
+        """How far `token` is from what this chain would pick at the current step on `logits`,
+        in logit units (before temperature): 0.0 when it picks exactly `token`, +inf when the
+        filters (or a ban) remove it. Does not move the step; `accept` does."""
         if self.chain is None:
-            return
+            return float(logits.max()) - float(logits[token])
+        assert self._candidates is not None
+        if self._draw is not None:
+            self._draw.step = self.step  # it draws too (ignored here), at the right step
+        kept = self._candidates.apply(self.chain, logits)
+        if self._draw is not None:
+            self._draw.check()
         if self._draws:
-            _apply(self._lib, self.chain, model.logits(i))
-        self._lib.llama_sampler_accept(self.chain, token)
+            assert self.seed is not None
+            margin = draw_margin(self.seed, self.step, kept["id"], kept["logit"], token)
+            return margin * self.temperature
+        values = kept["logit"]
+        mine = values[kept["id"] == token]
+        if mine.size == 0 or not math.isfinite(float(mine[0])):
+            return math.inf
+        return max(0.0, float(values.max()) - float(mine[0]))
 
     def close(self) -> None:
         if self.chain is not None:
             with contextlib.suppress(Exception):
                 self._lib.llama_sampler_free(self.chain)
             self.chain = None
-
-
-_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-
-
-def _apply(lib: Any, chain: Any, logits: np.ndarray[Any, np.dtype[np.float32]]) -> None:
-    """llama_sampler_apply over one position's logits, as llama_sampler_sample prepares them."""
-    data = np.empty(len(logits), dtype=_TOKEN_DATA)
-    data["id"] = np.arange(len(logits), dtype=np.int32)
-    data["logit"] = logits
-    data["p"] = 0.0
-    candidates = lib.llama_token_data_array(
-        data=data.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)),
-        size=len(logits),
-        selected=-1,
-        sorted=False,
-    )
-    lib.llama_sampler_apply(chain, ctypes.byref(candidates))
 
 
 def _bias_table(model: LoadedModel, request: GenerationRequest) -> list[tuple[int, float]]:

@@ -89,6 +89,18 @@ class PrefixCache:
         self._recount()
         return best, reuse
 
+    def take_slot(self, model: LoadedModel, free: list[int]) -> int:
+        """A free slot emptied for work outside the batch (scoring), taken out of `free`: one
+        that caches nothing while there is one, else the lowest, whose cache is dropped. The
+        caller empties it again before handing it back."""
+        empty = [s for s in free if s not in self._tokens]  # descending, as free is
+        slot = empty[-1] if empty else free[-1]
+        free.remove(slot)
+        if self._tokens.pop(slot, None) is not None:
+            model.forget(slot)
+            self._recount()
+        return slot
+
     def keep(self, model: LoadedModel, slot: int, tokens: list[int]) -> None:
         """Cache a finished sequence's tokens in its slot, keeping one copy of each: a free
         slot whose tokens begin the new ones holds nothing the new ones lack, so it lets go (and

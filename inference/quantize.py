@@ -1,4 +1,4 @@
-"""Quantize an F32/F16/BF16 GGUF to Q4_K_M or Q8_0 with llama.cpp's own quantizer.
+"""Quantize an F32/F16/BF16 GGUF to Q4_K_M, Q8_0, Q3_K_M or Q2_K with llama.cpp's own quantizer.
 
 llama.cpp's `llama_model_quantize` (through llama-cpp-python's ctypes binding) does the work; the
 K-quants exist nowhere else we can call (gguf-py writes only the legacy Q4_0/Q8_0 family). What
@@ -43,7 +43,9 @@ import attrs
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
 
 # Targets we offer -> llama.cpp's llama_ftype (LLAMA_FTYPE_MOSTLY_Q4_K_M, LLAMA_FTYPE_MOSTLY_Q8_0).
-TARGETS: dict[str, int] = {"Q4_K_M": 15, "Q8_0": 7}
+# llama_ftype numbers. Q3_K_M and Q2_K exist for the verification benchmark's "lower
+# quantization" cheat (tools/bench_verification.py): made from an already quantized model.
+TARGETS: dict[str, int] = {"Q4_K_M": 15, "Q8_0": 7, "Q3_K_M": 12, "Q2_K": 10}
 # Source types llama.cpp quantizes without allow_requantize (checked: BF16 is accepted too).
 UNQUANTIZED = ("F32", "F16", "BF16")
 # How long Ctrl-C waits for llama.cpp to open its output file (it does so right before the first

@@ -9,6 +9,9 @@ time on the models this serves. Serving several requests at once is BatchingWork
 (inference/batching.py, the same interface); this worker stays as the one-at-a-time reference:
 its greedy output is bit-identical from run to run, and a request with `replay_tokens` resumes
 an interrupted greedy run exactly (see inference/streaming.py for the token ids in each chunk).
+Greedy requests go through llama-cpp-python's `Llama.generate`; sampled ones through the same
+sampler chain and replayable draw as BatchingWorker's (`_sample`), so that a verifier can replay
+them and a resumed sampled run continues exactly too.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from inference.generation import (
 from inference.llama_lowlevel import (
     LOAD_LOCK,
     LoadedModel,
+    Sampler,
     check_replay,
     install_log_bridge,
     token_piece,
@@ -46,6 +50,7 @@ from inference.worker_thread import (
     Close,
     Job,
     MeasureJob,
+    ScoreJob,
     ThreadOwnedWorker,
     load_error,
     offloaded_layers,
@@ -107,11 +112,11 @@ class ModelWorker(ThreadOwnedWorker):
                 raise WorkerBusy(f"{self._waiting} requests already waiting for this model")
             self._waiting += 1
 
-    def _abandon(self, job: Job) -> None:
+    def _abandon(self, job: Job | ScoreJob) -> None:
         # A request cancelled while queued frees its place now, not when the thread reaches it.
         self._unqueue(job)
 
-    def _unqueue(self, job: Job) -> None:
+    def _unqueue(self, job: Job | ScoreJob) -> None:
         with self._waiting_lock:
             if job.queued:
                 job.queued = False
@@ -124,6 +129,8 @@ class ModelWorker(ThreadOwnedWorker):
             while (job := self._jobs.get()) is not None:
                 if isinstance(job, MeasureJob):
                     self._measure(llm, job)
+                elif isinstance(job, ScoreJob):
+                    self._score(llm, job)
                 else:
                     self._serve_one(llm, job)
         finally:
@@ -158,9 +165,34 @@ class ModelWorker(ThreadOwnedWorker):
                 break
             if isinstance(job, MeasureJob):
                 job.fail(GenerationError("the model worker is closed"), self._token)
+            elif isinstance(job, ScoreJob):
+                self._unqueue(job)
+                job.result = GenerationError("the model worker is closed")
+                job.wake(self._token)
             elif job is not None:
                 self._to_trio(job, GenerationError("the model worker is closed"))
                 self._to_trio(job, Close())
+
+    def _score(self, llm: Any, job: ScoreJob) -> None:
+        """Scoring on the context's sequence 0, from an empty KV cache and leaving it empty, so
+        the next request is evaluated afresh as every request here is."""
+        assert self._token is not None
+        self._unqueue(job)
+        if self._closing.is_set():
+            job.result = GenerationError("the model worker is closed")
+        elif not job.cancelled.is_set():
+            self._active = 1
+            model = LoadedModel.borrow(llm)
+            try:
+                llm.reset()
+                model.forget_all()
+                job.compute(model, 0)
+            finally:
+                model.forget_all()
+                model.close()
+                llm.reset()
+                self._active = 0
+        job.wake(self._token)
 
     def _measure(self, llm: Any, item: MeasureJob) -> None:
         assert self._token is not None
@@ -207,24 +239,82 @@ class ModelWorker(ThreadOwnedWorker):
         run = _Run(llama_cpp, vocab, TextAssembler(request.stop), started)
 
         llm.reset()  # see the module docstring: no prefix reuse
-        # Llama reads its penalty window from this attribute when generate() builds the chain.
-        llm.last_n_tokens_size = request.penalty_last_n
-        llm.set_seed(RANDOM_SEED if request.seed is None else request.seed)
-        if request.replay_tokens:
-            self._replay(llm, job, prompt, run)
-        finish = self._decode(llm, job, prompt, run)
+        if request.temperature > 0:
+            finish = self._sample(llm, job, prompt, run)
+        else:
+            # Llama reads its penalty window from this attribute when generate() builds the chain.
+            llm.last_n_tokens_size = request.penalty_last_n
+            llm.set_seed(RANDOM_SEED if request.seed is None else request.seed)
+            if request.replay_tokens:
+                self._replay(llm, job, prompt, run)
+            finish = self._decode(llm, job, prompt, run)
         if not run.assembler.stopped and finish != "cancelled":
             chunk = run.assembler.finish()  # text held back for a possible stop string, if any
             if chunk is not None:
                 self._to_trio(job, chunk)
         self._to_trio(job, run.done(finish, len(prompt), len(request.replay_tokens)))
 
+    def _sample(self, llm: Any, job: Job, prompt: list[int], run: _Run) -> str:
+        """A sampled request, on the context's sequence 0 with BatchingWorker's sampler chain
+        (inference/llama_lowlevel.py `Sampler`): its replayable draw makes the run verifiable
+        and its replay exact, which llama-cpp-python's own `dist` draw is not. The prompt is
+        prefilled in batches, then one token per decode, replayed tokens included."""
+        request = job.request
+        model = LoadedModel.borrow(llm)
+        sampler = None
+        try:
+            model.forget_all()
+            sampler = Sampler(model, request, prompt)  # checks logit_bias
+            run.seed = sampler.seed
+            out = 0
+            for start in range(0, len(prompt), model.n_batch):
+                model.clear_batch()
+                for pos in range(start, min(start + model.n_batch, len(prompt))):
+                    out = model.add(prompt[pos], pos, 0, pos == len(prompt) - 1)
+                self._feed(model)
+            while True:
+                if job.cancelled.is_set() or self._closing.is_set():
+                    return "cancelled"
+                if run.completion < len(request.replay_tokens):
+                    token = request.replay_tokens[run.completion]
+                    sampler.advance(model, out, token)
+                    run.assembler.replay(run.piece(token))
+                else:
+                    token = sampler.sample(model, out)
+                    now = time.perf_counter()
+                    run.first = now if run.first is None else run.first
+                    if model.is_eog(token) and not request.ignore_eos:
+                        return "stop"
+                    run.last = now
+                    chunk = run.assembler.add(token, run.piece(token))
+                    if chunk is not None:
+                        self._to_trio(job, chunk)
+                run.completion += 1
+                if run.assembler.stopped:
+                    return "stop"
+                if run.completion == request.max_tokens:
+                    return "length"
+                model.clear_batch()
+                out = model.add(token, len(prompt) + run.completion - 1, 0, True)
+                self._feed(model)
+        finally:
+            if sampler is not None:
+                sampler.close()
+            model.forget_all()
+            model.close()
+            llm.reset()
+
+    def _feed(self, model: LoadedModel) -> None:
+        status = model.decode()
+        self._steps += 1
+        if status != 0:
+            raise GenerationError(f"llama_decode failed with status {status}")
+
     def _replay(self, llm: Any, job: Job, prompt: list[int], run: _Run) -> None:
-        """Exact replay: the prompt as one evaluation, then each replayed token in a decode
-        step of its own, as generate() would have fed them; generate() then finds all of it
-        cached and samples straight from the last logits. Bit-identical to the uninterrupted
-        run for greedy decoding; a sampled run continues with a fresh random state
-        (BatchingWorker also replays the sampler's random state)."""
+        """Exact replay of a greedy run: the prompt as one evaluation, then each replayed token
+        in a decode step of its own, as generate() would have fed them; generate() then finds
+        all of it cached and samples straight from the last logits. Bit-identical to the
+        uninterrupted run (a sampled one is `_sample`'s)."""
         llm.eval(prompt)
         self._steps += 1
         for token in job.request.replay_tokens:
@@ -306,6 +396,7 @@ class _Run:
     assembler: TextAssembler
     started: float
     completion: int = 0  # replayed + generated tokens so far
+    seed: int | None = None  # of a sampled run's replayable draws
     first: float | None = None
     last: float = attrs.field(default=attrs.Factory(lambda self: self.started, takes_self=True))
     _piece_buf: ctypes.Array[ctypes.c_char] = attrs.field(
@@ -326,4 +417,5 @@ class _Run:
             time_to_first_token_s=first - self.started,
             decode_tokens_per_s=per_second(generated - 1, self.last - first),
             token_ids=self.assembler.unreleased,
+            seed=self.seed,
         )

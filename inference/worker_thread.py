@@ -35,6 +35,7 @@ from inference.benchmark import Throughput, measure_throughput
 from inference.generation import GenerationDone, GenerationError, GenerationRequest, Item
 from inference.llama_lowlevel import LoadedModel
 from inference.model_file import ModelFileError, check_header
+from inference.scoring import ScoreRequest, ScoreResult, score_tokens
 
 Outcome = Item | BaseException
 
@@ -93,7 +94,42 @@ class MeasureJob:
         return self.result
 
 
-WorkItem = Job | MeasureJob
+@attrs.define(eq=False)
+class ScoreJob:
+    """A scoring request (inference/scoring.py) for the worker thread: one answer, no stream.
+    The thread computes it (`compute`), counts it out of the worker's bound, then wakes the
+    awaiting task (`wake`)."""
+
+    request: ScoreRequest
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: ScoreResult | BaseException | None = None
+    cancelled: threading.Event = attrs.field(factory=threading.Event)
+    queued: bool = True  # ModelWorker: still counted as waiting (under its lock)
+
+    def compute(self, model: LoadedModel, seq_id: int) -> None:
+        """In the worker thread; never raises (a failure is the result)."""
+        try:
+            self.result = score_tokens(model, seq_id, self.request)
+        except GenerationError as e:
+            self.result = e
+        except Exception as e:  # a llama.cpp failure ends this request, not the worker
+            message = f"scoring failed: {type(e).__name__}: {e}"
+            self.result = GenerationError(message.replace("\n", " "))
+
+    def wake(self, token: trio.lowlevel.TrioToken) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(self.done.set)
+
+    async def wait(self) -> ScoreResult:
+        await self.done.wait()
+        if isinstance(self.result, BaseException):
+            raise self.result
+        if self.result is None:
+            raise GenerationError("the model worker is closed")
+        return self.result
+
+
+WorkItem = Job | MeasureJob | ScoreJob
 
 
 def deliver(send: trio.MemorySendChannel[Outcome], item: object) -> None:
@@ -190,7 +226,7 @@ class ThreadOwnedWorker:
     def _reserve(self) -> None:
         raise NotImplementedError
 
-    def _abandon(self, job: Job) -> None:
+    def _abandon(self, job: Job | ScoreJob) -> None:
         """The client left (the request may still be queued)."""
 
     # -- trio side -----------------------------------------------------------------------------
@@ -254,6 +290,24 @@ class ThreadOwnedWorker:
         finally:
             job.cancelled.set()
             job.receive.close()
+            self._abandon(job)
+
+    async def score(self, request: ScoreRequest) -> ScoreResult:
+        """Teacher-force `request.tokens` after its prompt and score every position
+        (inference/scoring.py). Queued like a generation request and counted in the same bound:
+        WorkerBusy at once over it; GenerationError / PromptTooLong as generate() raises them.
+        """
+        if not self._loaded:
+            raise GenerationError("the model worker has not been started")
+        if self._closing.is_set():
+            raise GenerationError("the model worker is closed")
+        self._reserve()
+        job = ScoreJob(request)
+        self._jobs.put(job)
+        try:
+            return await job.wait()
+        finally:
+            job.cancelled.set()
             self._abandon(job)
 
     async def measure_throughput(

@@ -33,6 +33,12 @@ class ErrorCode(enum.Enum):
     TIMEOUT = "timeout"  # a deadline passed before the work finished
     UNAVAILABLE = "unavailable"  # no provider could serve the request (client side)
     INTERNAL = "internal"  # the serving side failed; another provider may not
+    # A relay (p2p/reach/) at one of its bounds (reservations, circuits, circuits per peer), or
+    # not relaying at all: reserve at, or dial through, another relay.
+    RELAY_FULL = "relay_full"
+    # The relay holds no reservation for the peer a client asked for (expired, never made, or
+    # an unknown circuit token): the client tries the peer's other relays.
+    NO_RESERVATION = "no_reservation"
 
     @classmethod
     def from_wire(cls, text: str) -> ErrorCode:
@@ -54,6 +60,9 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.INTERNAL,
         # one node's catalogue may lag the DHT's (a model dropped after a failed load)
         ErrorCode.UNKNOWN_MODEL,
+        # another relay of the same node may have room or a reservation
+        ErrorCode.RELAY_FULL,
+        ErrorCode.NO_RESERVATION,
     }
 )
 
@@ -68,6 +77,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TIMEOUT: 504,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 502,  # the gateway is fine; the node behind it failed
+    ErrorCode.RELAY_FULL: 503,
+    ErrorCode.NO_RESERVATION: 502,
 }
 
 

@@ -81,6 +81,8 @@ _OUTCOME_OF_CODE: dict[ErrorCode, Outcome] = {
     ErrorCode.TOO_LONG: Outcome.TOO_LONG,
     ErrorCode.TIMEOUT: Outcome.ERROR,
     ErrorCode.INTERNAL: Outcome.ERROR,
+    ErrorCode.RELAY_FULL: Outcome.BUSY,
+    ErrorCode.NO_RESERVATION: Outcome.ERROR,
 }
 
 OUTCOMES = tuple(o.value for o in Outcome)

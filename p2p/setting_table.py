@@ -36,6 +36,10 @@ ALL_COMMANDS = (NODE, GATEWAY, *CLIENTS)
 # DEFAULT_API_HOST/PORT (beside the node's 8468 UDP and 8469 TCP).
 DEFAULT_API_ADDRESS = ("127.0.0.1", 8470)
 DEFAULT_QUEUE_TIMEOUT_S = 60.0
+# Spot checks (p2p/client/spot_check.py): at 0.13 a node serving another model (caught on every
+# checked request) is caught within 50 requests with probability 1 - 0.87**50 > 99.9 %; one
+# check measured ~0.25 of the request's generation on a CPU verifier, so ~3-4 % extra compute.
+DEFAULT_VERIFY_FRACTION = 0.13
 
 
 @attrs.frozen
@@ -112,6 +116,14 @@ SETTINGS: tuple[Setting, ...] = (
         commands=(), flag="", in_file=False, secret=True,
         default_text="none, prompted for at a terminal",
     ),
+    Setting(
+        "verify_fraction", Number(0, 1), DEFAULT_VERIFY_FRACTION,
+        "Fraction of requests spot-checked on another provider of the same model file, in the "
+        "background (docs/security.md). A check costs about a quarter of generating on a CPU "
+        "verifier (docs/benchmarks.md), so 0.13 adds about 3-4 % compute and catches a node "
+        "serving another model within 50 requests; 0 checks nothing, 1 every request.",
+        commands=(NODE, GATEWAY, "ask"),
+    ),
     # --- gpunet node: [node] ----------------------------------------------------------------------
     _node(
         "models", Many(PathKind()), (), "GGUF file or folder of GGUF files to serve (repeatable).",
@@ -179,6 +191,29 @@ SETTINGS: tuple[Setting, ...] = (
         "speculate", Flag(), True,
         "Greedy requests whose text repeats itself (lists, loops, quoted prompt) guess the "
         "repeat's next tokens and check them in one step: the same greedy tokens, sooner.",
+    ),
+    _node(
+        "port_mapping", Flag(), True,
+        "Ask the home router (UPnP-IGD) to forward the DHT and session ports to this node, "
+        "renewed while it runs and removed when it stops, so peers can dial it behind a NAT.",
+    ),
+    _node(
+        "relay", Flag(), True,
+        "Relay for volunteers behind NAT that nobody can dial (only while this node is reachable "
+        "itself): the relay forwards their end-to-end encrypted sessions and cannot read them.",
+    ),
+    _node(
+        "relay_max_reservations", Whole(0, 1024), 32,
+        "Volunteers behind NAT this node relays for at once; beyond it they are refused "
+        "(relay_full) and reserve at another relay.",
+    ),
+    _node(
+        "relay_max_circuits", Whole(0, 4096), 48,
+        "Relayed sessions at once, all volunteers together (each costs two sockets).",
+    ),
+    _node(
+        "relay_bytes_per_s", Whole(1024, 1 << 34), 4 * 1024 * 1024,
+        "Bytes per second relayed for one volunteer, both directions together.",
     ),
     # --- gpunet gateway: [gateway] ----------------------------------------------------------------
     _gateway(

@@ -92,6 +92,14 @@ SANS_IO = (
     "p2p.dht.answer_budget",
     "p2p.dht.identity_proof",
     "p2p.dht.rate_limit",
+    "p2p.dht.record_entries",
+    # the relay's and the reachability check's rules (p2p/reach/)
+    "p2p.reach.relay_protocol",
+    "p2p.reach.relay_table",
+    "p2p.reach.reachability",
+    "p2p.reach.strangers",
+    "p2p.reach.punch_rules",
+    "p2p.session.handshake_admission",
 )
 EVENT_LOOPS = ("trio", "asyncio", "trio_asyncio", "anyio")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Quantize an F32/F16/BF16 GGUF to Q4_K_M or Q8_0 with llama.cpp's quantizer.
+"""Quantize an F32/F16/BF16 GGUF to Q4_K_M, Q8_0, Q3_K_M or Q2_K with llama.cpp's quantizer.
 
     python tools/quantize.py model-f16.gguf model-q4_k_m.gguf --type Q4_K_M
     python tools/quantize.py model-f32.gguf model-q8_0.gguf --type q8_0 --threads 4 --json

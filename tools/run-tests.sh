@@ -15,6 +15,24 @@ if ! command -v chromium >/dev/null 2>&1; then
     sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
   fi
 fi
+# The NAT tests (tests/netns/) build network namespaces with routers doing iptables/nftables NAT
+# and Debian's miniupnpd as a real UPnP-IGD. They need root; as root, install what is missing.
+# miniupnpd-iptables is the daemon alone: unlike the `miniupnpd` package it asks no debconf
+# questions and installs no service, so no system-wide daemon runs (the lab starts its own in
+# each router namespace, with its own config file).
+if [ "$(id -u)" -eq 0 ]; then
+  missing=""
+  command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+  command -v iptables-legacy >/dev/null 2>&1 || missing="$missing iptables"
+  command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+  [ -x /usr/sbin/miniupnpd ] || missing="$missing miniupnpd-iptables"
+  if [ -n "$missing" ]; then
+    echo "==> installing$missing for the network-namespace (NAT) tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+      >/dev/null
+  fi
+fi
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> mypy"

@@ -57,6 +57,7 @@ from p2p.api.json_body import MAX_BODY_BYTES, body_too_large, parse_json_body
 from p2p.api.network_view import NetworkView, model_object, model_table, network_json
 from p2p.api.openai_errors import ApiError, internal_error
 from p2p.api.request_parsing import parse_generation
+from p2p.client.background_checks import BackgroundChecks
 from p2p.client.network import Client
 from p2p.errors import ErrorCode
 from p2p.host_port import format_host_port
@@ -96,13 +97,14 @@ class Gateway:
         metrics: Metrics | None = None,
         queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         generation_deadline_s: float = GENERATION_DEADLINE_S,
+        checks: BackgroundChecks | None = None,
     ) -> None:
         self.client = client
         self.api_key = api_key or None
         self.metrics = metrics or metrics_mod.DEFAULT
         self.network = NetworkView(client)
         # A request's overall deadline: the queue's wait plus the generation's (gateway_queue.py)
-        self.queue = GatewayQueue(client, queue_timeout_s, generation_deadline_s)
+        self.queue = GatewayQueue(client, queue_timeout_s, generation_deadline_s, checks)
         self.metrics.routing_table_size.set_function(lambda: float(client.dht.routing_table_size()))
 
     def authorize(self, request: Request) -> None:
@@ -229,17 +231,23 @@ async def serve_gateway(
     metrics: Metrics | None = None,
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
     generation_deadline_s: float = GENERATION_DEADLINE_S,
+    checks: BackgroundChecks | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway on host:port until cancelled; `nursery.start` returns its base URL
     ("http://127.0.0.1:8470"; port 0 picks a free port). A request ends with `timeout` (504)
-    after *queue_timeout_s* + *generation_deadline_s*."""
+    after *queue_timeout_s* + *generation_deadline_s*.
+    *checks*, when given, spot-checks a fraction of the finished requests in the background
+    (p2p/client/background_checks.py); its reputation then ranks the providers."""
+    if checks is not None:
+        client.ranker.standing = checks.reputation.standing
     gateway = Gateway(
         client,
         api_key=api_key,
         metrics=metrics,
         queue_timeout_s=queue_timeout_s,
         generation_deadline_s=generation_deadline_s,
+        checks=checks,
     )
     app = build_app(gateway)
 
@@ -256,5 +264,7 @@ async def serve_gateway(
         )
 
     async with trio.open_nursery() as nursery:
+        if checks is not None:
+            await nursery.start(checks.run)
         binds: list[str] = await nursery.start(started)
         task_status.started(binds[0])

@@ -26,9 +26,11 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from p2p.client.background_checks import BackgroundChecks
 from p2p.client.failover import generate
 from p2p.client.network import AskError, Client
 from p2p.client.ranking import Provider
+from p2p.client.segments import Segment
 from p2p.errors import ErrorCode
 from p2p.protocol import wire
 
@@ -56,6 +58,8 @@ class GatewayQueue:
     client: Client
     timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     generation_deadline_s: float = GENERATION_DEADLINE_S
+    # Spot checks of a fraction of the finished requests (None: none).
+    checks: BackgroundChecks | None = None
     _finished: trio.Event = attrs.field(factory=trio.Event)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
@@ -109,14 +113,19 @@ class GatewayQueue:
             try:
                 # each try gets what is left of the request's overall deadline (without it,
                 # generate's own default would cut a long generation short)
-                return await generate(
+                segments: list[Segment] = []
+                done = await generate(
                     self.client,
                     model,
                     numbered,
                     on_text,
                     on_provider,
                     deadline_s=max(0.0, overall - trio.current_time()),
+                    on_segment=segments.append,
                 )
+                if self.checks is not None:
+                    self.checks.offer(segments)
+                return done
             except AskError as exc:
                 wait = min(backoff, deadline - trio.current_time())
                 if exc.code not in WAITS_FOR_ROOM or delivered() or wait <= 0:

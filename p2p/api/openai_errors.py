@@ -43,6 +43,8 @@ OPENAI_ERRORS: dict[ErrorCode, OpenAIError] = {
     ErrorCode.RATE_LIMITED: OpenAIError("rate_limit_error", "rate_limited"),
     ErrorCode.TIMEOUT: OpenAIError("server_error", "timeout"),
     ErrorCode.INTERNAL: OpenAIError("server_error", "provider_error"),
+    ErrorCode.RELAY_FULL: OpenAIError("server_error", "providers_busy"),
+    ErrorCode.NO_RESERVATION: OpenAIError("server_error", "provider_error"),
 }
 
 

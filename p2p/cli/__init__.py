@@ -8,6 +8,7 @@
 - `peers.py`: `gpunet peers`, the nodes of the network and their models, with filters.
 - `gateway.py`: `gpunet gateway`, the OpenAI-compatible API as a light client; the warning
   about an API exposed without a key.
+- `verify.py`: `gpunet verify FILE`, an evidence file re-checked with the model held locally.
 - `identity.py`: `gpunet identity ...`, the identity key file, its passphrase rules (shared with
   the node) and private-network keys.
 - `config.py`: `gpunet config`, every setting in effect and where it came from.

@@ -1,8 +1,14 @@
-"""`gpunet ask`: one prompt into the network, the answer streamed to stdout."""
+"""`gpunet ask`: one prompt into the network, the answer streamed to stdout.
+
+With `--verify` (or for a `verify_fraction` of asks) the answer is then spot-checked on another
+provider of the same model file (p2p/client/spot_check.py) and the verdict printed; the outcome
+goes into the data dir's reputation file, which ranks the providers of the next asks.
+"""
 
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections import Counter
 from functools import partial
@@ -30,8 +36,12 @@ from p2p.cli.options import command_settings, setting_options
 from p2p.client.failover import ASK_DEADLINE_S, generate
 from p2p.client.network import Client, list_nodes, open_client
 from p2p.client.ranking import Provider
+from p2p.client.reputation import Reputation
+from p2p.client.segments import Segment
+from p2p.client.spot_check import CheckResult, check_request
 from p2p.model_match import model_matches
 from p2p.protocol import wire
+from p2p.reach.punch_rules import path_label
 from p2p.settings import Settings
 
 DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
@@ -51,6 +61,7 @@ class Question:
     reproducible: bool
     prefer: str | None
     timeout_s: float | None = ASK_DEADLINE_S  # the whole request; None: no limit
+    verify: bool = False  # spot-check the answer on another provider and say the verdict
 
     def request(self, model: str) -> wire.Generate:
         return wire.Generate(
@@ -74,26 +85,57 @@ async def pick_default_model(client: Client) -> str:
     return Counter(m.name for m in offered).most_common(1)[0][0]
 
 
-def _print_done(done: wire.Done, text: str, as_json: bool, verbose: int) -> None:
+def _check_json(c: CheckResult) -> dict[str, object]:
+    return {
+        "verdict": c.verdict,
+        "peer_id": c.peer_id,
+        "model_sha256": c.model_sha256,
+        "reason": c.reason,
+        "verifiers": [v.peer_id for v in c.verifiers],
+        "caught": c.caught,
+        "evidence": str(c.evidence) if c.evidence is not None else None,
+    }
+
+
+def _print_checks(checks: list[CheckResult], *, always: bool) -> None:
+    """The verdicts on stderr: all of them when asked for (--verify), else only a failure."""
+    for c in checks:
+        if always or c.verdict == "inconsistent":
+            line = f"[verify {c.peer_id[:12]}: {c.verdict}: {c.reason}]"
+            if c.evidence is not None:
+                line += f" [evidence: {c.evidence}; re-check it with `gpunet verify FILE`]"
+            click.echo(line, err=True)
+
+
+def _print_done(
+    done: wire.Done,
+    text: str,
+    as_json: bool,
+    verbose: int,
+    checks: list[CheckResult] | None = None,
+    paths: list[dict[str, str]] | None = None,
+) -> None:
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "text": text,
-                    "finish_reason": done.finish_reason,
-                    "prompt_tokens": done.prompt_tokens,
-                    "completion_tokens": done.completion_tokens,
-                    "ttft_s": done.ttft_s,
-                    "decode_tok_s": done.decode_tok_s,
-                }
-            )
-        )
+        body: dict[str, object] = {
+            "text": text,
+            "finish_reason": done.finish_reason,
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "ttft_s": done.ttft_s,
+            "decode_tok_s": done.decode_tok_s,
+        }
+        if checks is not None:
+            body["verification"] = [_check_json(c) for c in checks]
+        if paths is not None:  # per segment: direct / mapped / hole-punched / relayed / local
+            body["paths"] = paths
+        click.echo(json.dumps(body))
     else:
         sys.stdout.write("\n")
     if verbose:
+        via = ", ".join(f"{p['peer_id'][:12]} {p['path']}" for p in paths or ())
         click.echo(
             f"[{done.completion_tokens} tokens, {done.finish_reason}, "
-            f"{done.decode_tok_s:.1f} tok/s]",
+            f"{done.decode_tok_s:.1f} tok/s" + (f"; via {via}" if via else "") + "]",
             err=True,
         )
 
@@ -108,7 +150,10 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
             sys.stdout.write(text)
             sys.stdout.flush()
 
+    reach_of: dict[str, str] = {}  # how each provider's record says it is reached
+
     def on_provider(p: Provider) -> None:
+        reach_of[p.record.peer_id] = p.record.reach
         if verbose:
             click.echo(
                 f"[{p.record.peer_id[:16]} at {p.record.addresses[0]} serves "
@@ -116,8 +161,13 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
                 err=True,
             )
 
+    segments: list[Segment] = []
+    reputation = Reputation.load(settings.data_dir)
+    check = question.verify or random.random() < settings["verify_fraction"]
+    checks: list[CheckResult] | None = None
     addrs = await resolve_all(client_bootstrap(settings["bootstrap"], settings.data_dir))
     async with open_client(addrs, psk=read_network_key(settings["network_key"])) as client:
+        client.ranker.standing = reputation.standing  # a node caught cheating is not asked
         chosen = question.model or await pick_default_model(client)
         done = await generate(
             client,
@@ -127,8 +177,22 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
             on_provider,
             prefer=question.prefer,
             deadline_s=question.timeout_s,
+            on_segment=segments.append,
         )
-    _print_done(done, "".join(pieces), as_json, verbose)
+        paths = [
+            {
+                "peer_id": s.peer_id,
+                "path": path_label(client.pool.served_path(s.peer_id), reach_of.get(s.peer_id)),
+            }
+            for s in segments
+        ]
+        if check:
+            checks = await check_request(
+                client, segments, reputation=reputation, data_dir=settings.data_dir
+            )
+    _print_done(done, "".join(pieces), as_json, verbose, checks, paths)
+    if checks is not None and not as_json:
+        _print_checks(checks, always=question.verify or verbose > 0)
 
 
 def _check_stops(stops: tuple[str, ...]) -> tuple[str, ...]:
@@ -206,6 +270,13 @@ def _check_prompt(prompt: str) -> str:
     "the fallback.",
 )
 @click.option(
+    "--verify",
+    is_flag=True,
+    help="Then spot-check the answer on another provider of the same model file and print the "
+    "verdict (consistent, inconsistent, inconclusive) on stderr; a failed check writes an "
+    "evidence file for `gpunet verify`.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object at the end instead of streaming."
 )
 @click.argument("prompt", callback=lambda _ctx, _param, prompt: _check_prompt(prompt))
@@ -219,6 +290,7 @@ def ask_command(
     chat: bool,
     reproducible: bool,
     prefer: str | None,
+    verify: bool,
     as_json: bool,
     prompt: str,
     **_flags: Any,
@@ -241,5 +313,6 @@ def ask_command(
         reproducible,
         prefer,
         timeout_s=timeout or None,
+        verify=verify,
     )
     run_client(partial(ask_network, settings, question, as_json))

@@ -25,6 +25,7 @@ from p2p.cli.common import (
     setup_logging,
 )
 from p2p.cli.options import command_settings, setting_options
+from p2p.client.background_checks import BackgroundChecks
 from p2p.client.network import AskError, open_client
 from p2p.settings import GATEWAY, Settings
 
@@ -63,6 +64,9 @@ async def serve(settings: Settings, psk: bytes | None, as_json: bool) -> None:
                 port,
                 api_key=settings["api_key"],
                 queue_timeout_s=settings["queue_timeout"],
+                checks=BackgroundChecks.of_settings(
+                    client, settings["verify_fraction"], settings.data_dir
+                ),
             )
         )
         print_gateway_ready(url, as_json)

@@ -19,6 +19,7 @@ from p2p.cli.gateway import gateway_command
 from p2p.cli.identity import identity_group
 from p2p.cli.node import node_command
 from p2p.cli.peers import peers_command
+from p2p.cli.verify import verify_command
 from p2p.version import version_lines
 
 
@@ -77,5 +78,6 @@ for command in (
     gateway_command,
     identity_group,
     config_command,
+    verify_command,
 ):
     main.add_command(command)

@@ -9,6 +9,7 @@ volunteer a DHT bootstrap first.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -39,9 +40,11 @@ from p2p.cli.identity import identity_path, load_node_identity
 from p2p.cli.options import command_settings, setting_options
 from p2p.cli.ready_hints import command_name, join_lines
 from p2p.cli.running_node import check_ports_free, lock_data_dir, write_node_file
+from p2p.client.background_checks import BackgroundChecks
 from p2p.client.network import Client
 from p2p.node.config import NodeConfig, NodeError, NodeReady
 from p2p.node.runtime import ApiStarter, run_node
+from p2p.reach.node_tasks import REACH_LOGGER
 from p2p.settings import NODE, Settings
 
 
@@ -98,6 +101,22 @@ def prepare(settings: Settings) -> Prepared:
     return Prepared(data_dir, identity, psk, infos)
 
 
+TEST_CHEATS = ("random-tokens", "drop-prefix", "other-model:")
+
+
+def cheat_from_environment() -> str:
+    """$GPUNET_TEST_CHEAT: a node that lies on purpose, for the spot-check tests only
+    (docs/security.md). Never a setting: it has no flag and no config.toml key."""
+    cheat = os.environ.get("GPUNET_TEST_CHEAT", "")
+    if not cheat:
+        return ""
+    if cheat not in TEST_CHEATS[:2] and not (cheat.startswith(TEST_CHEATS[2]) and cheat[12:]):
+        fail(f"GPUNET_TEST_CHEAT must be one of {', '.join(TEST_CHEATS)}PATH, not {cheat!r:.80}")
+    if cheat.startswith("other-model:") and not Path(cheat.split(":", 1)[1]).is_file():
+        fail(f"GPUNET_TEST_CHEAT: no such model file {cheat.split(':', 1)[1]!r:.200}")
+    return cheat
+
+
 def node_config(
     settings: Settings, prepared: Prepared, bootstrap: Sequence[tuple[str, int]]
 ) -> NodeConfig:
@@ -120,6 +139,12 @@ def node_config(
         benchmark=settings["benchmark"],
         prompt_cache=settings["prompt_cache"],
         speculate=settings["speculate"],
+        port_mapping=settings["port_mapping"],
+        relay=settings["relay"],
+        relay_max_reservations=settings["relay_max_reservations"],
+        relay_max_circuits=settings["relay_max_circuits"],
+        relay_bytes_per_s=settings["relay_bytes_per_s"],
+        cheat=cheat_from_environment(),
     )
 
 
@@ -133,7 +158,16 @@ def api_starter(settings: Settings) -> ApiStarter | None:
     warn_if_exposed(host, key)
 
     def start(client: Client) -> Callable[..., Awaitable[None]]:
-        return partial(serve_gateway, client, host, port, api_key=key)
+        return partial(
+            serve_gateway,
+            client,
+            host,
+            port,
+            api_key=key,
+            checks=BackgroundChecks.of_settings(
+                client, settings["verify_fraction"], settings.data_dir
+            ),
+        )
 
     return start
 
@@ -224,6 +258,9 @@ def node_command(as_json: bool, **_flags: Any) -> None:
     """
     settings = command_settings(NODE)
     setup_logging(settings["verbose"], settings["log_file"])
+    # Reachability verdicts and relays held are what a volunteer behind a router wants to see.
+    reach_log = logging.getLogger(REACH_LOGGER)
+    reach_log.setLevel(min(reach_log.getEffectiveLevel(), logging.INFO))
     api = api_starter(settings)
     # Before anything else touches the data dir: a second node here must change nothing.
     lock = lock_data_dir(settings.data_dir)

@@ -24,6 +24,15 @@ from p2p.dht.records import CapabilityRecord, record_to_json
 from p2p.settings import Settings
 
 
+def reach_text(r: CapabilityRecord) -> str:
+    """How the node is reached: direct, mapped (its router forwards a port), relayed (through
+    the relays named, by peer id prefix) or unknown (not checked yet, or an older node)."""
+    if r.reach == "relayed" or r.relays:
+        via = ",".join(h.peer_id[:8] for h in r.relays) or "none held"
+        return f"relayed via {via}"
+    return r.reach
+
+
 def describe(r: CapabilityRecord) -> list[str]:
     """The lines `gpunet peers` prints for one node."""
     hw = (
@@ -33,7 +42,10 @@ def describe(r: CapabilityRecord) -> list[str]:
         )
         or f"CPU, {r.cpu.cores} cores"
     )
-    lines = [f"{r.peer_id[:16]}  {','.join(r.addresses)}  {hw}  load {r.load.active_requests}"]
+    lines = [
+        f"{r.peer_id[:16]}  {','.join(r.addresses)}  {reach_text(r)}  {hw}  "
+        f"load {r.load.active_requests}"
+    ]
     if r.build or r.hardware_class:
         lines.append(f"    {r.build or 'build unknown'}  on  {r.hardware_class or '?'}")
     on_cpu = r.hardware_class.startswith("cpu ") if r.hardware_class else not r.gpus

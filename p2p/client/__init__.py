@@ -19,6 +19,15 @@ tools), and nothing a provider needs.
   the reorderings a caller asks for (a preferred node, the failed node's hardware class).
 - `provider_query.py`: which records' models answer to a name or sha256 and pass the filters
   of `gpunet peers` (GPU, free VRAM, quantization); pure functions over verified records.
+- `segments.py`: a request's segments (one per node that finished part of it) with their
+  signed receipts, checked against what was sent and received.
+- `spot_check.py`: re-scoring a finished segment on an independent provider of the same sha256
+  (another peer id, preferably another /24), a third provider on disagreement; the verdict.
+- `background_checks.py`: the gateway's checks of a fraction of its requests, after the answer,
+  at most two at a time.
+- `reputation.py`: the local standing of each (peer id, model), earned by verified work and lost
+  by evidence; the ranking reads it (a caught node is excluded for that model).
+- `evidence.py`: the self-proving evidence file a failed check writes (`gpunet verify FILE`).
 
 Sans-IO: `ranking.py` and `provider_query.py`. The rest runs in trio; the DHT behind
 `Client.dht` hosts kademlia's asyncio loop (p2p/dht/), so nothing here imports asyncio.

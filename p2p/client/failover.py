@@ -35,6 +35,7 @@ from p2p.client.ranking import (
     prefer_same_class,
     rank_providers,
 )
+from p2p.client.segments import Segment, segment_of
 from p2p.client.token_stream import Progress, receive_answer
 from p2p.errors import ErrorCode
 from p2p.protocol import wire
@@ -56,6 +57,7 @@ class _Attempt:
     request: wire.Generate
     on_text: Callable[[str], None]
     on_provider: Callable[[Provider], None]
+    on_segment: Callable[[Segment], None] = lambda _s: None
     progress: Progress = attrs.field(factory=Progress)
     problems: list[str] = attrs.field(factory=list)
     tried: set[str] = attrs.field(factory=set)
@@ -70,6 +72,7 @@ async def generate(
     *,
     prefer: str | None = None,
     deadline_s: float | None = ASK_DEADLINE_S,
+    on_segment: Callable[[Segment], None] = lambda _s: None,
 ) -> wire.Done:
     """Stream *request* to `on_text` as one uninterrupted stream, failing over between nodes.
 
@@ -78,8 +81,10 @@ async def generate(
     orders the rest.
     *deadline_s* bounds the whole request, counted from this call (None: no bound); past it the
     request is cancelled wherever it is and `AskError` with `ErrorCode.TIMEOUT` is raised.
+    *on_segment* gets each provider's finished part with its receipt checked (p2p/client/
+    segments.py): what a spot check re-checks (p2p/client/spot_check.py).
     """
-    attempt = _Attempt(client, request, on_text, on_provider)
+    attempt = _Attempt(client, request, on_text, on_provider, on_segment)
     with trio.move_on_after(math.inf if deadline_s is None else deadline_s):
         return await _generate(attempt, model, prefer)
     delivered = attempt.progress.chunks
@@ -178,6 +183,7 @@ async def _request(
     )
     sent = trio.current_time()
     first: float | None = None
+    before = len(attempt.progress.token_ids)
 
     def on_text(text: str) -> None:
         nonlocal first
@@ -194,6 +200,9 @@ async def _request(
             sent, first, trio.current_time(), outcome.completion_tokens
         )
         client.ranker.record_success(peer, ttft_s=ttft_s, decode_tok_s=decode_tok_s)
+        generated = (*attempt.progress.token_ids[before:], *outcome.token_ids)
+        sha, addresses = provider.model.sha256, tuple(provider.record.addresses)
+        attempt.on_segment(segment_of(peer, sha, replay, generated, outcome, addresses))
         return outcome
     client.ranker.record_failure(peer)
     client.pool.drop(peer)

@@ -52,7 +52,13 @@ async def _keep(_session: MultiplexedSession) -> None:
 
 async def connect_first(client: Client, providers: Sequence[Provider]) -> Dialled:
     """Race sessions to *providers* (best first); the ranker learns each failure."""
-    attempts = [partial(client.pool.get, p.record.peer_id, p.record.addresses) for p in providers]
+    attempts = [
+        # a relayed node's relays join its addresses (p2p/session/pool.py dials them last)
+        partial(client.pool.get, p.record.peer_id, p.record.addresses, p.record.relays)
+        if p.record.relays
+        else partial(client.pool.get, p.record.peer_id, p.record.addresses)
+        for p in providers
+    ]
     # No deadline of its own: each dial has the pool's, and the request has the caller's.
     race = await staggered_race(attempts, PROVIDER_STAGGER_S, math.inf, _keep)
     failed = tuple(

@@ -14,6 +14,10 @@ the next provider is dialled after a short stagger, a node that does not finish 
 goes into backoff here). Rejected: ignoring claims altogether (every fresh client would then pick
 at random, and honest fast nodes would wait for measurements nobody makes).
 
+Reputation (p2p/client/reputation.py, what this client's own spot checks found) weighs in through
+`standing`: a multiplier per (peer id, model sha256), 0 for a node caught serving something else
+than the file it claims, which is then not a candidate for that model at all.
+
 Beside the ranking, the two reorderings the caller may ask for: a preferred node first
 (`prefer_first`), and after a mid-stream failure the failed node's build and hardware class
 first (`prefer_same_class`).
@@ -44,6 +48,12 @@ CLAIM_CAP_FACTOR = 2.0
 # Weight of the newest measurement in the running average (exponential smoothing): one slow
 # answer (a long prompt, a busy moment) moves the estimate halfway, not all the way.
 MEASUREMENT_WEIGHT = 0.5
+# A node reached only through a relay (its record names relays, p2p/reach/) pays one more hop
+# on every message: about one relay round trip on the first token and the relay's share of
+# bandwidth. Until this client has measured its first token (which then includes the hop) it
+# ranks as a direct node of 0.8x its speed: among equals the direct one first, yet a relayed
+# node twice as fast still wins.
+RELAY_HOP_FACTOR = 0.8
 # Fewer tokens than this time the network more than the decode: no speed is measured from them.
 MIN_MEASURED_TOKENS = 4
 
@@ -82,6 +92,8 @@ class ProviderRanker:
     rng: random.Random = attrs.field(factory=random.Random)
     measured: dict[str, Measured] = attrs.field(factory=dict)
     _failures: dict[str, _Failures] = attrs.field(factory=dict)
+    # (peer id, model sha256) -> the score's multiplier; 0.0 excludes (a reputation's standing).
+    standing: Callable[[str, str], float] = lambda _peer, _sha: 1.0
 
     def record_failure(self, peer_id: str) -> None:
         """The node failed: it could not be reached, its handshake failed or was too slow, or
@@ -108,7 +120,11 @@ class ProviderRanker:
     def rank(self, providers: Sequence[tuple[CapabilityRecord, ModelEntry]]) -> list[Candidate]:
         """Best first. Stale records (expired by now) are skipped; nodes in backoff go last."""
         now = self.clock()
-        live = [(r, m) for r, m in providers if r.expires_at > now]
+        live = [
+            (r, m)
+            for r, m in providers
+            if r.expires_at > now and self.standing(r.peer_id, m.sha256) > 0
+        ]
         speeds = [s for r, _m in live if (s := self._measured_speed(r.peer_id)) is not None]
         cap = CLAIM_CAP_FACTOR * max(speeds) if speeds else None
         out = [self._score(record, model, cap) for record, model in live]
@@ -141,10 +157,18 @@ class ProviderRanker:
         ttft = seen.ttft_s if seen is not None else None
         # Time to first token as measured here (round trip + prefill): 100 ms halves the score.
         ttft_factor = 1.0 / (1.0 + 10 * ttft) if ttft is not None else 1.0
-        score = speed * share * ttft_factor * (1 + self.rng.uniform(-JITTER, JITTER))
+        relayed = bool(record.relays) and record.reach != "direct"
+        if relayed and ttft is None:
+            ttft_factor = RELAY_HOP_FACTOR
+        trust = self.standing(record.peer_id, model.sha256)
+        score = speed * share * ttft_factor * trust * (1 + self.rng.uniform(-JITTER, JITTER))
         parts = [told, f"{load.active_requests} active/{load.free_slots} free"]
+        if trust != 1.0:
+            parts.append(f"reputation x{trust:.2f}")
         if ttft is not None:
             parts.append(f"first token {ttft * 1000:.0f} ms")
+        if relayed:
+            parts.append("via relay")
         if self.in_backoff(record.peer_id):
             parts.append("recently failed")
         return Candidate(record, model, score, ", ".join(parts))

@@ -7,6 +7,8 @@ Every file here that imports kademlia, rpcudp or asyncio stays in this folder; t
 Records (sans-IO):
 - `records.py` — `CapabilityRecord` and its parts, the DHT key names, signing and opening the
   msgpack envelope: what a valid record is, checked once as it becomes an object.
+- `record_entries.py` — the record's entries (GPU, CPU, model, load, relay hint), the field
+  validators and `RecordError`; `records.py` re-exports them.
 - `record_bounds.py` — sanity bounds on what a record claims (VRAM, layers, context, slots,
   speed); `records.py` checks them and the cross-field rules (free ≤ total, offloaded ≤ layers).
 - `record_store.py` — `RecordStore`, the local storage: one slot per signer under each key,

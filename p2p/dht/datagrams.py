@@ -30,7 +30,7 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgpack
@@ -88,6 +88,8 @@ class DatagramRpc:
         self.cookies = AddressCookies()
         self.cookie_jar = CookieJar()
         self.cookie_stats = CookieStats()
+        # Told the host of every request sent (p2p/reach/strangers.py), on the loop's thread.
+        self.on_request_sent: Callable[[str], None] | None = None
 
     def _source_proven(self, source: Address) -> bool:
         """Has *source* shown, other than by a cookie, that it receives at its address?"""
@@ -233,6 +235,8 @@ class DatagramRpc:
         timer = loop.call_later(self._wait_timeout, self._timeout, msg_id)
         self._outstanding[msg_id] = (future, timer, (address[0], address[1]))
         self.stats.rpcs_sent += 1
+        if self.on_request_sent is not None:
+            self.on_request_sent(str(address[0]))
         self.transport.sendto(REQUEST + msg_id + payload, address)
         return future
 

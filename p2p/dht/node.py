@@ -28,6 +28,7 @@ from kademlia.node import Node
 from crypto.identity import Identity, dht_node_id
 from p2p import metrics
 from p2p.dht.aio_bridge import open_asyncio_loop, run_aio
+from p2p.dht.contact_proofs import CLIENT_ID
 from p2p.dht.datagrams import ATTEMPTS
 from p2p.dht.lookup import CountingNodeCrawl, RecordCrawl
 from p2p.dht.protocol import GpunetProtocol
@@ -286,6 +287,26 @@ class Dht:
         or nobody proved the id it claims)."""
         found = await run_aio(self._loop, self._server.bootstrap, addresses)
         return len(found)
+
+    def set_client_only(self, on: bool) -> None:
+        """Join as a client-only member (a node nobody can dial, p2p/reach/): announce the
+        light client's id, so no peer adds this node to its routing table (where its lookups
+        would wait on a contact that never answers), and store nothing for others. Its own
+        record is still published: stores from a light client are accepted like any."""
+        protocol = self.protocol
+        protocol.client_mode = on
+        protocol.wire_id = CLIENT_ID if on else bytes(protocol.source_node.id)
+
+    def observe_requests(self, observer: Callable[[str], None] | None) -> None:
+        """Tell *observer* the host of every request this node sends (p2p/reach/strangers.py);
+        it is called on the DHT's asyncio thread."""
+        self.protocol.on_request_sent = observer
+
+    async def ping(self, host: str, port: int) -> bool:
+        """Whether a DHT node answers a ping at *host*:*port* (a dial-back's UDP half,
+        p2p/reach/dial_back.py); the caller bounds the wait."""
+        node_id = await run_aio(self._loop, self._server.protocol.ping_address, (host, port))
+        return node_id is not None
 
     async def publish(self, signed: SignedRecord) -> int:
         """Store our record under every key it is bound to; returns accepted remote stores."""

@@ -10,8 +10,7 @@ signature covers ``signing_input(RECORD_DOMAIN, body)`` — so a signature made 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import attrs
@@ -22,23 +21,55 @@ from crypto.identity import (
     peer_id_from_public_key,
     verify_signature,
 )
-from p2p.dht.record_bounds import (
-    MAX_ACTIVE_REQUESTS,
-    MAX_CONTEXT_TOKENS,
-    MAX_CPU_CORES,
-    MAX_DECODE_TOK_S,
-    MAX_FREE_SLOTS,
-    MAX_GPU_VRAM_BYTES,
-    MAX_LAYERS,
-    MAX_PARAMETERS,
-    MAX_PREFILL_TOK_S,
-    MAX_QUEUE_DEPTH,
-    MAX_RAM_BYTES,
-    MAX_UTILIZATION_PCT,
+from p2p.dht.record_entries import (  # re-exported: importers take every record name from here
+    MAX_ADDRESS_LEN,
+    MAX_BUILD,
+    MAX_HARDWARE_CLASS,
+    MAX_RELAYS,
+    MAX_SIMD_FLAGS,
+    MAX_STRING,
+    REACH_KINDS,
+    CpuEntry,
+    GpuEntry,
+    LoadEntry,
+    ModelEntry,
+    RecordError,
+    RelayHint,
+    _address,
+    _bounded_str,
+    _non_negative_float,
+    _non_negative_int,
+    _reach,
+    _short_str,
+    _tuple_of,
+    is_model_name,
+    is_peer_id,
+    is_sha256,
 )
 from p2p.errors import RecordRefusal
-from p2p.host_port import AddressError, parse_host_port
 from p2p.model_match import model_matches
+
+__all__ = [
+    "MAX_ADDRESS_LEN",
+    "MAX_BUILD",
+    "MAX_HARDWARE_CLASS",
+    "MAX_RELAYS",
+    "MAX_SIMD_FLAGS",
+    "MAX_STRING",
+    "REACH_KINDS",
+    "CapabilityRecord",
+    "CpuEntry",
+    "GpuEntry",
+    "LoadEntry",
+    "ModelEntry",
+    "RecordError",
+    "RelayHint",
+    "SignedRecord",
+    "is_model_name",
+    "is_peer_id",
+    "is_sha256",
+]
+
 
 SCHEMA_VERSION = 1
 ENVELOPE_VERSION = 1
@@ -66,36 +97,14 @@ MAX_TTL_S = 2 * DEFAULT_TTL_S
 # Clocks of volunteers drift; refuse records from further in the future than this.
 MAX_CLOCK_SKEW_S = 120.0
 
-MAX_STRING = 256
 MAX_ADDRESSES = 8
-MAX_ADDRESS_LEN = 100  # "[IPv6]:port" needs at most 47 characters; a usual DNS name fits
 MAX_GPUS = 16
 MAX_MODELS = 32
-# The build and hardware class (failover prefers a node with the same pair: see
-# p2p/client/failover.py) and the CPU's SIMD flags as llama.cpp names them (AVX2, NEON,
-# ...; ~20 exist today).
-MAX_BUILD = 64
-MAX_HARDWARE_CLASS = 128
-MAX_SIMD_FLAGS = 32
-_SIMD_FLAG_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,23}$")
-
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 
 NAMESPACE = "gpunet/1"
 # A private network's id (16 bytes from crypto.network_key; up to 32 accepted) prefixes every key
 # and is a signed field of the record, so a record never verifies for another network's keys.
 MAX_NETWORK_ID = 32
-
-
-class RecordError(ValueError):
-    """A record from the network (or about to be published) breaks the schema or its signature.
-
-    `refusal` names the rule it broke, for `/metrics` (the message is for people)."""
-
-    def __init__(self, message: str, refusal: RecordRefusal = RecordRefusal.MALFORMED) -> None:
-        super().__init__(message)
-        self.refusal = refusal
 
 
 def namespace(network_id: bytes | None = None) -> str:
@@ -129,147 +138,6 @@ def dht_digest(key: str) -> bytes:
     return hashlib.sha1(key.encode()).digest()
 
 
-def is_sha256(text: str) -> bool:
-    return bool(_SHA256_RE.fullmatch(text))
-
-
-def is_model_name(text: str) -> bool:
-    return bool(_NAME_RE.fullmatch(text))
-
-
-def _bounded_str(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or len(value) > MAX_STRING:
-        raise RecordError(f"{attr.name}: expected a string of at most {MAX_STRING} characters")
-
-
-def _short_str(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, str) or len(value) > limit:
-            raise RecordError(f"{attr.name}: expected a string of at most {limit} characters")
-
-    return check
-
-
-def _bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
-        raise RecordError(f"{attr.name}: expected true or false")
-
-
-def _simd_flags(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if (
-        not isinstance(value, tuple)
-        or len(value) > MAX_SIMD_FLAGS
-        or not all(isinstance(f, str) and _SIMD_FLAG_RE.fullmatch(f) for f in value)
-    ):
-        raise RecordError(f"{attr.name}: expected at most {MAX_SIMD_FLAGS} flags like 'AVX2'")
-
-
-def _non_negative_int(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 63:
-        raise RecordError(f"{attr.name}: expected a non-negative integer")
-
-
-def _non_negative_float(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1e12:
-        raise RecordError(f"{attr.name}: expected a non-negative number")
-
-
-def _at_most(limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        _non_negative_int(inst, attr, value)
-        assert isinstance(value, int)
-        if value > limit:
-            raise RecordError(f"{attr.name}: {value} is over the sane bound {limit}")
-
-    return check
-
-
-def _rate(limit: float) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        _non_negative_float(inst, attr, value)
-        assert isinstance(value, (int, float))
-        if value > limit:
-            raise RecordError(f"{attr.name}: {value} is over the sane bound {limit:g}")
-
-    return check
-
-
-def _not_above(name: str, value: int, limit_name: str, limit: int) -> None:
-    if value > limit:
-        raise RecordError(f"{name}: {value} is more than {limit_name} ({limit})")
-
-
-def _sha256(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not is_sha256(value):
-        raise RecordError(f"{attr.name}: expected 64 lower-case hex digits")
-
-
-def _model_name(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str) or not is_model_name(value):
-        raise RecordError(f"{attr.name}: not a valid model name")
-
-
-def _address(text: str) -> bool:
-    if len(text) >= MAX_ADDRESS_LEN:
-        return False
-    try:
-        parse_host_port(text)
-    except AddressError:
-        return False
-    return True
-
-
-# Cross-field rules (free <= total, offloaded <= layers) run in `__attrs_post_init__`, after every
-# field passed its own validator: a record that does not make sense never becomes an object.
-
-
-@attrs.frozen
-class GpuEntry:
-    name: str = attrs.field(validator=_bounded_str)
-    vram_total: int = attrs.field(validator=_at_most(MAX_GPU_VRAM_BYTES))
-    vram_free: int = attrs.field(validator=_at_most(MAX_GPU_VRAM_BYTES))
-    compute_capability: str = attrs.field(validator=_bounded_str)
-    driver_version: str = attrs.field(validator=_bounded_str)
-    cuda_version: str = attrs.field(validator=_bounded_str)
-    utilization_pct: int = attrs.field(validator=_at_most(MAX_UTILIZATION_PCT))
-
-    def __attrs_post_init__(self) -> None:
-        _not_above("vram_free", self.vram_free, "vram_total", self.vram_total)
-
-
-@attrs.frozen
-class CpuEntry:
-    cores: int = attrs.field(validator=_at_most(MAX_CPU_CORES))
-    ram_bytes: int = attrs.field(validator=_at_most(MAX_RAM_BYTES))
-    # llama.cpp's CPU features of this build (`llama_print_system_info`), sorted
-    simd: tuple[str, ...] = attrs.field(default=(), validator=_simd_flags)
-    gpu_offload: bool = attrs.field(default=False, validator=_bool)  # llama_supports_gpu_offload
-
-
-@attrs.frozen
-class ModelEntry:
-    sha256: str = attrs.field(validator=_sha256)
-    name: str = attrs.field(validator=_model_name)
-    architecture: str = attrs.field(validator=_bounded_str)
-    parameter_count: int = attrs.field(validator=_at_most(MAX_PARAMETERS))
-    quantization: str = attrs.field(validator=_bounded_str)
-    context_length: int = attrs.field(validator=_at_most(MAX_CONTEXT_TOKENS))
-    layers_offloaded: int = attrs.field(validator=_at_most(MAX_LAYERS))
-    layers_total: int = attrs.field(validator=_at_most(MAX_LAYERS))
-    decode_tok_s: float = attrs.field(default=0.0, validator=_rate(MAX_DECODE_TOK_S))
-    prefill_tok_s: float = attrs.field(default=0.0, validator=_rate(MAX_PREFILL_TOK_S))
-
-    def __attrs_post_init__(self) -> None:
-        _not_above("layers_offloaded", self.layers_offloaded, "layers_total", self.layers_total)
-
-
-@attrs.frozen
-class LoadEntry:
-    active_requests: int = attrs.field(default=0, validator=_at_most(MAX_ACTIVE_REQUESTS))
-    free_slots: int = attrs.field(default=1, validator=_at_most(MAX_FREE_SLOTS))
-    queue_depth: int = attrs.field(default=0, validator=_at_most(MAX_QUEUE_DEPTH))
-
-
 def _addresses(_inst: object, _attr: attrs.Attribute[Any], value: object) -> None:
     if (
         not isinstance(value, tuple)
@@ -277,18 +145,6 @@ def _addresses(_inst: object, _attr: attrs.Attribute[Any], value: object) -> Non
         or not all(isinstance(a, str) and _address(a) for a in value)
     ):
         raise RecordError(f"addresses: expected 1..{MAX_ADDRESSES} 'host:port' strings")
-
-
-def _tuple_of(kind: type, limit: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
-        if (
-            not isinstance(value, tuple)
-            or len(value) > limit
-            or not all(isinstance(v, kind) for v in value)
-        ):
-            raise RecordError(f"{attr.name}: expected at most {limit} {kind.__name__} entries")
-
-    return check
 
 
 @attrs.frozen
@@ -314,6 +170,12 @@ class CapabilityRecord:
     # "" from nodes older than these fields.
     build: str = attrs.field(default="", validator=_short_str(MAX_BUILD))
     hardware_class: str = attrs.field(default="", validator=_short_str(MAX_HARDWARE_CLASS))
+    # How the node is reached and the relays it holds reservations at (p2p/reach/); like
+    # network_id, left out of the signed body at their defaults, so older records still verify.
+    reach: str = attrs.field(default="unknown", validator=_reach)
+    relays: tuple[RelayHint, ...] = attrs.field(
+        default=(), validator=_tuple_of(RelayHint, MAX_RELAYS)
+    )
 
     @network_id.validator
     def _check_network(self, _attr: attrs.Attribute[Any], value: object) -> None:
@@ -350,11 +212,21 @@ class SignedRecord:
     blob: bytes  # the exact envelope bytes, re-sent as they are so signatures stay valid
 
 
+# Fields newer than the first records: absent from the signed body while they hold their default.
+_LEFT_OUT_AT_DEFAULT: tuple[tuple[str, object], ...] = (
+    ("network_id", None),
+    ("reach", "unknown"),
+    ("relays", ()),
+)
+
+
 def _to_plain(value: object) -> object:
     if attrs.has(type(value)):
         fields = attrs.asdict(value, recurse=False)  # type: ignore[arg-type]
-        if isinstance(value, CapabilityRecord) and value.network_id is None:
-            del fields["network_id"]
+        if isinstance(value, CapabilityRecord):
+            for name, default in _LEFT_OUT_AT_DEFAULT:
+                if fields[name] == default:
+                    del fields[name]
         return {k: _to_plain(v) for k, v in fields.items()}
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
@@ -391,6 +263,10 @@ def record_from_plain(data: object) -> CapabilityRecord:
         )
         fields["cpu"] = _build(CpuEntry, _with_tuple(fields.get("cpu"), "simd", MAX_SIMD_FLAGS))
         fields["load"] = _build(LoadEntry, fields.get("load"))
+        if "relays" in fields:
+            fields["relays"] = tuple(
+                _build(RelayHint, h) for h in _as_list(fields["relays"], MAX_RELAYS)
+            )
     except TypeError as exc:
         raise RecordError("record: wrong field types") from exc
     return _build(CapabilityRecord, fields)
@@ -473,6 +349,8 @@ def record_to_json(record: CapabilityRecord) -> dict[str, Any]:
     plain = _to_plain(record)
     assert isinstance(plain, dict)
     plain["public_key"] = record.public_key.hex()
+    plain["reach"] = record.reach
+    plain["relays"] = [{"peer_id": h.peer_id, "address": h.address} for h in record.relays]
     if record.network_id is not None:
         plain["network_id"] = record.network_id.hex()
     return plain

@@ -14,7 +14,14 @@ import attrs
 from crypto.identity import Identity
 from inference.gpu import GpuInfo, HostFacts, hardware_class
 from inference.model_file import ModelInfo
-from p2p.dht.records import CapabilityRecord, CpuEntry, GpuEntry, LoadEntry, ModelEntry
+from p2p.dht.records import (
+    CapabilityRecord,
+    CpuEntry,
+    GpuEntry,
+    LoadEntry,
+    ModelEntry,
+    RelayHint,
+)
 from p2p.version import SOFTWARE_VERSION
 
 # GPU names and architectures come from drivers and GGUF metadata: cut to what a record holds.
@@ -50,7 +57,10 @@ def capability_record(
     host: HostFacts,
     load: LoadEntry,
     network_id: bytes | None,
+    reach: str = "unknown",
+    relays: Sequence[RelayHint] = (),
 ) -> CapabilityRecord:
+    """*reach* and *relays*: how others reach the node (p2p/reach/state.py decides both)."""
     on_gpu = host.gpu_offload and any(m.n_gpu_layers > 0 for m in models)
     return CapabilityRecord(
         peer_id=identity.peer_id,
@@ -74,6 +84,8 @@ def capability_record(
         models=tuple(_model_entry(m) for m in models),
         network_id=network_id,
         load=load,
+        reach=reach,
+        relays=tuple(relays),
     )
 
 

@@ -46,6 +46,24 @@ class NodeConfig:
     benchmark: bool = True  # measure each model's speed at start (published; clients rank by it)
     prompt_cache: bool = True  # reuse a slot's cached prompt prefix (inference/batching.py)
     speculate: bool = True  # greedy requests draft from their repeats (inference/speculation.py)
+    port_mapping: bool = True  # UPnP-IGD on the home router (p2p/reach/port_mapping.py)
+    # Relays and reachability (p2p/reach/, docs/reachability.md). A reachable node relays for
+    # volunteers behind NAT within these bounds; `relay=False` refuses every reservation.
+    relay: bool = True
+    relay_max_reservations: int = 32
+    relay_max_circuits: int = 48
+    relay_bytes_per_s: int = 4 * 1024 * 1024  # per relayed peer, both directions together
+    reach_mode: str = "auto"  # auto: ask peers to dial back; "direct" / "relayed": take that
+    reach_retry_s: float = 10.0  # re-check this soon while no peer could be asked
+    # The host the record names instead of the bind host (None: the bind host, or the observed
+    # one once dial-backs prove it), and the source host of the node's own outbound relay and
+    # dial-back connections (None: the bind host unless it is a wildcard). Tests use both to
+    # stand in for a node behind NAT on loopback.
+    advertise_host: str | None = None
+    source_host: str | None = None
+    # Tests only (GPUNET_TEST_CHEAT, read by p2p/cli/node.py; docs/security.md): "" (honest),
+    # "other-model:PATH", "random-tokens" or "drop-prefix".
+    cheat: str = ""
 
 
 @attrs.frozen

@@ -31,6 +31,7 @@ class ServedModel:
     n_ctx: int = 0  # the context each request gets here (what the record publishes)
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
+    cheat: str = ""  # tests only: how this node lies about its work (docs/security.md)
 
 
 def find_model(served: Sequence[ServedModel], wanted: str) -> ServedModel | None:
@@ -111,8 +112,14 @@ async def load_models(
         )
         log.info("%s: %s", info.name, plan.reason)
         on_progress(f"loading {info.name}: {plan.reason}")
+        path, cheat = Path(info.path), config.cheat
+        if cheat.startswith("other-model:"):
+            path = Path(cheat.removeprefix("other-model:"))
+            log.warning("CHEATING (tests only): serving %s while claiming %s", path, info.sha256)
+        elif cheat:
+            log.warning("CHEATING (tests only): %s on every request for %s", cheat, info.name)
         worker = BatchingWorker(
-            Path(info.path),
+            path,
             n_ctx=n_ctx,
             n_threads=config.n_threads or default_threads(),
             n_gpu_layers=plan.n_gpu_layers,
@@ -132,7 +139,7 @@ async def load_models(
             problems.append(reason)
             await worker.aclose()
             continue
-        model = ServedModel(info, worker, plan, n_ctx=n_ctx)
+        model = ServedModel(info, worker, plan, n_ctx=n_ctx, cheat=cheat)
         if benchmark:
             on_progress(f"measuring {info.name}'s speed ({SELF_BENCHMARK_S:g} s)...")
             speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)

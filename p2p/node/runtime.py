@@ -20,7 +20,7 @@ from crypto.network_key import network_id
 from inference.gpu import GpuInfo, HostFacts, probe_gpus, probe_host
 from p2p.client.network import Client
 from p2p.dht.node import Dht, open_dht
-from p2p.dht.records import CapabilityRecord, sign_record
+from p2p.dht.records import CapabilityRecord, SignedRecord, sign_record
 from p2p.errors import ErrorCode
 from p2p.host_port import format_host_port
 from p2p.node.capability import ModelOffer, capability_record, load_entry
@@ -28,10 +28,23 @@ from p2p.node.config import NodeConfig, NodeError, NodeReady
 from p2p.node.connection import Reply, serve_connection
 from p2p.node.models import ServedModel, find_model, load_models
 from p2p.node.record_seq import RecordSequence
-from p2p.node.serving import BUSY_TEXT, serve_on_worker
+from p2p.node.serving import BUSY_TEXT, serve_on_worker, serve_score
 from p2p.protocol import wire
 from p2p.protocol.admission import AdmissionControl
 from p2p.protocol.session_table import SessionTable
+from p2p.reach.node_tasks import (
+    inbound_observer,
+    keep_reachability,
+    observing_contacts,
+    reach_context,
+    reach_service,
+    relayed_session_handler,
+    usable_host,
+)
+from p2p.reach.port_mapping import PortMapping, hold_port_mappings
+from p2p.reach.relay_service import ProbeInbox
+from p2p.reach.state import ReachState
+from p2p.reach.strangers import ContactedHosts
 from p2p.session.local import Connection
 from p2p.session.pool import SessionPool
 from p2p.session.secure import serve_sessions
@@ -69,6 +82,13 @@ def advertised_host(host: str) -> str:
     return host
 
 
+def published_host(config: NodeConfig) -> str:
+    """The host of the node's record before any reachability check."""
+    return config.advertise_host or usable_host(
+        config.host, advertised_host(config.host), config.bootstrap
+    )
+
+
 class Node:
     def __init__(self, config: NodeConfig, identity: Identity) -> None:
         self.config = config
@@ -84,6 +104,17 @@ class Node:
         self._seq = RecordSequence(config.data_dir)
         self._host: HostFacts | None = None
         self.network_id = network_id(config.psk) if config.psk is not None else None
+        self.port_mapping: PortMapping | None = None  # what the home router maps, if anything
+        self.reach = ReachState()  # how others reach this node (p2p/reach/)
+        self.contacted = ContactedHosts()  # hosts it sent to (p2p/reach/strangers.py)
+
+    def on_port_mapping(self, mapping: PortMapping | None) -> None:
+        """p2p/reach/port_mapping.py's report (each grant and renewal; None once lost)."""
+        self.port_mapping = mapping
+        if mapping is None:
+            self.reach.clear_mapped()
+        else:
+            self.reach.set_mapped(mapping.external_ip, mapping.tcp_port)
 
     def total_slots(self) -> int:
         return sum(m.worker.slots for m in self.served)
@@ -98,7 +129,7 @@ class Node:
             self._host = probe_host()
         return capability_record(
             self.identity,
-            addresses=(session_address,),
+            addresses=self.reach.published_addresses(session_address),
             seq=self._seq.next(now),
             now=now,
             ttl_s=self.config.ttl_s,
@@ -112,6 +143,8 @@ class Node:
             host=self._host,
             load=load_entry(self.active_requests, self.total_slots(), draining=self.draining),
             network_id=self.network_id,
+            reach=self.reach.reach,
+            relays=self.reach.published_relays(),
         )
 
     async def handle_connection(self, conn: Connection) -> None:
@@ -137,8 +170,14 @@ class Node:
         return refusal, text
 
     async def _generate(
-        self, msg: wire.Generate, reply: Reply, finals: dict[int, wire.Message] | None = None
+        self,
+        msg: wire.Generate | wire.Score,
+        reply: Reply,
+        finals: dict[int, wire.Message] | None = None,
     ) -> None:
+        """Admit and serve one request: a generation, or a `Score` (a spot check), which costs
+        a slot like one and goes through the same admission and fair shares."""
+        wanted = msg.model if isinstance(msg, wire.Generate) else msg.request.model
         refusal = self._refusal(reply.peer_id)
         if refusal is not None:
             await reply.fail(*refusal)
@@ -146,7 +185,7 @@ class Node:
                 finals.pop(msg.id, None)
             # Not in the request log: refusals cost a requester nothing, and a flood of them
             # must not fill a volunteer's log file (/metrics counts them).
-            log.debug("refused %s from %s: %s", _short(msg.model), reply.peer_id, refusal[0].value)
+            log.debug("refused %s from %s: %s", _short(wanted), reply.peer_id, refusal[0].value)
             return
         self.active_requests += 1
         started = time.monotonic()
@@ -157,34 +196,55 @@ class Node:
                 await reply.fail(ErrorCode.INTERNAL, "request ran past the deadline")
         finally:
             final = finals.pop(msg.id, None) if finals is not None else None
-            served = self.find_model(msg.model)
-            model = served.info.name if served is not None else _short(msg.model)
+            served = self.find_model(wanted)
+            model = served.info.name if served is not None else _short(wanted)
             log_request(model, reply.peer_id, final, time.monotonic() - started)
             self.active_requests -= 1
             self.admission.release(reply.peer_id)
             self._request_ended.set()
             self._request_ended = trio.Event()
 
-    async def _serve_request(self, msg: wire.Generate, reply: Reply) -> None:
-        served = self.find_model(msg.model)
+    async def _serve_request(self, msg: wire.Generate | wire.Score, reply: Reply) -> None:
+        wanted = msg.model if isinstance(msg, wire.Generate) else msg.request.model
+        served = self.find_model(wanted)
         if served is None:
             offered = ", ".join(m.info.name for m in self.served)
             await reply.fail(
                 ErrorCode.UNKNOWN_MODEL,
-                f"{msg.model!r:.80} is not served here; this node serves: {offered}",
+                f"{wanted!r:.80} is not served here; this node serves: {offered}",
             )
             return
-        await serve_on_worker(served, msg, reply)
+        if isinstance(msg, wire.Score):
+            await serve_score(served, msg, reply)
+        else:
+            await serve_on_worker(served, msg, reply, self.identity)
 
     async def publish_forever(self, dht: Dht, session_address: str) -> None:
-        """Republish well before expiry, so a record never lapses while the node lives."""
-        while True:
-            signed = sign_record(self.build_record(session_address), self.identity)
-            accepted = await dht.publish(signed)
-            log.info(
-                "published record seq %d (%d remote stores accepted)", signed.record.seq, accepted
-            )
-            await trio.sleep(self.config.ttl_s / 3)
+        """Republish well before expiry, so a record never lapses while the node lives. Two
+        publishes may run at once: one that waits on contacts that never answer does not hold
+        back the record of a change (a newer seq supersedes an older one wherever both land)."""
+        slots = trio.Semaphore(2)
+
+        async def publish(signed: SignedRecord) -> None:
+            try:
+                accepted = await dht.publish(signed)
+                log.info(
+                    "published record seq %d (%d remote stores accepted)",
+                    signed.record.seq,
+                    accepted,
+                )
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                seen = self.reach.version
+                await slots.acquire()
+                nursery.start_soon(
+                    publish, sign_record(self.build_record(session_address), self.identity)
+                )
+                with trio.move_on_after(self.config.ttl_s / 3):
+                    await self.reach.wait_changed(seen)  # new address or relay: tell the DHT now
 
 
 async def run_node(
@@ -212,9 +272,12 @@ async def run_node(
         async with open_dht(
             identity, config.host, config.dht_port, network_id=node.network_id
         ) as dht:
-            await join(dht, config.bootstrap, config.join_timeout_s)
-            async with trio.open_nursery() as nursery:
-                await _serve(node, dht, nursery, shutdown, task_status, api)
+            with observing_contacts(dht, node.contacted):  # what a dial-back proves
+                # On a LAN address (behind a NAT, most likely): relays from the start (p2p/reach/)
+                node.reach.learn_local_host(published_host(config))
+                await join(dht, config.bootstrap, config.join_timeout_s)
+                async with trio.open_nursery() as nursery:
+                    await _serve(node, dht, nursery, shutdown, task_status, api)
     finally:
         with trio.CancelScope(shield=True):
             for m in node.served:
@@ -230,6 +293,8 @@ async def _serve(
     api: ApiStarter | None,
 ) -> None:
     config, identity = node.config, node.identity
+    probes = ProbeInbox()
+    reach = reach_service(identity, config, dht, probes)  # relay, dial-back: same port
     listeners = await nursery.start(
         partial(
             serve_sessions,
@@ -239,18 +304,33 @@ async def _serve(
             node.handle_connection,
             psk=config.psk,
             sessions=node.sessions,
+            preamble=reach.route,
+            on_accept=inbound_observer(node.reach, node.contacted),
         )
     )
-    host = advertised_host(config.host)
+    host = published_host(config)
     session_address = format_host_port(host, listeners[0].socket.getsockname()[1])
+    # Reachability and the republisher before the first publish: a relay reserved meanwhile is
+    # published at once, alongside the first publish (which may wait seconds on contacts that
+    # do not answer), not after it.
+    publishing = trio.CancelScope()
+    nursery.start_soon(_republish_later, node, dht, session_address, publishing)
+    port = listeners[0].socket.getsockname()[1]
+    handler = relayed_session_handler(node.handle_connection, node.sessions)
+    context = reach_context(identity, config, node.reach, probes, dht, reach, handler, port)
+    nursery.start_soon(keep_reachability, context)
+    if config.port_mapping:  # in the background: discovery takes seconds, the node serves now
+        tcp_port = listeners[0].socket.getsockname()[1]
+        holder = partial(
+            hold_port_mappings, on_change=node.on_port_mapping, internal_host=config.host
+        )
+        nursery.start_soon(_map_ports, node, nursery, partial(holder, dht.port, tcp_port))
     await dht.publish(sign_record(node.build_record(session_address), identity))
     api_url = None
     if api is not None:
         pool = SessionPool(identity, nursery, psk=config.psk, local=node.handle_connection)
         client = Client(dht, identity, pool, network_id=node.network_id)
         api_url = await nursery.start(api(client))
-    publishing = trio.CancelScope()
-    nursery.start_soon(_republish_later, node, dht, session_address, publishing)
     task_status.started(
         NodeReady(
             peer_id=identity.peer_id,
@@ -266,11 +346,19 @@ async def _serve(
         nursery.cancel_scope.cancel()
 
 
+async def _map_ports(node: Node, nursery: trio.Nursery, holder: Callable[..., Any]) -> None:
+    """Port mapping in *nursery*; its first outcome (a mapping, or none) lets the first
+    reachability check go (p2p/reach/node_tasks.py waits a few seconds for it)."""
+    await nursery.start(holder)
+    node.reach.mapping_settled()
+
+
 async def _republish_later(
     node: Node, dht: Dht, session_address: str, scope: trio.CancelScope
 ) -> None:
     with scope:
-        await trio.sleep(node.config.ttl_s / 3)
+        with trio.move_on_after(node.config.ttl_s / 3):
+            await node.reach.wait_changed(0)  # the first publish was of version 0
         await node.publish_forever(dht, session_address)
 
 
@@ -334,7 +422,7 @@ class FinalMessages:
         return self._conn.remote_peer_id
 
     async def send(self, msg: wire.Message) -> None:
-        if isinstance(msg, wire.Done | wire.Error):
+        if isinstance(msg, wire.Done | wire.Error | wire.Scores):
             self.finals[msg.id] = msg
             if len(self.finals) > MAX_NOTED_FINALS:  # one nobody collected (a refusal's, say)
                 del self.finals[next(iter(self.finals))]
@@ -370,9 +458,10 @@ def log_request(model: str, peer_id: str, final: wire.Message | None, took: floa
             took,
             final.finish_reason,
         )
+    elif isinstance(final, wire.Scores):
+        scored = len(final.token_ids)
+        request_log.info("scored %d tokens of %s for %s, %.2f s", scored, model, who, took)
     elif isinstance(final, wire.Error):
-        request_log.info(
-            "failed %s for %s after %.2f s: %s", model, who, took, final.code.value
-        )
+        request_log.info("failed %s for %s after %.2f s: %s", model, who, took, final.code.value)
     else:
         request_log.info("stopped %s for %s after %.2f s (cancelled or gone)", model, who, took)

@@ -2,19 +2,34 @@
 
 Every failure becomes a wire error through `p2p.errors.code_of` (the worker's `WorkerBusy`,
 `PromptTooLong`, `GenerationError` each have their code there), never through its message text.
+
+A generation's `Done` carries the node's signed receipt of it (crypto/receipts.py): the request's
+hash, the model sha256 the node claims, the sampler settings, the seed the run used, and every
+token it generated, so that a client can have the output re-checked elsewhere and keep the proof.
+A `Score` request (a spot check of another node's output) is answered with `Scores`.
+
+`ServedModel.cheat` (tests only, docs/security.md) makes the node lie on purpose.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
+import attrs
+
+from crypto.identity import Identity
+from crypto.receipts import Receipt, encode, sign_receipt
 from inference.chat import render_chat
 from inference.generation import GenerationDone, GenerationRequest, WorkerBusy
+from inference.scoring import ScoreRequest
 from p2p.errors import BadRequest, ErrorCode, code_of
 from p2p.node.connection import Reply
 from p2p.node.models import ServedModel
 from p2p.protocol import wire
 from p2p.protocol.request_events import LocalProtocolError
+from p2p.protocol.request_hash import request_hash, sampler_settings
+from p2p.protocol.score_wire import scores_message
 from p2p.session.secure import SessionError
 
 log = logging.getLogger(__name__)
@@ -58,7 +73,38 @@ def generation_request(msg: wire.Generate, served: ServedModel) -> GenerationReq
         raise BadRequest(str(exc)) from exc
 
 
-def done_message(request_id: int, item: GenerationDone) -> wire.Done:
+def cheat_request(request: GenerationRequest, cheat: str) -> GenerationRequest:
+    """What a cheating node really runs for *request* (tests only; docs/security.md)."""
+    if cheat == "random-tokens":
+        return attrs.evolve(request, temperature=10.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
+    if cheat == "drop-prefix":
+        return attrs.evolve(request, prompt=request.prompt[len(request.prompt) // 2 :])
+    return request
+
+
+def signed_receipt(
+    identity: Identity,
+    served: ServedModel,
+    msg: wire.Generate,
+    item: GenerationDone,
+    generated: list[int],
+) -> bytes:
+    """The receipt of one served segment: *generated* is every token this run produced."""
+    receipt = Receipt(
+        peer_id=identity.peer_id,
+        model_sha256=served.info.sha256,
+        request_hash=request_hash(msg),
+        sampler=sampler_settings(msg),
+        seed=item.seed if item.seed is not None else msg.seed,
+        replayed=len(msg.replay_tokens),
+        prompt_tokens=item.prompt_tokens,
+        output_tokens=tuple(generated),
+        issued_at=time.time(),
+    )
+    return encode(sign_receipt(receipt, identity))
+
+
+def done_message(request_id: int, item: GenerationDone, receipt: bytes = b"") -> wire.Done:
     return wire.Done(
         request_id,
         item.finish_reason,
@@ -68,6 +114,8 @@ def done_message(request_id: int, item: GenerationDone) -> wire.Done:
         item.decode_tokens_per_s,
         item.token_ids,
         item.cached_prompt_tokens,
+        receipt,
+        item.seed,
     )
 
 
@@ -80,15 +128,27 @@ def error_text(exc: Exception, code: ErrorCode) -> str:
     return str(exc)
 
 
-async def serve_on_worker(served: ServedModel, msg: wire.Generate, reply: Reply) -> None:
-    """Generate for *msg* on *served*'s worker, streaming to *reply*."""
+async def serve_on_worker(
+    served: ServedModel, msg: wire.Generate, reply: Reply, identity: Identity | None = None
+) -> None:
+    """Generate for *msg* on *served*'s worker, streaming to *reply*; the `Done` carries a
+    receipt signed by *identity* (none without one)."""
     try:
-        request = generation_request(msg, served)
+        request = cheat_request(generation_request(msg, served), served.cheat)
+        generated: list[int] = []
         async with served.worker.generate(request) as stream:
             async for item in stream:
                 if isinstance(item, GenerationDone):
-                    await reply.send(done_message(msg.id, item))
+                    generated.extend(item.token_ids)
+                    receipt = b""
+                    if identity is not None:
+                        try:
+                            receipt = signed_receipt(identity, served, msg, item, generated)
+                        except ValueError:  # a bug of ours: the answer still goes out, unsigned
+                            log.exception("could not sign the receipt")
+                    await reply.send(done_message(msg.id, item, receipt))
                 else:
+                    generated.extend(item.token_ids)
                     await reply.send(wire.Token(msg.id, item.text, item.token_ids))
     except (SessionError, LocalProtocolError):
         raise
@@ -96,4 +156,23 @@ async def serve_on_worker(served: ServedModel, msg: wire.Generate, reply: Reply)
         code = code_of(exc)
         if code is ErrorCode.INTERNAL:
             log.exception("generation failed")
+        await reply.fail(code, error_text(exc, code))
+
+
+async def serve_score(served: ServedModel, msg: wire.Score, reply: Reply) -> None:
+    """Score *msg*'s tokens on *served*'s worker (a spot check of another node's output)."""
+    try:
+        request = attrs.evolve(generation_request(msg.request, served), replay_tokens=())
+        try:
+            score = ScoreRequest(request, msg.tokens, msg.top_logprobs, msg.only)
+        except ValueError as exc:
+            raise BadRequest(str(exc), field="tokens") from exc
+        result = await served.worker.score(score)
+        await reply.send(scores_message(msg.id, result))
+    except (SessionError, LocalProtocolError):
+        raise
+    except Exception as exc:
+        code = code_of(exc)
+        if code is ErrorCode.INTERNAL:
+            log.exception("scoring failed")
         await reply.fail(code, error_text(exc, code))

@@ -6,6 +6,10 @@ is passed in. The trio adapters are `p2p/session/` (client side) and `p2p/node/c
 
 - `wire.py` — the session messages (attrs, frozen) and their one msgpack codec; decoding names the
   request and the field of an invalid message (`InvalidMessage`, `Malformed`).
+- `score_wire.py` — `Scores`, the answer to a `Score` request (per-position log-probabilities,
+  ranks, margins, top-k), and its bounded decoder.
+- `request_hash.py` — the canonical hash of what a client asked (the receipt signs it) and the
+  sampler settings a receipt repeats.
 - `request_events.py` — what the request machines report (`RequestStarted`, `RequestCancelled`)
   and `LocalProtocolError`, the error that is always our own bug.
 - `requests_server.py` — `RequestServer`: one connection's requests on the node side (ids,

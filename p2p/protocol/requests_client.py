@@ -35,6 +35,8 @@ from p2p.protocol.wire import (
     Ping,
     Pong,
     Received,
+    Score,
+    Scores,
     Token,
 )
 
@@ -55,7 +57,7 @@ class RequestClient:
         """Requests the caller has not closed yet, answered or not."""
         return len(self._open) + len(self._answered)
 
-    def start(self, request: Generate) -> Generate:
+    def start(self, request: Generate | Score) -> Generate | Score:
         """*request* under a fresh id: the message to send."""
         rid = self._take_id()
         self._open.add(rid)
@@ -71,11 +73,11 @@ class RequestClient:
 
     def receive(self, msg: Received) -> ClientEvent | None:
         """Take one message from the server; what the caller must see, if anything."""
-        if isinstance(msg, Token | Done | Error):
+        if isinstance(msg, Token | Done | Error | Scores):  # Scores: a Score's final answer
             if msg.id not in self._open:
                 self.ignored += 1
                 return None
-            if isinstance(msg, Done | Error):
+            if isinstance(msg, Done | Error | Scores):
                 self._finish(msg.id)
             return msg
         if isinstance(msg, Pong):

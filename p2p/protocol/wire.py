@@ -25,6 +25,9 @@ from typing import Any, NoReturn
 import attrs
 import msgpack
 
+# A signed receipt in `Done` is bounded by the largest valid one (crypto/receipts.py).
+from crypto.receipts import MAX_RECEIPT_BYTES as MAX_RECEIPT_BYTES
+
 # The request bounds are inference.generation's (the worker's own), re-exported for the wire's
 # users: one definition, so what this decoder accepts the worker never refuses.
 from inference.generation import DEFAULT_MIN_P as DEFAULT_MIN_P
@@ -49,6 +52,8 @@ from inference.generation import MIN_REPEAT_PENALTY as MIN_REPEAT_PENALTY
 from inference.generation import MIN_TOP_P as MIN_TOP_P
 from inference.generation import MIN_TYPICAL_P as MIN_TYPICAL_P
 from p2p.errors import BadRequest, ErrorCode
+from p2p.protocol import score_wire
+from p2p.protocol.score_wire import Scores as Scores
 
 PROTOCOL_VERSION = 1
 
@@ -143,6 +148,10 @@ class Done:
     # the Token messages' ids plus these are every token the node generated.
     token_ids: tuple[int, ...] = ()
     cached_tokens: int = 0  # prompt tokens the node reused from its prompt-prefix cache
+    # The node's signed receipt of this segment (crypto/receipts.py encoding; b"" from a node
+    # that signs none) and the seed its sampler used, so the client can have the run re-checked.
+    receipt: bytes = b""
+    seed: int | None = None
 
 
 @attrs.frozen
@@ -167,7 +176,20 @@ class Pong:
     id: int
 
 
-Message = Generate | Token | Done | Error | Cancel | Ping | Pong
+@attrs.frozen
+class Score:
+    """Score `tokens` as the continuation of `request`'s prompt (or chat) under its sampler
+    settings and seed, answered by `score_wire.Scores` (a spot check's verifier; `request`'s
+    max_tokens and replay_tokens are not used)."""
+
+    id: int
+    request: Generate
+    tokens: tuple[int, ...]
+    top_logprobs: int = 0
+    only: tuple[int, ...] = ()  # indices into tokens to score, increasing; empty: all of them
+
+
+Message = Generate | Token | Done | Error | Cancel | Ping | Pong | Score | Scores
 
 
 @attrs.frozen
@@ -193,6 +215,8 @@ _TAGS: dict[type, str] = {
     Cancel: "cancel",
     Ping: "ping",
     Pong: "pong",
+    Score: "score",
+    Scores: "scores",
 }
 
 
@@ -202,6 +226,10 @@ def encode(msg: Message) -> bytes:
         token["v"], token["t"] = PROTOCOL_VERSION, "token"
         packed_token: bytes = msgpack.packb(token, use_bin_type=True)
         return packed_token
+    if isinstance(msg, Score):
+        return _pack(_score_body(msg), msg)
+    if isinstance(msg, Scores):
+        return _pack(score_wire.scores_body(msg), msg)
     body: dict[str, Any] = attrs.asdict(msg)
     if isinstance(msg, Generate):
         body["stop"] = list(msg.stop)
@@ -212,10 +240,22 @@ def encode(msg: Message) -> bytes:
         body["token_ids"] = list(msg.token_ids)
     if isinstance(msg, Error):
         body["code"] = msg.code.value
+    return _pack(body, msg)
+
+
+def _pack(body: dict[str, Any], msg: Message) -> bytes:
     body["v"] = PROTOCOL_VERSION
     body["t"] = _TAGS[type(msg)]
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
+
+
+def _score_body(msg: Score) -> dict[str, Any]:
+    request = msgpack.unpackb(encode(msg.request), raw=False)
+    for key in ("id", "v", "t"):
+        del request[key]
+    body = {"id": msg.id, "request": request, "tokens": list(msg.tokens), "top": msg.top_logprobs}
+    return {**body, "only": list(msg.only)}
 
 
 def decode(data: bytes) -> Message:
@@ -410,7 +450,32 @@ def _done(f: _Fields) -> Done:
         f.number("decode_tok_s", 0, 1e9),
         f.token_ids("token_ids", MAX_TOKENS_LIMIT),
         f.integer("cached_tokens", 0, 2**31, 0),
+        _receipt(f),
+        None if f.body.get("seed") is None else f.integer("seed", 0, MAX_SEED),
     )
+
+
+def _receipt(f: _Fields) -> bytes:
+    v = f.body.get("receipt", b"")
+    if not isinstance(v, bytes) or len(v) > MAX_RECEIPT_BYTES:
+        f.fail("receipt", f"receipt must be at most {MAX_RECEIPT_BYTES} bytes")
+    return v
+
+
+def _score(f: _Fields) -> Score:
+    """The scored request is a Generate's fields in a map (its bounds and rules, named as its
+    fields); tokens x alternatives are bounded so the answer fits one frame."""
+    inner = f.body.get("request")
+    if not isinstance(inner, dict):
+        f.fail("request", "request must be a map of a generate request's fields")
+    request = attrs.evolve(_generate(_Fields(inner, f.id, f.tag)), id=0)  # its id is unused
+    tokens = f.token_ids("tokens", score_wire.MAX_SCORE_TOKENS)
+    if not tokens:
+        f.fail("tokens", "tokens: at least one token to score")
+    top = f.integer("top", 0, score_wire.MAX_TOP_LOGPROBS, 0)
+    if len(tokens) * max(top, 1) > score_wire.MAX_SCORE_CELLS:
+        f.fail("top", f"tokens x top over {score_wire.MAX_SCORE_CELLS}: ask for fewer")
+    return Score(f.id, request, tokens, top, score_wire.decode_only(f, len(tokens)))
 
 
 def _error(f: _Fields) -> Error:
@@ -426,4 +491,6 @@ _DECODERS: dict[str, Callable[[_Fields], Message]] = {
     "cancel": lambda f: Cancel(f.id),
     "ping": lambda f: Ping(f.id),
     "pong": lambda f: Pong(f.id),
+    "score": _score,
+    "scores": lambda f: score_wire.decode_scores(f, f.id),
 }

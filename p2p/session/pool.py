@@ -12,6 +12,16 @@ Rejected: trying addresses one after another with the session layer's own timeou
 + 10 s handshake each: 8 tarpit addresses held a client 80 s+, issue #14), and dialling all at
 once (8 handshakes per dial for every honest multi-homed node). `staggered_race` is the same race
 the client runs across providers (p2p/client/provider_race.py).
+
+A node behind a NAT also names relays in its record (p2p/reach/): they join the race after its
+own addresses, so a node that is reachable directly is dialled directly, and one that is not
+costs one stagger per dead address before its first relay is tried. A relayed session is an
+ordinary end-to-end Noise session over a spliced stream, kept and reused like any other.
+
+A relayed session is then upgraded when a hole punch works (p2p/reach/hole_punch.py): the
+direct session takes the relayed one's place for new requests, requests already on the relayed
+one finish there, and it stays as the fallback (used again if the direct one breaks) until it
+idles out. Each session records its `path` (direct / relayed / hole-punched / local).
 """
 
 from __future__ import annotations
@@ -26,8 +36,12 @@ import attrs
 import trio
 
 from crypto.identity import Identity
+from p2p.dht.records import RelayHint
 from p2p.protocol import wire
 from p2p.protocol.requests_client import RequestClient
+from p2p.reach.hole_punch import PunchAttempt
+from p2p.reach.punch_rules import DIRECT, HOLE_PUNCHED, LOCAL, RELAYED
+from p2p.reach.relay_client import dial_relayed
 from p2p.session.local import Connection, local_pair
 from p2p.session.secure import SessionError, connect
 
@@ -39,6 +53,15 @@ ADDRESS_STAGGER_S = 0.25
 # half round trips (< 1 s even between continents over a lossy link, with one SYN retransmit
 # at 1 s); 3 s leaves room for that and bounds what a node that never answers can cost.
 DIAL_DEADLINE_S = 3.0
+# Through a relay the dial is longer by the relay's round trip to the volunteer and the
+# volunteer's connect back to the relay (relay_client.STATUS_WAIT_S bounds that part).
+RELAYED_DIAL_EXTRA_S = 3.0
+# A fresh relayed session waits this many relayed-dial times (at most PUNCH_WAIT_MAX_S) for
+# its hole punch before its first request goes out: a punch that works lands about one round
+# trip after the relayed handshake (12 ms after it in the lab), so a one-shot `ask` gets the
+# direct path too, and a punch that cannot work (symmetric NATs) costs only that short wait.
+PUNCH_WAIT_DIALS = 2.0
+PUNCH_WAIT_MAX_S = 0.25
 
 T = TypeVar("T")
 
@@ -49,8 +72,9 @@ class MultiplexedSession:
     """The trio loop around `RequestClient`: one reader task routes each answer to the inbox of
     its request; the request rules (ids, finals, cancels, what to ignore) are the machine's."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, path: str = DIRECT) -> None:
         self.conn = conn
+        self.path = path  # how it was reached: p2p/reach/punch_rules.py's PATHS
         self.closed = False
         self.requests = RequestClient()
         self._routes: dict[int, trio.MemorySendChannel[wire.Message | SessionError]] = {}
@@ -99,7 +123,7 @@ class MultiplexedSession:
             await self.conn.send(out)
 
     @asynccontextmanager
-    async def request(self, msg: wire.Generate) -> AsyncIterator[tuple[int, Inbox]]:
+    async def request(self, msg: wire.Generate | wire.Score) -> AsyncIterator[tuple[int, Inbox]]:
         """Send *msg* under a fresh id; yield (id, inbox). Leaving early sends `cancel`."""
         if self.closed:
             raise SessionError("session closed")
@@ -201,11 +225,22 @@ class SessionPool:
         self._sessions: dict[str, MultiplexedSession] = {}
         self._locks: dict[str, trio.Lock] = {}
         self.handshakes = 0  # how many new sessions were opened (reuse is visible in tests)
+        self._fallback: dict[str, MultiplexedSession] = {}  # relayed, after a punch replaced it
+        self._punches: dict[str, trio.Event] = {}  # set when a peer's last punch ended
+        self.punched = 0  # relayed sessions upgraded to direct ones
+        self._served: dict[str, str] = {}  # peer -> path of the session `get` last returned
 
-    async def get(self, peer_id: str, addresses: str | Sequence[str]) -> MultiplexedSession:
-        """The session to *peer_id*, reused or dialled at *addresses* (its record's, in order).
+    async def get(
+        self,
+        peer_id: str,
+        addresses: str | Sequence[str],
+        relays: Sequence[RelayHint] = (),
+    ) -> MultiplexedSession:
+        """The session to *peer_id*, reused or dialled at *addresses* (its record's, in order),
+        then through *relays* (its record's relay hints).
 
-        Raises `SessionError` when no address finished the handshake within `DIAL_DEADLINE_S`.
+        Raises `SessionError` when no address finished the handshake within `DIAL_DEADLINE_S`
+        (plus `RELAYED_DIAL_EXTRA_S` when there are relays).
         """
         if isinstance(addresses, str):
             addresses = (addresses,)
@@ -213,31 +248,116 @@ class SessionPool:
         async with lock:
             session = self._sessions.get(peer_id)
             if session is not None and not session.closed:
+                self._served[peer_id] = session.path
                 return session
+            fallback = self._fallback.pop(peer_id, None)
+            if fallback is not None and not fallback.closed:  # the punched session broke
+                self._sessions[peer_id] = fallback
+                self._served[peer_id] = fallback.path
+                return fallback
+            attempt: PunchAttempt | None = None
+            dial_s = 0.0
             if self._local is not None and peer_id == self._identity.peer_id:
                 conn, node_side = local_pair(peer_id)
                 self._nursery.start_soon(self._serve_local, node_side)
-                session = MultiplexedSession(conn)
+                session = MultiplexedSession(conn, LOCAL)
             else:
-                session = MultiplexedSession(await self._dial(peer_id, addresses))
+                started = trio.current_time()
+                dialled, attempt = await self._dial(peer_id, addresses, relays)
+                dial_s = trio.current_time() - started
+                relayed = getattr(dialled, "via_relay", None) is not None
+                session = MultiplexedSession(dialled, RELAYED if relayed else DIRECT)
                 self.handshakes += 1
             self._sessions[peer_id] = session
+            self._served[peer_id] = session.path
             self._nursery.start_soon(session.run)
+            if attempt is not None:
+                self._punches[peer_id] = trio.Event()
+                self._nursery.start_soon(self._upgrade, peer_id, session, attempt)
+                with trio.move_on_after(min(PUNCH_WAIT_DIALS * dial_s, PUNCH_WAIT_MAX_S)):
+                    await self._punches[peer_id].wait()
+                session = self._sessions.get(peer_id, session)
+                self._served[peer_id] = session.path
             return session
 
-    async def _dial(self, peer_id: str, addresses: Sequence[str]) -> Connection:
+    async def _upgrade(
+        self, peer_id: str, relayed: MultiplexedSession, attempt: PunchAttempt
+    ) -> None:
+        """A direct session the punch brings takes *relayed*'s place (p2p/reach/hole_punch.py)."""
+        done = self._punches[peer_id]
+        try:
+            conn = await attempt.outcome()
+            if conn is None:
+                return
+            if self._sessions.get(peer_id) is not relayed or relayed.closed:
+                await conn.aclose()  # dropped or replaced meanwhile: not ours to install
+                return
+            direct = MultiplexedSession(conn, HOLE_PUNCHED)
+            self._sessions[peer_id] = direct
+            self._fallback[peer_id] = relayed
+            self.punched += 1
+            self._nursery.start_soon(direct.run)
+        finally:
+            done.set()
+
+    def punch_finished(self, peer_id: str) -> trio.Event | None:
+        """Set once the hole punch started by the last relayed dial to *peer_id* ended (either
+        way); None when none was started."""
+        return self._punches.get(peer_id)
+
+    def served_path(self, peer_id: str) -> str | None:
+        """The path of the session the last `get` for *peer_id* returned: how the requests
+        sent on it went (a punch may have upgraded the peer's session since)."""
+        return self._served.get(peer_id)
+
+    def path_of(self, peer_id: str) -> str | None:
+        """How the session new requests to *peer_id* get was reached; None without one."""
+        session = self._sessions.get(peer_id)
+        return session.path if session is not None and not session.closed else None
+
+    async def _relayed(
+        self, relay: RelayHint, peer_id: str, punches: dict[int, PunchAttempt]
+    ) -> Connection:
+        conn, attempt = await dial_relayed(
+            relay, peer_id, self._identity, psk=self._psk, punch_in=self._nursery
+        )
+        if attempt is not None:
+            punches[id(conn)] = attempt
+        return conn
+
+    async def _dial(
+        self, peer_id: str, addresses: Sequence[str], relays: Sequence[RelayHint]
+    ) -> tuple[Connection, PunchAttempt | None]:
         unique = list(dict.fromkeys(addresses))
-        attempts = [partial(connect, a, self._identity, peer_id, psk=self._psk) for a in unique]
-        race = await staggered_race(attempts, ADDRESS_STAGGER_S, DIAL_DEADLINE_S, _close)
+        attempts: list[Callable[[], Awaitable[Connection]]] = [
+            partial(connect, a, self._identity, peer_id, psk=self._psk) for a in unique
+        ]
+        punches: dict[int, PunchAttempt] = {}  # by id() of the relayed connection
+        attempts += [partial(self._relayed, r, peer_id, punches) for r in dict.fromkeys(relays)]
+        deadline = DIAL_DEADLINE_S + (RELAYED_DIAL_EXTRA_S if relays else 0.0)
+        try:
+            race = await staggered_race(attempts, ADDRESS_STAGGER_S, deadline, _close)
+        except BaseException:  # cancelled: nobody will take a punch's session
+            for lost in punches.values():
+                lost.cancel()
+            raise
+        kept = punches.pop(id(race.value), None) if race.value is not None else None
+        for lost in punches.values():  # their relayed sessions were discarded
+            lost.cancel()
         if race.value is not None:
-            return race.value
+            return race.value, kept
+        unique += [f"relay {r.peer_id[:12]}" for r in dict.fromkeys(relays)]
         if not unique:
             raise SessionError(f"{peer_id[:12]} publishes no address")
-        failed = "; ".join(str(race.failures[i]) for i in sorted(race.failures)[-2:])
+        # the first direct address's failure and the last ones: a relay's refusal alone would
+        # hide why the node's own address did not answer
+        shown = sorted(race.failures)
+        shown = shown[:1] + shown[1:][-2:]
+        failed = "; ".join(str(race.failures[i]) for i in shown)
         if race.timed_out:
             raise SessionError(
                 f"no handshake with {peer_id[:12]} at any of {len(unique)} address(es) within "
-                f"{DIAL_DEADLINE_S:g} s" + (f" ({failed})" if failed else "")
+                f"{deadline:g} s" + (f" ({failed})" if failed else "")
             )
         raise SessionError(failed)
 
@@ -251,3 +371,4 @@ class SessionPool:
     def drop(self, peer_id: str) -> None:
         """Forget a session that misbehaved, so the next request dials again."""
         self._sessions.pop(peer_id, None)
+        self._fallback.pop(peer_id, None)

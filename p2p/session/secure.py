@@ -23,6 +23,10 @@ request, and eviction of the idlest when full; the node's descriptors stay under
 ``NODE_DESCRIPTOR_BOUND``. The request layer reports each session's live requests through
 ``SecureConnection.requests_changed``.
 
+One port, two protocols: with `serve_sessions(preamble=...)` a connection whose first byte is
+not a Noise handshake's (a 2-byte length <= 1024 starts with 0x00..0x04) goes to that route,
+the relay protocol of p2p/reach/, once it passed the same admission.
+
 Rejected alternatives: refusing new connections when the total cap is full (an attacker keeps it
 full with idle connections and every legitimate client is refused: the SYN-flood failure); a
 cookie round trip as in WireGuard (the cheap checks above already make junk cost the node no
@@ -31,7 +35,6 @@ cryptography; a cookie would cost every client a round trip).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import socket
@@ -39,7 +42,6 @@ import struct
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-import attrs
 import trio
 
 from crypto.identity import Identity
@@ -51,50 +53,53 @@ from crypto.secure_session import (
     SecureHandshake,
     encode_handshake_message,
 )
-from p2p.bounded_lru import BoundedLRU
 from p2p.host_port import parse_host_port
 from p2p.protocol import wire
-from p2p.protocol.session_table import MAX_SESSIONS, SessionTable, source_key
-from p2p.token_bucket import KeyedBuckets
+from p2p.protocol.session_table import SessionTable, source_key
+from p2p.session.handshake_admission import (  # re-exported: the session port's one module
+    DESCRIPTOR_RESERVE,
+    HANDSHAKE_BURST_PER_SOURCE,
+    HANDSHAKE_TIMEOUT_S,
+    HANDSHAKES_PER_SOURCE_PER_S,
+    MAX_HALF_OPEN_HANDSHAKES,
+    MAX_HALF_OPEN_PER_SOURCE,
+    NODE_DESCRIPTOR_BOUND,
+    TRACKED_SOURCES,
+    HandshakeAdmission,
+    SessionLimits,
+)
+from p2p.session.observers import AcceptObserver, note_dial, observing_accepts
+
+__all__ = [
+    "DESCRIPTOR_RESERVE",
+    "HANDSHAKES_PER_SOURCE_PER_S",
+    "HANDSHAKE_BURST_PER_SOURCE",
+    "HANDSHAKE_TIMEOUT_S",
+    "MAX_HALF_OPEN_HANDSHAKES",
+    "MAX_HALF_OPEN_PER_SOURCE",
+    "NODE_DESCRIPTOR_BOUND",
+    "TRACKED_SOURCES",
+    "HandshakeAdmission",
+    "SecureConnection",
+    "SessionError",
+    "SessionLimits",
+    "SessionTruncated",
+    "connect",
+    "open_tcp",
+    "secure_stream",
+    "serve_established",
+    "serve_sessions",
+]
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
-# A handshake is three small messages, one and a half round trips; anything slower is a broken
-# or hostile peer. Generous for a slow intercontinental link, short enough that a connection
-# which never completes gives its slot back soon.
-HANDSHAKE_TIMEOUT_S = 10.0
 # How long aclose() waits to hand the close frame to the kernel before closing anyway.
 CLOSE_TIMEOUT_S = 1.0
 RECEIVE_CHUNK = 64 * 1024
 # Handshake reads: messages are at most 1 KiB, so a small read bounds what an unauthenticated
 # peer can make us hold to a few KiB per connection.
 HANDSHAKE_RECEIVE_CHUNK = 4096
-
-# --- admission limits (see the module docstring). Every number is per node. ---
-# Unfinished handshakes in total. Each costs a task, a socket and < 6 KiB of buffers; 256 is far
-# above what honest traffic needs (a client's handshake takes one round trip, a node serves a
-# handful of generations at a time) and well below the usual 1024-descriptor soft limit.
-MAX_HALF_OPEN_HANDSHAKES = 256
-# Unfinished handshakes from one source: several clients behind one NAT, or a gateway opening a
-# few sessions at once, fit; one host holding the whole table does not.
-MAX_HALF_OPEN_PER_SOURCE = 8
-# Handshakes started per source per second (token bucket: sustained rate, burst). A client keeps
-# its sessions in a pool and reuses them; a gateway in front of many users may burst. Each
-# admitted handshake costs the responder ~0.3 ms of cryptography (three X25519, one Ed25519 sign
-# and one verify) and ~1 ms of process CPU all told (accept, task, socket; tools/bench_crypto.py),
-# so 20/s from one source is ~2 % of a core. A refused connection costs no cryptography at all.
-HANDSHAKES_PER_SOURCE_PER_S = 20.0
-HANDSHAKE_BURST_PER_SOURCE = 40
-# Sources whose token buckets are remembered; beyond it, idle ones are forgotten first (a
-# forgotten source just starts again with a full bucket). Bounds the table to ~1 MiB.
-TRACKED_SOURCES = 4096
-# What the node's descriptors stay under: established sessions (SessionTable's cap), unfinished
-# handshakes, and a reserve of 64 for the listeners (IPv4 and IPv6), the DHT's UDP socket, model
-# files, trio's wakeup pair, logs and the odd outbound session of a node's own gateway. Under the
-# usual soft limit of 1,024, so the accept loop never meets EMFILE.
-DESCRIPTOR_RESERVE = 64
-NODE_DESCRIPTOR_BOUND = MAX_SESSIONS + MAX_HALF_OPEN_HANDSHAKES + DESCRIPTOR_RESERVE
 
 
 class SessionError(Exception):
@@ -107,81 +112,6 @@ class SessionTruncated(SessionError):
     not be all the peer sent."""
 
 
-@attrs.frozen
-class SessionLimits:
-    """The admission limits of one server; the defaults are the module constants above."""
-
-    max_half_open: int = MAX_HALF_OPEN_HANDSHAKES
-    max_half_open_per_source: int = MAX_HALF_OPEN_PER_SOURCE
-    handshakes_per_source_per_s: float = HANDSHAKES_PER_SOURCE_PER_S
-    handshake_burst_per_source: int = HANDSHAKE_BURST_PER_SOURCE
-    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
-    tracked_sources: int = TRACKED_SOURCES
-
-
-class HandshakeAdmission:
-    """Which new connections may start a handshake; sans-IO (the caller passes the time and a
-    callback that aborts a connection).
-
-    ``admit`` returns a ticket, or None for "reset it unread". Over the total cap it admits the
-    newcomer and calls the abort callback of the oldest unfinished handshake. ``release`` must
-    be called with the ticket when the handshake ends, however it ends.
-    """
-
-    def __init__(self, limits: SessionLimits | None = None) -> None:
-        self.limits = limits = limits or SessionLimits()
-        self._buckets: KeyedBuckets[str] = KeyedBuckets(
-            limits.handshakes_per_source_per_s,
-            float(limits.handshake_burst_per_source),
-            limits.tracked_sources,
-        )
-        # ticket -> (source, abort); over the total cap the oldest is evicted (and aborted).
-        self._half_open: BoundedLRU[int, tuple[str, Callable[[], None]]] = BoundedLRU(
-            limits.max_half_open, on_evict=self._evict
-        )
-        self._per_source: collections.Counter[str] = collections.Counter()
-        self._next_ticket = 0
-        # Counters for logs, metrics and tests.
-        self.admitted = 0
-        self.refused_rate = 0
-        self.refused_busy = 0
-        self.evicted = 0
-
-    @property
-    def half_open(self) -> int:
-        return len(self._half_open)
-
-    def admit(self, source: str, now: float, abort: Callable[[], None]) -> int | None:
-        if self._per_source[source] >= self.limits.max_half_open_per_source:
-            self.refused_busy += 1
-            return None
-        if not self._buckets.take(source, now):
-            self.refused_rate += 1
-            return None
-        ticket = self._next_ticket
-        self._next_ticket += 1
-        self._per_source[source] += 1
-        self.admitted += 1
-        self._half_open.set(ticket, (source, abort))
-        return ticket
-
-    def _evict(self, _ticket: int, entry: tuple[str, Callable[[], None]]) -> None:
-        source, abort = entry
-        self._drop_source(source)
-        self.evicted += 1
-        abort()
-
-    def _drop_source(self, source: str) -> None:
-        self._per_source[source] -= 1
-        if self._per_source[source] <= 0:
-            del self._per_source[source]
-
-    def release(self, ticket: int) -> None:
-        entry = self._half_open.pop(ticket)
-        if entry is not None:  # None: it was evicted, and its source already counted down
-            self._drop_source(entry[0])
-
-
 class SecureConnection:
     """One authenticated, encrypted connection carrying `wire` messages."""
 
@@ -191,8 +121,19 @@ class SecureConnection:
         self.remote_peer_id = remote_peer_id
         self._send_lock = trio.Lock()
         self._closed = False
+        # The relay's peer id when this session runs over a relayed circuit (p2p/reach/).
+        self.via_relay: str | None = None
         # Set by serve_sessions on the node's side: the session's deadlines follow its requests.
         self.on_requests: Callable[[int], None] | None = None
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The TCP peer (host, port), a relayed session's the relay; None off a live socket."""
+        try:
+            peer = self._stream.socket.getpeername()  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            return None
+        return (str(peer[0]), int(peer[1]))
 
     def requests_changed(self, live: int) -> None:
         """The request layer's count of live requests on this session (see SessionTable)."""
@@ -200,6 +141,10 @@ class SecureConnection:
             self.on_requests(live)
 
     async def send(self, msg: wire.Message) -> None:
+        await self.send_bytes(wire.encode(msg))
+
+    async def send_bytes(self, plaintext: bytes) -> None:
+        """One encrypted frame (the relay's control sessions carry their own messages)."""
         # The lock keeps frames whole when several requests share the connection. Taken without
         # a schedule point when it is free (the usual case), as one is a trip through trio's
         # loop per token; send_all below still checkpoints.
@@ -210,7 +155,7 @@ class SecureConnection:
         try:
             if self._closed:
                 raise SessionError(f"connection to {self.remote_peer_id[:12]} is closed")
-            data = self._channel.encrypt(wire.encode(msg))
+            data = self._channel.encrypt(plaintext)
             try:
                 await self._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -224,16 +169,23 @@ class SecureConnection:
 
         A message invalid past its id comes back as `wire.Malformed`, for the request layer to
         answer; only one whose id cannot be read (or a bad frame) breaks the session."""
+        frame = await self.receive_bytes()
+        if frame is None:
+            return None
+        try:
+            return wire.decode_received(frame)
+        except wire.ProtocolError as exc:
+            raise SessionError(f"bad message: {exc}") from exc
+
+    async def receive_bytes(self) -> bytes | None:
+        """The next frame's plaintext, or None after the peer's close frame (see `receive`)."""
         while True:
             try:
                 frame = self._channel.next_frame()
             except FrameError as exc:
                 raise SessionError(f"bad frame: {exc}") from exc
             if frame is not None:
-                try:
-                    return wire.decode_received(frame)
-                except wire.ProtocolError as exc:
-                    raise SessionError(f"bad message: {exc}") from exc
+                return frame
             if self._channel.peer_closed:
                 return None
             try:
@@ -272,9 +224,14 @@ class SecureConnection:
         await trio.aclose_forcefully(self._stream)
 
 
-async def _handshake(stream: trio.abc.Stream, hs: SecureHandshake, first: bytes | None) -> bytes:
-    """Drive the handshake; returns bytes that arrived after it (the first frames)."""
+async def _handshake(
+    stream: trio.abc.Stream, hs: SecureHandshake, first: bytes | None, initial: bytes = b""
+) -> bytes:
+    """Drive the handshake; returns bytes that arrived after it (the first frames). *initial*:
+    bytes already read from the stream (the accept loop's peek at the first chunk)."""
     reader = HandshakeReader()
+    if initial:
+        reader.feed(initial)
     if first is not None:
         await stream.send_all(encode_handshake_message(first))
     while not hs.complete:
@@ -292,15 +249,56 @@ async def _handshake(stream: trio.abc.Stream, hs: SecureHandshake, first: bytes 
 
 
 async def _secure(
-    stream: trio.abc.Stream, hs: SecureHandshake, first: bytes | None
+    stream: trio.abc.Stream, hs: SecureHandshake, first: bytes | None, initial: bytes = b""
 ) -> SecureConnection:
-    leftover = await _handshake(stream, hs, first)
+    leftover = await _handshake(stream, hs, first, initial)
     channel = hs.channel()
     if leftover:
         channel.receive_data(leftover)
     peer = hs.remote_peer_id
     assert peer is not None
     return SecureConnection(stream, channel, peer)
+
+
+async def open_tcp(address: str, *, local_address: str | None = None) -> trio.SocketStream:
+    """A TCP connection to *address* ("host:port") within CONNECT_TIMEOUT_S, or SessionError."""
+    try:
+        host, port = parse_host_port(address)
+        note_dial(host)  # who this node sent to (p2p/session/observers.py)
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            return await trio.open_tcp_stream(host, port, local_address=local_address)
+    except (OSError, ValueError, trio.TooSlowError) as exc:
+        raise SessionError(f"cannot connect to {address}: {exc or 'timed out'}") from exc
+
+
+async def secure_stream(
+    stream: trio.abc.Stream,
+    identity: Identity,
+    *,
+    expected_peer_id: str | None,
+    psk: bytes | None = None,
+    initial: bytes = b"",
+    label: str = "the peer",
+) -> SecureConnection:
+    """Run Noise XX over an open *stream* (a relayed circuit, a relay's control connection):
+    the initiator when *expected_peer_id* is given (and insisting on it), else the responder.
+    Within HANDSHAKE_TIMEOUT_S; any failure closes the stream and raises SessionError."""
+    initiator = expected_peer_id is not None
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            hs = SecureHandshake(
+                identity, initiator=initiator, expected_peer_id=expected_peer_id, psk=psk
+            )
+            return await _secure(stream, hs, hs.start() if initiator else None, initial)
+    except BaseException as exc:
+        await trio.aclose_forcefully(stream)
+        if isinstance(exc, (HandshakeFailed, FrameError)):
+            raise SessionError(f"handshake with {label} failed: {exc}") from exc
+        if isinstance(exc, trio.TooSlowError):
+            raise SessionError(f"handshake with {label} timed out") from exc
+        if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError, OSError)):
+            raise SessionError(f"handshake with {label} failed: connection lost") from exc
+        raise
 
 
 async def connect(
@@ -310,21 +308,20 @@ async def connect(
     *,
     psk: bytes | None = None,
     local_address: str | None = None,
+    preamble: bytes = b"",
 ) -> SecureConnection:
     """Open a session to *address* ("host:port") and insist the responder is *expected_peer_id*.
 
     *psk* is the network key of a private network (crypto.network_key.load_network_key), None
     for the public network; it must be the responder's. *local_address*: the source address to
-    bind (tests stand in for many networks with many 127.x.y.z sources).
+    bind (tests stand in for many networks with many 127.x.y.z sources). *preamble*: bytes sent
+    before the handshake (a relay CONTROL preamble, p2p/reach/relay_protocol.py).
     """
-    try:
-        host, port = parse_host_port(address)
-        with trio.fail_after(CONNECT_TIMEOUT_S):
-            stream = await trio.open_tcp_stream(host, port, local_address=local_address)
-    except (OSError, ValueError, trio.TooSlowError) as exc:
-        raise SessionError(f"cannot connect to {address}: {exc or 'timed out'}") from exc
+    stream = await open_tcp(address, local_address=local_address)
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            if preamble:
+                await stream.send_all(preamble)
             hs = SecureHandshake(
                 identity, initiator=True, expected_peer_id=expected_peer_id, psk=psk
             )
@@ -365,12 +362,18 @@ def _reset(stream: trio.SocketStream) -> None:
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
+# A connection whose first bytes are not a Noise handshake (a relay preamble): given those bytes,
+# the handler that takes the connection over, or None for "a handshake, as usual".
+PreambleRoute = Callable[[bytes], Callable[[trio.SocketStream, bytes], Awaitable[None]] | None]
+
+
 async def _serve_one(
     identity: Identity,
     handler: Handler,
     admission: HandshakeAdmission,
     sessions: SessionTable,
     psk: bytes | None,
+    preamble: PreambleRoute | None,
     stream: trio.SocketStream,
 ) -> None:
     try:
@@ -388,13 +391,23 @@ async def _serve_one(
         return
     conn: SecureConnection | None = None
     reason = "timed out"
+    taken_over: Callable[[trio.SocketStream, bytes], Awaitable[None]] | None = None
+    first = b""
     try:
         with scope:
-            conn = await _secure(stream, SecureHandshake(identity, initiator=False, psk=psk), None)
+            if preamble is not None:
+                first = bytes(await stream.receive_some(HANDSHAKE_RECEIVE_CHUNK))
+                taken_over = preamble(first) if first else None
+            if taken_over is None:
+                hs = SecureHandshake(identity, initiator=False, psk=psk)
+                conn = await _secure(stream, hs, None, first)
     except (HandshakeFailed, FrameError, trio.BrokenResourceError, OSError) as exc:
         reason = str(exc) or type(exc).__name__
     finally:
         admission.release(ticket)
+    if taken_over is not None:  # the relay's own bounds and deadlines apply from here
+        await taken_over(stream, first)
+        return
     if conn is None:
         if scope.cancelled_caught and trio.current_time() < scope.deadline:
             reason = "evicted: too many unfinished handshakes"
@@ -403,12 +416,27 @@ async def _serve_one(
         _reset(stream)
         await trio.aclose_forcefully(stream)
         return
+    await serve_established(conn, source, handler, sessions, label=str(peer))
+
+
+async def serve_established(
+    conn: SecureConnection,
+    source: str,
+    handler: Handler,
+    sessions: SessionTable,
+    *,
+    label: str = "",
+) -> None:
+    """Run *handler* on an authenticated session within the session table's bounds (counted
+    under *source*), then close it; the accept loop's second half, also used for sessions that
+    arrive through a relay (p2p/reach/)."""
     # Authenticated now, but as a key anyone can make: the session table decides how long the
     # session may stay (its deadline follows its requests) and may evict it for a newcomer.
+    label = label or source
     session_scope = trio.CancelScope()
     place = sessions.admit(source, trio.current_time(), session_scope.cancel)
     if place is None:
-        log.debug("session from %s refused: its share is full of sessions in use", peer)
+        log.debug("session from %s refused: its share is full of sessions in use", label)
         await conn.aclose()
         return
     conn.on_requests = partial(_requests_changed, sessions, place, session_scope)
@@ -417,7 +445,7 @@ async def _serve_one(
         with session_scope:
             await handler(conn)
         if session_scope.cancelled_caught:  # at debug: silent sessions must not flood the log
-            log.debug("session from %s closed: idle, silent or evicted", peer)
+            log.debug("session from %s closed: idle, silent or evicted", label)
     except BaseException as exc:
         if _only(exc, SessionError):
             log.info("session with %s ended: %s", conn.remote_peer_id[:12], exc)
@@ -446,6 +474,8 @@ async def serve_sessions(
     psk: bytes | None = None,
     admission: HandshakeAdmission | None = None,
     sessions: SessionTable | None = None,
+    preamble: PreambleRoute | None = None,
+    on_accept: AcceptObserver | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept sessions on host:port and run *handler* for each authenticated one.
@@ -454,10 +484,13 @@ async def serve_sessions(
     dropped at their first message. *admission*: pass one to choose the limits
     (``HandshakeAdmission(SessionLimits(...))``) or to read its counters; default: the module
     constants. *sessions*: the same for established sessions (``SessionTable(...)``).
+    *preamble*: routes connections that open with something other than a handshake (the relay
+    protocol shares the session port: p2p/reach/relay_protocol.py). *on_accept*: told each
+    connection's source and local address first (p2p/reach/strangers.py).
     """
     admission = admission or HandshakeAdmission()
     sessions = sessions if sessions is not None else SessionTable()
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started(listeners)
-    serve_one = partial(_serve_one, identity, handler, admission, sessions, psk)
-    await trio.serve_listeners(serve_one, listeners)
+    serve_one = partial(_serve_one, identity, handler, admission, sessions, psk, preamble)
+    await trio.serve_listeners(observing_accepts(serve_one, on_accept), listeners)

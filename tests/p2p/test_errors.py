@@ -50,6 +50,8 @@ def test_retryable_codes_are_those_another_provider_may_answer_differently() -> 
         ErrorCode.TIMEOUT,
         ErrorCode.INTERNAL,
         ErrorCode.UNKNOWN_MODEL,  # one node's catalogue may lag the DHT's
+        ErrorCode.RELAY_FULL,  # another relay of the node may have room
+        ErrorCode.NO_RESERVATION,
     }
     assert retryable == RETRYABLE
     # every honest provider refuses these alike; `unavailable` is the client's own verdict
@@ -111,6 +113,8 @@ def test_client_failures_map_to_http_statuses_by_code() -> None:
         ErrorCode.BAD_REQUEST: (400, None, Outcome.BAD_REQUEST),
         ErrorCode.TIMEOUT: (504, "timeout", Outcome.ERROR),
         ErrorCode.INTERNAL: (502, "provider_error", Outcome.ERROR),
+        ErrorCode.RELAY_FULL: (503, "providers_busy", Outcome.BUSY),
+        ErrorCode.NO_RESERVATION: (502, "provider_error", Outcome.ERROR),
     }
     assert set(cases) == set(ErrorCode)
     for code, (status, openai_code, outcome) in cases.items():

@@ -1,0 +1,119 @@
+"""The spot check's statistic: is a run's output consistent with the model that scored it?
+
+Pure (math only). Input: the verifier's `PositionScore`s of the run's tokens (inference/
+scoring.py); output: a `CheckStat` with a verdict.
+
+The evidence is the choice margin: how far each claimed token is from what the request's own
+sampler chain, with its seed (inference/replayable_draw.py), picks on the verifier's logits.
+An honest run's tokens are each its own chain's pick, so they are the verifier's picks up to
+the numerical noise between two runs of the model (batch shape, threads, speculation, prompt
+cache, prefill against one-token decodes, CPU against GPU): a near-tie broken the other way, or
+a token at the edge of top-p / min-p / top-k kept by one side and filtered out by the other
+(margin +inf). No cascade: the verifier teacher-forces the claimed tokens, so one differing
+token does not shift the later positions. Another model, a coarser quantization, random tokens
+or a shortened prompt give tokens that the chain would not have picked, at many positions.
+
+So a position is a *mismatch* when its choice margin exceeds MISMATCH_MARGIN (in logits), and
+the verdict is a one-sided binomial test: "inconsistent" when an honest run, mismatching at
+each position with probability at most HONEST_RATE (greedy or sampled), would show this many
+mismatches in n positions with probability below ALPHA; "inconclusive" under MIN_POSITIONS
+positions (or when the run cannot be replayed: a sampled run without its seed, NaN margins).
+
+Calibration (tools/bench_verification.py --max-tokens 96 --prompts 12 --raw FILE: the default
+model Gemma 3 270M Q4_K_M on 2 shared CPU cores; 12 prompts (code, prose, chat) each greedy and
+at temperature 0.8 with a seed, 96 tokens; honest nodes on 1 and 2 threads, 4 slots with 4
+requests together, speculation on, the prompt cache on: 120 honest requests, ~10,600
+positions; the verifier on 2 threads, 1 slot, no cache or speculation). Positions with a
+choice margin above 1.0:
+
+- honest greedy 0 of 5,388 (the largest finite margin 0.9; above 0.5 at most 4 of 1,080);
+  honest sampled 0.36-0.77 % per configuration (at most 2 in one request), nearly all +inf
+  (a filter's edge);
+- cheats, greedy / sampled: the tiny test model 52 % / 97 %, random tokens (temperature 10,
+  no filters) 100 % / 100 %, Q2_K requantization 6.5 % / 20.5 %, Q3_K_M 3.2 % / 9.9 %, the
+  prompt's first half dropped 2.7 % / 7.5 %.
+
+HONEST_RATE is 0.5 % greedy (about 9× the 95 % upper bound of the 0 measured) and 1 % sampled
+(1.3× the highest configuration measured: at 0.77 % an honest request of 96 tokens is called
+inconsistent with probability 7e-8). ALPHA = 1e-6 per request. An inconsistent verdict then
+needs 7 mismatches of 96 greedy, 9 sampled (8 / 10 of 128; 5 / 6 of 32). With these values, on
+the same data: 0 false verdicts of 120 honest requests (1 inconclusive: 14 tokens); detection
+per request, greedy / sampled: tiny model 100 % / 100 %, random tokens 100 % / 100 %, Q2_K
+33 % / 100 %, Q3_K_M 8 % / 58 %, dropped prefix 0 % / 42 %. Greedy output of a close
+quantization, or of a prompt whose dropped half hardly changes the answer, mostly *is* the
+model's choice; those cheats are caught over many checks (reputation), not in one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import attrs
+
+from inference.scoring import PositionScore
+
+VERDICTS = ("consistent", "inconsistent", "inconclusive")
+# A choice margin above this many logits is a mismatch: honest noise stayed under 1.0 on the
+# default model except at filter edges (+inf). Scale it with the model's logit range: the tiny
+# random test model's logits span ~2, a trained model's ~20 or more.
+MISMATCH_MARGIN = 1.0
+# Mismatches per position an honest run may show (see the module docstring).
+HONEST_RATE_GREEDY = 0.005
+HONEST_RATE_SAMPLED = 0.01
+# The probability, per checked request, that an honest run is called inconsistent.
+ALPHA = 1e-6
+# Fewer judged positions say nothing either way.
+MIN_POSITIONS = 16
+
+
+@attrs.frozen
+class CheckStat:
+    n: int  # positions judged
+    mismatches: int  # positions whose token the verifier's sampler would not have picked
+    score: float  # mismatches / n (0.0 when n is 0)
+    verdict: str  # "consistent" | "inconsistent" | "inconclusive"
+    threshold: int = 0  # mismatches from which n positions are inconsistent
+
+
+@functools.lru_cache(maxsize=4096)
+def mismatch_threshold(n: int, rate: float, alpha: float = ALPHA) -> int:
+    """The least k with P(Binomial(n, rate) >= k) < alpha (n + 1 when none is)."""
+    if n <= 0:
+        return 1
+    # Sum the upper tail from k = n down, in log space (n is at most MAX_SCORE_TOKENS).
+    log_rate, log_rest = math.log(rate), math.log1p(-rate)
+    tail = 0.0
+    for k in range(n, -1, -1):
+        log_term = (
+            math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+            + k * log_rate + (n - k) * log_rest
+        )  # fmt: skip
+        tail += math.exp(log_term)
+        if tail >= alpha:
+            return k + 1
+    return 0
+
+
+def judge(
+    positions: Sequence[PositionScore],
+    *,
+    sampled: bool,
+    mismatch_margin: float = MISMATCH_MARGIN,
+) -> CheckStat:
+    """The verdict on one checked run from the verifier's scores of its tokens (see the module
+    docstring); `sampled`: the run's temperature was above 0."""
+    margins = [p.choice_margin for p in positions if not math.isnan(p.choice_margin)]
+    n = len(margins)
+    mismatches = sum(1 for m in margins if m > mismatch_margin)
+    score = mismatches / n if n else 0.0
+    rate = HONEST_RATE_SAMPLED if sampled else HONEST_RATE_GREEDY
+    threshold = mismatch_threshold(n, rate)
+    if n < MIN_POSITIONS:
+        verdict = "inconclusive"
+    elif mismatches >= threshold:
+        verdict = "inconsistent"
+    else:
+        verdict = "consistent"
+    return CheckStat(n=n, mismatches=mismatches, score=score, verdict=verdict, threshold=threshold)

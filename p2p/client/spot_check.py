@@ -1,0 +1,289 @@
+"""Spot checks: re-check a finished request's output on an independent provider of the same file.
+
+A provider's segment (p2p/client/segments.py) is re-scored by another provider of the same model
+sha256: one `Score` request (wire.Score) teacher-forces the same prompt (or chat), sampler
+settings, effective seed and output tokens through its model, one prefill; the positions that
+are the checked node's own work are judged (inference/verification.py `judge`, tolerant of
+honest batching and hardware noise, intolerant of another model, a dropped prompt or junk).
+
+The verifier is chosen to be independent of the checked node: another peer id, preferably from
+another source network (/24, /48), never one this client caught cheating on that model. Its
+verdict:
+
+- "consistent": the node's standing for that model grows (p2p/client/reputation.py);
+- "inconsistent": an evidence file is written (p2p/client/evidence.py) and a third provider, as
+  independent of both as there is, checks again. If it agrees the node is caught (excluded for
+  that model); if it disagrees the verifiers contradict each other and nothing is concluded
+  ("inconclusive"); if there is no third provider the single verdict stands, and lowers the
+  node's standing without excluding it (the verifier may be the liar; the evidence is there for
+  anyone to re-check with `gpunet verify`).
+- "inconclusive": said as such, with the reason: no other provider of the file, too few tokens,
+  a sampled request without a seed (not replayable), no verifier answered.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from crypto.receipts import encode
+from inference.verification import CheckStat, judge
+from p2p.client.evidence import Evidence, VerifierScore, write_evidence
+from p2p.client.network import Client, lookup_key
+from p2p.client.ranking import Provider, rank_providers
+from p2p.client.reputation import Reputation
+from p2p.client.segments import Segment
+from p2p.host_port import parse_host_port
+from p2p.protocol import wire
+from p2p.protocol.score_wire import MAX_SCORE_TOKENS, Scores
+from p2p.protocol.session_table import network_key, source_key
+from p2p.session.secure import SessionError
+
+# One Score is a single prefill of prompt + output: seconds on a CPU for thousands of tokens.
+SCORE_TIMEOUT_S = 60.0
+# Verifiers tried for one opinion when the first ones are unreachable or busy.
+MAX_VERIFIER_TRIES = 3
+# A whole check (both opinions, every try): past it the check is inconclusive.
+CHECK_DEADLINE_S = 120.0
+
+
+@attrs.frozen
+class CheckResult:
+    verdict: str  # "consistent" | "inconsistent" | "inconclusive"
+    peer_id: str
+    model_sha256: str
+    reason: str
+    verifiers: tuple[VerifierScore, ...] = ()
+    caught: bool = False  # two independent verifiers agree: excluded for this model
+    evidence: Path | None = None
+
+
+def networks(addresses: Sequence[str]) -> set[str]:
+    """The source networks (/24, /48) of a record's session addresses."""
+    out = set()
+    for address in addresses:
+        try:
+            host, _port = parse_host_port(address)
+        except ValueError:
+            continue
+        out.add(network_key(source_key(host)))
+    return out
+
+
+def independent(
+    providers: Sequence[Provider], avoid_peers: set[str], avoid_networks: set[str]
+) -> list[Provider]:
+    """*providers* without *avoid_peers*, those outside *avoid_networks* first (rank kept)."""
+    left = [p for p in providers if p.record.peer_id not in avoid_peers]
+    return sorted(left, key=lambda p: bool(networks(p.record.addresses) & avoid_networks))
+
+
+def score_request(
+    segment: Segment, sample: int | None = None, rng: random.Random | None = None
+) -> wire.Score:
+    """The Score that re-checks *segment*: its request with the effective seed, and every output
+    token through it (the replayed ones give the context its own tokens were made in). With
+    *sample*, logits at only that many of its own positions, drawn at random (the output layer
+    is most of a check's cost; every token is still fed)."""
+    request = attrs.evolve(segment.request, id=0, replay_tokens=(), seed=segment.seed)
+    tokens = segment.output[:MAX_SCORE_TOKENS]
+    own = range(len(segment.request.replay_tokens), len(tokens))
+    only: tuple[int, ...] = ()
+    if sample is not None and sample < len(own):
+        only = tuple(sorted((rng or random.Random()).sample(own, sample)))
+    return wire.Score(0, request, tokens, 0, only)
+
+
+async def score_on(client: Client, provider: Provider, score: wire.Score) -> Scores | str:
+    """*provider*'s scores, or why it gave none."""
+    peer = provider.record.peer_id
+    try:
+        record = provider.record
+        session = await client.pool.get(peer, record.addresses, record.relays)
+        async with session.request(score) as (_rid, inbox):
+            with trio.move_on_after(SCORE_TIMEOUT_S):
+                msg = await inbox.receive()
+                if isinstance(msg, Scores):
+                    asked = score.only or tuple(range(len(score.tokens)))
+                    scored = tuple(msg.index(i) for i in range(len(msg.token_ids)))
+                    if scored != asked or msg.token_ids != tuple(score.tokens[i] for i in asked):
+                        return f"{peer[:12]}: scored other tokens than asked"
+                    return msg
+                if isinstance(msg, wire.Error):
+                    return f"{peer[:12]}: {msg.code.value}: {msg.message}"
+                return f"{peer[:12]}: {msg}"
+            return f"{peer[:12]}: no scores within {SCORE_TIMEOUT_S:g} s"
+    except SessionError as exc:
+        client.pool.drop(peer)
+        return f"{peer[:12]}: {exc}"
+
+
+def _judge(scores: Scores, segment: Segment) -> CheckStat:
+    """The statistic over the node's own positions; and a node that said it processed a prompt
+    of another length than the verifier's (the same file tokenises alike) did not process the
+    prompt it was sent, whatever its tokens look like."""
+    replayed = len(segment.request.replay_tokens)
+    own = [p for p in scores.positions() if p.index >= replayed]
+    stat = judge(own, sampled=segment.request.temperature > 0)
+    if segment.prompt_tokens and scores.prompt_tokens != segment.prompt_tokens:
+        return attrs.evolve(stat, verdict="inconsistent")
+    return stat
+
+
+async def _opinion(
+    client: Client, candidates: list[Provider], score: wire.Score, segment: Segment
+) -> tuple[Provider, Scores, CheckStat] | list[str]:
+    """The first verifier among *candidates* that answers, or why none did."""
+    problems = []
+    for provider in candidates[:MAX_VERIFIER_TRIES]:
+        scores = await score_on(client, provider, score)
+        if isinstance(scores, Scores):
+            return provider, scores, _judge(scores, segment)
+        problems.append(scores)
+    return problems
+
+
+def _told(provider: Provider, scores: Scores, stat: CheckStat) -> VerifierScore:
+    return VerifierScore(
+        provider.record.peer_id,
+        stat.verdict,
+        stat.n,
+        stat.mismatches,
+        stat.score,
+        scores.choice_margins,
+        scores.logprobs,
+    )
+
+
+def _unreplayable(segment: Segment) -> str:
+    if not segment.tokens:
+        return "the node generated no tokens of its own"
+    if segment.request.temperature > 0 and segment.seed is None:
+        return "a sampled request without a known seed cannot be replayed"
+    if len(segment.request.replay_tokens) >= MAX_SCORE_TOKENS:
+        return f"its tokens start past the {MAX_SCORE_TOKENS} a check scores"
+    return ""
+
+
+async def spot_check(
+    client: Client,
+    segment: Segment,
+    *,
+    reputation: Reputation | None = None,
+    data_dir: Path | None = None,
+    deadline_s: float = CHECK_DEADLINE_S,
+    sample: int | None = None,
+) -> CheckResult:
+    """Check *segment* on independent providers; record the outcome in *reputation* and write
+    evidence of a failure into *data_dir* (when given). Inconclusive past *deadline_s*.
+    *sample*: judge that many of its positions, at random, instead of all (cheaper)."""
+    with trio.move_on_after(deadline_s):
+        return await _spot_check(client, segment, reputation, data_dir, sample)
+    reason = f"no verdict within {deadline_s:g} s"
+    return CheckResult("inconclusive", segment.peer_id, segment.model_sha256, reason)
+
+
+async def _spot_check(
+    client: Client,
+    segment: Segment,
+    reputation: Reputation | None,
+    data_dir: Path | None,
+    sample: int | None,
+) -> CheckResult:
+    peer, sha = segment.peer_id, segment.model_sha256
+
+    def result(verdict: str, reason: str, **more: object) -> CheckResult:
+        return CheckResult(verdict, peer, sha, reason, **more)  # type: ignore[arg-type]
+
+    why_not = _unreplayable(segment)
+    if why_not:
+        return result("inconclusive", why_not)
+    records, _ = await client.find_records(lookup_key(sha, client.network_id))
+    excluded = {
+        r.peer_id
+        for r in records
+        if reputation is not None and reputation.is_excluded(r.peer_id, sha)
+    }
+    ranked = rank_providers(client.ranker, records, sha)
+    avoid_nets = networks(segment.addresses)
+    candidates = independent(ranked, {peer} | excluded, avoid_nets)
+    if not candidates:
+        return result("inconclusive", "no other provider of the same model file to check on")
+    score = score_request(segment, sample)
+    first = await _opinion(client, candidates, score, segment)
+    if isinstance(first, list):
+        return result("inconclusive", "no verifier answered: " + "; ".join(first))
+    provider, scores, stat = first
+    told: tuple[VerifierScore, ...] = (_told(provider, scores, stat),)
+    if stat.verdict == "consistent":
+        if reputation is not None:
+            reputation.record_verified(peer, sha)
+        return result("consistent", _summary(provider, stat, scores, segment), verifiers=told)
+    if stat.verdict != "inconsistent":
+        return result("inconclusive", _summary(provider, stat, scores, segment), verifiers=told)
+    first_peer = provider.record.peer_id
+    again = independent(candidates, {first_peer}, avoid_nets | networks(provider.record.addresses))
+    second = await _opinion(client, again, score, segment) if again else ["no third provider"]
+    caught, verdict, reason = False, "inconsistent", _summary(provider, stat, scores, segment)
+    if isinstance(second, tuple):
+        provider2, scores2, stat2 = second
+        told = (*told, _told(provider2, scores2, stat2))
+        if stat2.verdict == "inconsistent":
+            caught, reason = (
+                True,
+                f"{reason}; confirmed by {_summary(provider2, stat2, scores2, segment)}",
+            )
+        else:
+            verdict = "inconclusive"
+            reason = (
+                f"verifiers disagree: {reason}; but {_summary(provider2, stat2, scores2, segment)}"
+            )
+    else:
+        reason = f"{reason} (no second opinion: {'; '.join(second)})"
+    evidence = None
+    if data_dir is not None:
+        evidence = write_evidence(data_dir, _evidence(segment, told))
+    if reputation is not None and verdict == "inconsistent":
+        reputation.record_failure(peer, sha, evidence, caught=caught)
+    return result(verdict, reason, verifiers=told, caught=caught, evidence=evidence)
+
+
+def _summary(provider: Provider, stat: CheckStat, scores: Scores, segment: Segment) -> str:
+    score = f"{stat.score:.3g}" if math.isfinite(stat.score) else str(stat.score)
+    prompt = ""
+    if segment.prompt_tokens and scores.prompt_tokens != segment.prompt_tokens:
+        prompt = f"; prompt of {scores.prompt_tokens} tokens, the node said {segment.prompt_tokens}"
+    return (
+        f"{provider.record.peer_id[:12]} says {stat.verdict} "
+        f"({stat.mismatches}/{stat.n} tokens off, score {score}{prompt})"
+    )
+
+
+def _evidence(segment: Segment, told: tuple[VerifierScore, ...]) -> Evidence:
+    return Evidence(
+        peer_id=segment.peer_id,
+        model_sha256=segment.model_sha256,
+        request=segment.request,
+        seed=segment.seed,
+        tokens=segment.output,
+        receipt=encode(segment.receipt) if segment.receipt is not None else b"",
+        verifiers=told,
+        created_at=time.time(),
+    )
+
+
+async def check_request(
+    client: Client,
+    segments: Sequence[Segment],
+    *,
+    reputation: Reputation | None = None,
+    data_dir: Path | None = None,
+) -> list[CheckResult]:
+    """Spot-check every segment of one request (one per node that finished a part of it)."""
+    return [await spot_check(client, s, reputation=reputation, data_dir=data_dir) for s in segments]

@@ -1,0 +1,23 @@
+"""How others reach this node behind a NAT: reachability checks, port mapping, relays.
+
+docs/reachability.md describes the design; the files:
+
+- `relay_protocol.py` (sans-IO): the relay preamble that shares the session port with Noise, the
+  status line, the control messages (reserve, circuit, dial-back) and their readers.
+- `relay_table.py` (sans-IO): the relay's reservations, pending and live circuits, their bounds
+  and deadlines, and the per-peer byte budget.
+- `reachability.py` (sans-IO): the dial-back limits of a helper and the verdict
+  (direct / mapped / relayed) from dial-back outcomes.
+- `relay_service.py` (trio): the session port's relay side: control sessions, the splice, probes.
+- `relay_client.py` (trio): a client's dial through a relay, a volunteer's reservation.
+- `dial_back.py` (trio): asking for and serving dial-backs.
+- `strangers.py` (sans-IO): the hosts a node sent to, and when an inbound connection proves
+  that strangers reach it (a dial-back from a contacted helper is only weak proof).
+- `state.py`: what the node knows of its reachability; changes trigger a republish.
+- `node_tasks.py` (trio): the node's reach tasks (check, keep relays) and their wiring.
+- `port_mapping.py` (trio): UPnP-IGD port mappings on the home router.
+- `punch_rules.py` (sans-IO): when each side of a hole punch tries, a volunteer's punch budget,
+  and the names of the paths a session takes (direct / mapped / hole-punched / relayed).
+- `hole_punch.py` (trio): upgrading a relayed session to a direct one by a TCP simultaneous
+  open from the relay connections' ports (DCUtR's shape).
+"""

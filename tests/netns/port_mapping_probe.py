@@ -1,0 +1,75 @@
+"""Runs `hold_port_mappings` inside a lab host namespace, for tests/netns/test_port_mapping.py.
+
+``python -m tests.netns.port_mapping_probe UDP_PORT TCP_PORT LEASE_S``: listens on both ports
+(TCP answers each connection with ``probe\\n``, so a test can tell that a connection from the
+internet reached this host), holds the mappings, and prints one JSON line per event:
+``{"event": "mapped", ...}`` at each grant and renewal, ``{"event": "lost"}``, ``{"event":
+"first", "mapped": bool}`` for the first outcome, ``{"event": "stopped"}`` once its stdin
+closed and the mappings were removed. The port mapping's log goes to stdout too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+
+import trio
+
+from p2p.reach.port_mapping import PortMapping, hold_port_mappings
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def on_change(mapping: PortMapping | None) -> None:
+    if mapping is None:
+        emit(event="lost")
+    else:
+        emit(
+            event="mapped",
+            external_ip=mapping.external_ip,
+            udp=mapping.udp_port,
+            tcp=mapping.tcp_port,
+            lease_s=mapping.lease_s,
+        )
+
+
+async def answer(listener: trio.SocketListener) -> None:
+    while True:
+        stream = await listener.accept()
+        with trio.move_on_after(5):
+            await stream.send_all(b"probe\n")
+        await stream.aclose()
+
+
+async def main(udp_port: int, tcp_port: int, lease_s: int) -> None:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", udp_port))
+    listeners = await trio.open_tcp_listeners(tcp_port, host="0.0.0.0")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answer, listeners[0])
+        async with trio.open_nursery() as holding:
+            first = await holding.start(
+                lambda task_status: hold_port_mappings(
+                    udp_port,
+                    tcp_port,
+                    on_change=on_change,
+                    lease_s=lease_s,
+                    rediscover_s=3600,
+                    task_status=task_status,
+                )
+            )
+            emit(event="first", mapped=first is not None)
+            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+            holding.cancel_scope.cancel()
+        emit(event="stopped")
+        nursery.cancel_scope.cancel()
+    udp.close()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s: %(message)s")
+    trio.run(main, int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -1,0 +1,492 @@
+"""Spot-check verification at the inference level (issue #16): honest and cheating workers
+generate, a verifier worker on the default model scores what they claim, and the statistic
+(inference/verification.py `judge`) gives each request a verdict.
+
+No network: a "node" here is a BatchingWorker in this process. Modes:
+
+- honest, in the configurations a volunteer may run: `honest-t1` (1 thread), `honest-t2`
+  (2 threads), `honest-slots4` (4 slots, 4 requests decoded together), `honest-spec` (greedy
+  speculation on), `honest-cache` (prompt-prefix cache on, each prompt asked twice and the
+  second, cached answer checked); the other options off in each;
+- cheating, each claiming the default model and the request's own settings: `cheat-tiny` (the
+  random-weight tiny test GGUF), `cheat-q3` / `cheat-q2` (the default model requantized to
+  Q3_K_M / Q2_K), `cheat-random` (sampled at temperature 10 with every filter off),
+  `cheat-prefix` (the first half of the prompt dropped).
+
+Requests are user-like prompts (code, prose, chat), each greedy and at temperature 0.8 with a
+seed. The verifier (2 threads, 1 slot, no cache, no speculation) scores every position; the
+cost of a check is its scoring time against the time `honest-t2` took to generate the same
+request, and is also measured for a check that gets logits at only --check-positions
+positions (ScoreRequest.only). Per mode it prints the verdict counts, the detection rate per
+checked request d, and the probability of catching a node within 50 of its requests when a
+fraction f of requests is checked, 1 - (1 - f d)^50, for f = 2 % / cost (2 % extra compute)
+and f = 10 %.
+
+    python tools/bench_verification.py --quick            # a few minutes on 2 cores
+    python tools/bench_verification.py --max-tokens 128 --rounds 2 --json --plot stat.png
+    python tools/bench_verification.py --raw margins.json # per-position data, to recalibrate
+    python tools/bench_verification.py --from-raw margins.json --plot stat.png  # judge again
+
+The cost figures are ratios of wall times taken minutes apart: on a machine shared with other
+work they move by 2-5× from run to run; compare runs on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from inference.batching import BatchingWorker
+from inference.default_model import ensure_default_model
+from inference.generation import GenerationDone, GenerationRequest, TokenChunk
+from inference.scoring import PositionScore, ScoreRequest, ScoreResult
+from inference.verification import (
+    HONEST_RATE_GREEDY,
+    HONEST_RATE_SAMPLED,
+    CheckStat,
+    judge,
+    mismatch_threshold,
+)
+
+CODE = [
+    'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
+    "// A C function that reverses a string in place\nvoid reverse(char *s) {\n",
+    "SELECT customers.name, COUNT(orders.id) AS n_orders\nFROM customers\n",
+    "import json\n\ndef load_config(path):\n    # Read the JSON config file and validate it\n",
+]
+PROSE = [
+    "The history of the printing press begins in the fifteenth century, when",
+    "Photosynthesis is the process by which plants",
+    "In the small village at the foot of the mountains, the winter of that year",
+    "Here are five tips for getting better sleep:\n1.",
+]
+CHAT = [
+    "<start_of_turn>user\nHow do I bake a simple loaf of bread at home?<end_of_turn>\n"
+    "<start_of_turn>model\n",
+    "<start_of_turn>user\nExplain what a hash table is to a beginner.<end_of_turn>\n"
+    "<start_of_turn>model\n",
+    "<start_of_turn>user\nWrite a short, polite email asking my landlord to fix the heating."
+    "<end_of_turn>\n<start_of_turn>model\n",
+    "<start_of_turn>user\nWhat are the main causes of inflation?<end_of_turn>\n"
+    "<start_of_turn>model\n",
+]
+# Interleaved, so that the first N prompts (--prompts, --quick) mix the three kinds.
+PROMPTS = [
+    (kind, prompt)
+    for trio_ in zip(CODE, PROSE, CHAT, strict=True)
+    for kind, prompt in zip(("code", "prose", "chat"), trio_, strict=True)
+]
+HONEST = ("honest-t1", "honest-t2", "honest-slots4", "honest-spec", "honest-cache")
+CHEATS = ("cheat-tiny", "cheat-q3", "cheat-q2", "cheat-random", "cheat-prefix")
+
+
+@attrs.define
+class Claim:
+    """One answer as a node claims it: the request it was asked, and the tokens it returned."""
+
+    mode: str
+    kind: str
+    request: GenerationRequest
+    tokens: tuple[int, ...]
+    gen_s: float
+    stat: CheckStat | None = None
+    score_s: float = 0.0
+    margins: list[float] = attrs.field(factory=list)
+
+
+def requests(max_tokens: int, rounds: int, kinds: int) -> list[tuple[str, GenerationRequest]]:
+    """Every prompt greedy and at temperature 0.8 with a seed, `rounds` times (new seeds)."""
+    out = []
+    for r in range(rounds):
+        for i, (kind, prompt) in enumerate(PROMPTS[:kinds] if kinds else PROMPTS):
+            out.append((kind, GenerationRequest(prompt, max_tokens=max_tokens, seed=None)))
+            seed = 1000 + 100 * r + i
+            out.append(
+                (kind, GenerationRequest(prompt, max_tokens=max_tokens, temperature=0.8, seed=seed))
+            )
+    return out
+
+
+async def generate(worker: BatchingWorker, request: GenerationRequest) -> tuple[list[int], float]:
+    started = time.perf_counter()
+    ids: list[int] = []
+    async with worker.generate(request) as stream:
+        async for item in stream:
+            if isinstance(item, TokenChunk | GenerationDone):
+                ids += item.token_ids
+    return ids, time.perf_counter() - started
+
+
+def worker_for(mode: str, models: dict[str, Path]) -> BatchingWorker:
+    options: dict[str, Any] = {
+        "n_threads": 2,
+        "slots": 1,
+        "speculate": False,
+        "prefix_cache": False,
+        "n_ctx": 1024,
+        "max_queue": 8,
+    }
+    if mode == "honest-t1":
+        options["n_threads"] = 1
+    elif mode == "honest-slots4":
+        options["slots"] = 4
+    elif mode == "honest-spec":
+        options["speculate"] = True
+    elif mode == "honest-cache":
+        options.update(slots=2, prefix_cache=True)
+    path = {"cheat-tiny": "tiny", "cheat-q3": "Q3_K_M", "cheat-q2": "Q2_K"}.get(mode, "default")
+    return BatchingWorker(models[path], **options)
+
+
+def served(mode: str, request: GenerationRequest) -> GenerationRequest:
+    """What the node really runs for `request` (the claim keeps `request`)."""
+    if mode == "cheat-random":
+        return attrs.evolve(
+            request, temperature=10.0, top_k=0, top_p=1.0, min_p=0.0, seed=request.seed or 7
+        )
+    if mode == "cheat-prefix":
+        return attrs.evolve(request, prompt=request.prompt[len(request.prompt) // 2 :])
+    return request
+
+
+async def run_mode(
+    mode: str, models: dict[str, Path], asked: list[tuple[str, GenerationRequest]]
+) -> list[Claim]:
+    claims: list[Claim] = []
+    async with worker_for(mode, models) as worker:
+        await generate(worker, GenerationRequest("Hello", max_tokens=4))  # warm-up
+        if mode == "honest-slots4":
+            for start in range(0, len(asked), 4):
+                group = asked[start : start + 4]
+                results: list[tuple[list[int], float]] = [([], 0.0)] * len(group)
+
+                async def one(
+                    i: int, request: GenerationRequest, results: list[tuple[list[int], float]]
+                ) -> None:
+                    results[i] = await generate(worker, request)
+
+                async with trio.open_nursery() as nursery:
+                    with worker.admit_together():
+                        for i, (_, request) in enumerate(group):
+                            nursery.start_soon(one, i, request, results)
+                        await trio.testing.wait_all_tasks_blocked()
+                for (kind, request), (ids, seconds) in zip(group, results, strict=True):
+                    claims.append(Claim(mode, kind, request, tuple(ids), seconds))
+            return claims
+        for kind, request in asked:
+            if mode == "honest-cache":  # the first answer fills the cache; the second is checked
+                await generate(worker, request)
+            ids, seconds = await generate(worker, served(mode, request))
+            claims.append(Claim(mode, kind, request, tuple(ids), seconds))
+    return claims
+
+
+async def verify(verifier: BatchingWorker, claims: list[Claim]) -> None:
+    for claim in claims:
+        if not claim.tokens:
+            claim.stat = judge((), sampled=claim.request.temperature > 0)
+            continue
+        result = await verifier.score(ScoreRequest(claim.request, claim.tokens, top_logprobs=0))
+        claim.score_s = result.seconds
+        claim.margins = [p.choice_margin for p in result.positions]
+        claim.stat = judge(result.positions, sampled=claim.request.temperature > 0)
+
+
+async def subset_cost(verifier: BatchingWorker, claims: list[Claim], k: int) -> float:
+    """Median scoring time with logits at only k random positions, over a few claims."""
+    times = []
+    rng = random.Random(0)
+    for claim in claims[:6]:
+        n = len(claim.tokens)
+        if n == 0:
+            continue
+        only = tuple(sorted(rng.sample(range(n), min(k, n))))
+        result: ScoreResult = await verifier.score(
+            ScoreRequest(claim.request, claim.tokens, top_logprobs=0, only=only)
+        )
+        times.append(result.seconds)
+    return statistics.median(times) if times else math.nan
+
+
+def catch_probability(detection: float, fraction: float, requests_seen: int = 50) -> float:
+    if math.isnan(fraction):
+        return math.nan
+    return 1.0 - (1.0 - min(1.0, fraction) * detection) ** requests_seen
+
+
+def summarize(claims: list[Claim], cost: float) -> dict[str, Any]:
+    f_budget = 0.02 / cost if cost > 0 else math.nan
+    out: dict[str, Any] = {}
+    for mode in HONEST + CHEATS:
+        mine = [c for c in claims if c.mode == mode and c.stat is not None]
+        if not mine:
+            continue
+        verdicts = {
+            v: sum(c.stat.verdict == v for c in mine if c.stat)
+            for v in ("consistent", "inconsistent", "inconclusive")
+        }
+        detection = verdicts["inconsistent"] / len(mine)
+        scores = [c.stat.score for c in mine if c.stat]
+        row: dict[str, Any] = {
+            "requests": len(mine),
+            "verdicts": verdicts,
+            "score_median": round(statistics.median(scores), 4),
+            "score_max": round(max(scores), 4),
+            "score_min": round(min(scores), 4),
+        }
+        if mode.startswith("honest"):
+            row["false_verdicts"] = verdicts["inconsistent"]
+        else:
+            row["detection_per_request"] = round(detection, 4)
+            row["catch_within_50_at_f_2pct_budget"] = round(
+                catch_probability(detection, f_budget), 6
+            )
+            row["catch_within_50_at_f_10pct"] = round(catch_probability(detection, 0.10), 6)
+            by_setting = {}
+            for name, sampled in (("greedy", False), ("sampled", True)):
+                part = [c for c in mine if (c.request.temperature > 0) == sampled]
+                if part:
+                    by_setting[name] = sum(
+                        c.stat.verdict == "inconsistent" for c in part if c.stat
+                    ) / len(part)
+            row["detection_by_setting"] = by_setting
+        out[mode] = row
+    return out
+
+
+def plot(claims: list[Claim], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    floor = 1e-4  # a score of 0 drawn at the axis' left edge
+    bins = [10 ** (e / 4) for e in range(-16, 1)]
+    honest = [max(c.stat.score, floor) for c in claims if c.stat and c.mode in HONEST]
+    ax.hist(honest, bins=bins, alpha=0.6, label=f"honest (all {len(HONEST)} configs)")
+    for mode in CHEATS:
+        values = [max(c.stat.score, floor) for c in claims if c.stat and c.mode == mode]
+        if values:
+            ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=mode)
+    n = max((len(c.tokens) for c in claims), default=1)
+    for name, rate, style in (
+        ("greedy", HONEST_RATE_GREEDY, "--"),
+        ("sampled", HONEST_RATE_SAMPLED, ":"),
+    ):
+        threshold = mismatch_threshold(n, rate) / n
+        ax.axvline(
+            threshold, color="black", linestyle=style, label=f"inconsistent from ({name}, n={n})"
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("mismatch rate per request: positions with choice margin > 1 logit")
+    ax.set_ylabel("requests")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def make_models(tmp: Path, modes: list[str], say: Callable[[str], None]) -> dict[str, Path]:
+    models = {"default": ensure_default_model()}
+    if "cheat-tiny" in modes:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from make_tiny_gguf import make_tiny_gguf
+
+        models["tiny"] = make_tiny_gguf(tmp / "tiny.gguf", seed=0)
+    import inference.quantize as quantize
+
+    for target in ("Q3_K_M", "Q2_K"):
+        if f"cheat-{target[:2].lower()}" in modes:
+            say(f"requantizing the default model to {target}")
+            result = quantize.quantize_gguf(
+                models["default"], tmp / f"default-{target}.gguf", target, allow_requantize=True
+            )
+            models[target] = result.dst
+    return models
+
+
+async def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    modes = [m for m in HONEST + CHEATS if not args.modes or m in args.modes]
+    asked = requests(args.max_tokens, args.rounds, args.prompts)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = make_models(Path(tmp), modes, say)
+        claims: list[Claim] = []
+        for mode in modes:
+            say(f"{mode}: generating {len(asked)} requests")
+            claims += await run_mode(mode, models, asked)
+        verifier = BatchingWorker(
+            models["default"], n_ctx=1024, n_threads=2, slots=1, speculate=False, prefix_cache=False
+        )
+        async with verifier:
+            say(f"verifying {len(claims)} claims")
+            await verify(verifier, claims)
+            reference = [c for c in claims if c.mode == "honest-t2"] or claims
+            subset = await subset_cost(verifier, reference, args.check_positions)
+    gen_by_request = {
+        (c.request.prompt, c.request.seed): c.gen_s for c in claims if c.mode == "honest-t2"
+    }
+    ratios = [
+        c.score_s / gen_by_request[(c.request.prompt, c.request.seed)]
+        for c in claims
+        if c.mode == "honest-t2" and c.score_s > 0
+    ]
+    gen_median = statistics.median(c.gen_s for c in reference)
+    cost = statistics.median(ratios) if ratios else math.nan
+    report = {
+        "max_tokens": args.max_tokens,
+        "requests_per_mode": len(asked),
+        "cost_full_check_vs_generation": round(cost, 4),
+        "check_positions": args.check_positions,
+        "cost_subset_check_vs_generation": round(subset / gen_median, 4),
+        "modes": summarize(claims, cost),
+    }
+    if args.raw:
+        args.raw.write_text(
+            json.dumps(
+                [
+                    {
+                        "mode": c.mode,
+                        "kind": c.kind,
+                        "temperature": c.request.temperature,
+                        "seed": c.request.seed,
+                        "margins": c.margins,
+                    }
+                    for c in claims
+                ],
+                allow_nan=True,
+            )
+        )
+    if args.plot:
+        plot(claims, args.plot)
+    return report
+
+
+def from_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """Judge (and plot) the margins of an earlier --raw file again: for recalibrating the
+    statistic without generating anything. No cost figures (nothing is timed)."""
+    claims = []
+    for row in json.loads(args.from_raw.read_text()):
+        request = GenerationRequest("-", temperature=row["temperature"], seed=row["seed"])
+        positions = [
+            PositionScore(token=0, logprob=0.0, rank=0, margin=0.0, choice_margin=m)
+            for m in row["margins"]
+        ]
+        claim = Claim(row["mode"], row["kind"], request, (0,) * len(positions), 0.0)
+        claim.stat = judge(positions, sampled=row["temperature"] > 0)
+        claims.append(claim)
+    if args.plot:
+        plot(claims, args.plot)
+    n = max((len(c.tokens) for c in claims), default=0)
+    return {
+        "max_tokens": n,
+        "requests_per_mode": max(sum(c.mode == m for c in claims) for m in HONEST + CHEATS),
+        "cost_full_check_vs_generation": math.nan,
+        "check_positions": 0,
+        "cost_subset_check_vs_generation": math.nan,
+        "modes": summarize(claims, math.nan),
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"{report['requests_per_mode']} requests per mode, {report['max_tokens']} tokens each")
+    print(
+        f"cost of a check vs generating: full {report['cost_full_check_vs_generation']:.1%}, "
+        f"{report['check_positions']} positions {report['cost_subset_check_vs_generation']:.1%}"
+    )
+    for mode, row in report["modes"].items():
+        v = row["verdicts"]
+        line = (
+            f"{mode:14} consistent {v['consistent']:3} inconsistent {v['inconsistent']:3} "
+            f"inconclusive {v['inconclusive']:3}  score median {row['score_median']:.4f} "
+            f"max {row['score_max']:.4f}"
+        )
+        if "detection_per_request" in row:
+            line += (
+                f"  detect {row['detection_per_request']:.0%}  P(catch in 50) "
+                f"{row['catch_within_50_at_f_2pct_budget']:.4f} (2% budget) "
+                f"{row['catch_within_50_at_f_10pct']:.4f} (f=10%)"
+            )
+        print(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench_verification.py",
+        description="Honest and cheating workers generate; a verifier on the default model "
+        "scores their claims; prints verdicts, detection and the cost of a check.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="6 prompts, 48 tokens: a few minutes on 2 cores"
+    )
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per request")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="times each prompt is asked (new seeds each round)"
+    )
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=0,
+        help=f"use the first N of the {len(PROMPTS)} prompts (0: all)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        metavar="MODE",
+        choices=HONEST + CHEATS,
+        help="only these modes (default: all)",
+    )
+    parser.add_argument(
+        "--check-positions",
+        type=int,
+        default=32,
+        help="positions with logits in the subset check whose cost is measured",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the statistic's distribution")
+    parser.add_argument("--raw", type=Path, help="write every position's choice margin (JSON)")
+    parser.add_argument(
+        "--from-raw",
+        type=Path,
+        metavar="RAW",
+        help="judge and plot the margins of an earlier --raw file instead of running",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.max_tokens, args.prompts = min(args.max_tokens, 48), 6
+    if args.max_tokens < 1:
+        parser.error("--max-tokens must be at least 1")
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        report = from_raw(args) if args.from_raw else trio.run(bench, args, say)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # one line, not a traceback
+        print(f"bench_verification.py: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
