@@ -19,48 +19,13 @@ So a new request waits at most one step to start, a cancelled one costs at most 
 and a finished one frees its slot at once. Over `slots + max_queue` outstanding requests the
 answer is WorkerBusy, at once. Admission is first come, first served.
 
-**Not batch-invariant.** llama.cpp's kernels give slightly different logits for a sequence
-decoded beside others than alone, so a batched greedy run can take a different (near-tie) token
-than a solo run. What does hold, and is tested: every batched greedy token is the solo argmax or
-within a small logit margin of it. A request that needs bit-reproducible output sets
-`reproducible`: it waits for the batch to drain, empties the KV cache (the prompt-prefix cache
-below included), then runs alone — nothing joins until it leaves — so it decodes exactly as any
-other reproducible run of it on this build and hardware, whatever ran before.
-
-On the CPU more holds, and is tested there: identical requests that join together give
-bit-identical outputs (no cross-talk), and so does a replay in another slot. Not with the layers
-on a CUDA GPU (seen on an H100 with the default model and the tiny test model): identical
-requests in one batch drift apart after some tokens, each still greedy within the margin. The
-likely cause is that the GPU's attention kernels sum over the pool's cells in tiles, so a
-sequence's logits depend on where its cells lie among the others'.
-
-**Prompt-prefix cache** (inference/prefix_cache.py, on unless `prefix_cache=False`). A
-finished sequence's cells stay in its slot, and a new request reuses the longest prefix of its
-prompt found in the pool, prefilling only the rest: a repeated system prompt or a
-conversation's next turn skips most of its prefill. Reused cells were computed in another batch
-shape, so this too is "greedy up to noise"; a `reproducible` request never reuses.
-
-**Greedy speculation** (inference/speculation.py, on unless `speculate=False`). A greedy
-request whose text has been repeating itself feeds the tokens the repeat predicts into the same
-step as its next token, each with logits, after the prompt chunks (a newcomer's first token
-comes first). Each draft token is kept while it is the token the model chose before it; the
-rest leave the KV cache (`llama_memory_seq_rm` from the first wrong one). So a step can yield
-several tokens of one sequence: on the benchmark's prompt, whose answer repeats a digit, the
-default model's 128 tokens took 19 steps instead of 128. A several-token step rounds
-differently from single ones, so this too is greedy up to noise; sampled, penalized and
-reproducible requests never draft, and replayed tokens go one per step. A draft token is kept
-only when the request's own chain picks it (with logit_bias or ignore_eos that is the biased
-argmax, not the bare one).
-
-**Exact replay** (GenerationRequest.replay_tokens): the prompt is prefilled as for a fresh
-request, then each replayed token is fed in a decode step of its own, as if sampled (the chain
-runs over the logits without taking its pick, so a seeded chain's random state stays in step,
-and then accepts the replayed token, so the penalties see it), with no text sent; then
-generation continues. See inference/streaming.py for how token ids travel with the text.
-
-**Scoring** (`score()`, inference/scoring.py): runs between two steps in a free slot, the batch
-pausing for its decodes; the slot's cells are removed afterwards (a cached prefix there is
-dropped first, and the prefix cache told). It waits for a free slot like a request.
+Properties (docs/batching.md has the detail): batched greedy output is the solo argmax up to a
+small logit margin, not bit-identical (a `reproducible` request runs alone and is); the
+prompt-prefix cache (inference/prefix_cache.py) reuses a finished sequence's cells for a new
+prompt's longest cached prefix; greedy speculation (inference/speculation.py) feeds the tokens a
+repeating text predicts into the same step and keeps them while the request's own chain picks
+them; exact replay (GenerationRequest.replay_tokens) feeds replayed tokens one per step as if
+sampled; scoring (`score()`, inference/scoring.py) runs between two steps in a free slot.
 
 The thread sends results to trio without blocking either side, as ModelWorker does
 (inference/worker_thread.py), but gathers a step's items into one hand-off (`_flush`). Each
