@@ -73,6 +73,16 @@ def _render_generic(messages: list[dict[str, str]]) -> str:
     return "".join(parts) + "### Assistant:\n"
 
 
+def chat_format(architecture: str, chat_template: str | None) -> str:
+    """Which of the formats above `render_chat` uses for this model (what its record publishes,
+    p2p.dht.records.CHAT_FORMATS): "template" when the GGUF's template renders a plain
+    exchange, else "gemma" or "generic"."""
+    probe = [{"role": "user", "content": "hi"}]
+    if chat_template and _render_template(chat_template, probe, "", "") is not None:
+        return "template"
+    return "gemma" if architecture in GEMMA_ARCHITECTURES else "generic"
+
+
 def render_chat(
     messages: list[dict[str, str]],
     *,

@@ -64,6 +64,9 @@ BAN_BIAS = -MAX_LOGIT_BIAS
 # sampler builds for every request.
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_TOKEN_ID = 2**31 - 1
+# A GBNF grammar (llama.cpp's format) constraining the output, in UTF-8 bytes: what a JSON
+# schema of a few hundred properties converts to, and a bound on llama.cpp's parse of it.
+MAX_GRAMMAR_BYTES = 64 * 1024
 # How a generation can end (GenerationDone.finish_reason); a node's answer says one of these.
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -109,6 +112,13 @@ def _bias_ok(
             raise ValueError(
                 f"{attribute.name}: biases must be from {-MAX_LOGIT_BIAS:g} to {MAX_LOGIT_BIAS:g}"
             )
+
+
+def _grammar_ok(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or len(value.encode("utf-8", "surrogatepass")) > (
+        MAX_GRAMMAR_BYTES
+    ):
+        raise ValueError(f"{attribute.name} must be a string of at most {MAX_GRAMMAR_BYTES} bytes")
 
 
 def _range(lo: float, hi: float) -> list[Any]:
@@ -181,6 +191,10 @@ class GenerationRequest:
         default=(), converter=_as_bias, validator=_bias_ok
     )
     ignore_eos: bool = False
+    # GBNF (llama.cpp's grammar format, root rule `root`): only output the grammar allows is
+    # sampled; "" leaves the output free. JSON schemas and response_format are converted to
+    # GBNF before they reach the worker.
+    grammar: str = attrs.field(default="", validator=_grammar_ok)
 
     @property
     def penalized(self) -> bool:
@@ -199,6 +213,7 @@ class GenerationRequest:
             and not self.penalized
             and not self.logit_bias
             and not self.ignore_eos
+            and not self.grammar
         )
 
 

@@ -223,7 +223,7 @@ def _as_told(
 def _most_that_fit(
     n_layer: int, devices: _Devices, need: Callable[[int], int], context: str
 ) -> OffloadPlan:
-    """"auto": as many layers as the estimate fits into the usable memory; none if not one."""
+    """ "auto": as many layers as the estimate fits into the usable memory; none if not one."""
     everything = n_layer + 1
     best = next((n for n in range(everything, 0, -1) if need(n) <= devices.usable), 0)
     if best == 0:

@@ -219,9 +219,7 @@ def _follow(job: _Job, on_progress: Progress | None) -> tuple[tuple[Any, ...], i
                 on_progress(index, tensor_count, name)
 
 
-def _check_output(
-    job: _Job, done: tuple[Any, ...], src: Path, tmp: Path, target: str
-) -> ModelInfo:
+def _check_output(job: _Job, done: tuple[Any, ...], src: Path, tmp: Path, target: str) -> ModelInfo:
     """What llama.cpp wrote to `tmp`, if it succeeded and wrote a `target` GGUF."""
     _, rc, exc = done
     if exc is not None:

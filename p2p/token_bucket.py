@@ -26,7 +26,6 @@ class TokenBucket:
     tokens: float = attrs.field(default=attrs.Factory(lambda self: self.burst, takes_self=True))
     stamp: float | None = None
 
-
     def refill(self, now: float) -> None:
         if self.stamp is not None:
             self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)

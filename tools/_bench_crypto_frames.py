@@ -59,7 +59,6 @@ def round_order(round_index: int) -> tuple[str, str]:
     return ("plain", "secure") if round_index % 2 == 0 else ("secure", "plain")
 
 
-
 def _receiver_main(channel: FrameChannel, control: Connection, count: int, paced: bool) -> None:
     async def main() -> None:
         with trio.fail_after(300):  # a failed sender must not leave this process behind

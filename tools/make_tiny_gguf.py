@@ -93,11 +93,19 @@ def _tensors(rng: np.random.Generator, n_vocab: int) -> dict[str, np.ndarray]:
 
 
 def make_tiny_gguf(
-    path: Path, *, seed: int = 0, quantize: str = "F32", architecture: str = "llama"
+    path: Path,
+    *,
+    seed: int = 0,
+    quantize: str = "F32",
+    architecture: str = "llama",
+    chat_template: str | None = None,
+    pooling_type: int | None = None,
 ) -> Path:
     """Write the tiny model to `path` (deterministic for a given seed) and return the path.
 
-    Another `architecture` name gives a file llama.cpp refuses (tests of that refusal)."""
+    Another `architecture` name gives a file llama.cpp refuses (tests of that refusal).
+    `chat_template` is written as `tokenizer.chat_template`; `pooling_type` (llama.cpp's
+    LLAMA_POOLING_TYPE_*: 1 mean, 2 cls, 3 last) marks the file as an embedding model."""
     if quantize not in _QUANTIZE:
         raise ValueError(f"quantize must be one of {', '.join(_QUANTIZE)}, not {quantize!r}")
     qtype, ftype = _QUANTIZE[quantize]
@@ -127,6 +135,10 @@ def make_tiny_gguf(
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+    if pooling_type is not None:
+        writer.add_pooling_type(gguf.PoolingType(pooling_type))
 
     for name, data in _tensors(rng, len(tokens)).items():
         if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:

@@ -148,9 +148,7 @@ class Gateway:
         for e in model_table(await self.network.nodes()):
             if wanted == e["id"] or model_matches(wanted, e["sha256"], e["name"]):
                 return JSONResponse(model_object(e))
-        raise ApiError.from_code(
-            ErrorCode.UNKNOWN_MODEL, f"the network offers no model {wanted!r}"
-        )
+        raise ApiError.from_code(ErrorCode.UNKNOWN_MODEL, f"the network offers no model {wanted!r}")
 
     async def dashboard(self, _request: Request) -> Response:
         return HTMLResponse(render_page(), headers={"cache-control": "no-cache"})

@@ -22,6 +22,7 @@ import attrs
 
 from crypto.secure_session import MAX_FRAME_PLAINTEXT
 from p2p.api.openai_errors import ApiError, bad_request
+from p2p.api.unsupported_params import refuse_unsupported
 from p2p.errors import ErrorCode
 from p2p.protocol import wire
 
@@ -71,8 +72,7 @@ def _prompt_fits(size: int, name: str) -> None:
     if size > PROMPT_LIMIT_BYTES:
         raise ApiError.from_code(
             ErrorCode.TOO_LONG,
-            f"{name} takes {size} bytes as UTF-8; the network carries at most "
-            f"{PROMPT_LIMIT_BYTES}",
+            f"{name} takes {size} bytes as UTF-8; the network carries at most {PROMPT_LIMIT_BYTES}",
             name,
         )
 
@@ -106,91 +106,9 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
         raise bad_request(f"stop: at most {wire.MAX_STOP_STRINGS} strings", "stop")
     for text in stops:
         if len(text) > wire.MAX_STOP_CHARS:
-            raise bad_request(
-                f"stop: each string at most {wire.MAX_STOP_CHARS} characters", "stop"
-            )
+            raise bad_request(f"stop: each string at most {wire.MAX_STOP_CHARS} characters", "stop")
         _utf8_size(text, "stop")
     return tuple(s for s in stops if s)
-
-
-# Parameters of OpenAI's API or llama-server's OpenAI endpoints that gpunet does not honour,
-# each with the values that ask for nothing (OpenAI's or llama-server's own defaults): any other
-# value is a 400 naming the parameter, so nothing a client asks for is silently ignored
-# (issue #17; the table in docs/gateway.md). A key that neither API knows is ignored.
-_NOT_HONOURED: dict[str, tuple[str, tuple[object, ...]]] = {
-    "n": ("only one choice per request is supported", (1,)),
-    "best_of": ("only one choice per request is supported", (1,)),
-    "logprobs": ("log-probabilities are not supported", (False, 0)),
-    "top_logprobs": ("log-probabilities are not supported", (0,)),
-    "n_probs": ("token probabilities are not supported", (0,)),
-    "post_sampling_probs": ("token probabilities are not supported", (False,)),
-    "echo": ("echo is not supported", (False,)),
-    "suffix": ("suffix (fill-in-the-middle) is not supported", ("",)),
-    "tools": ("tools and function calling are not supported", ([],)),
-    "functions": ("tools and function calling are not supported", ([],)),
-    "tool_choice": ("tools and function calling are not supported", ("none",)),
-    "function_call": ("tools and function calling are not supported", ("none",)),
-    "parallel_tool_calls": ("tools and function calling are not supported", ()),
-    "response_format": ("only response_format {'type': 'text'} is supported", ({"type": "text"},)),
-    "grammar": ("grammars (constrained output) are not supported", ("",)),
-    "json_schema": ("JSON schemas (constrained output) are not supported", ({},)),
-    "mirostat": ("mirostat sampling is not supported", (0,)),
-    "mirostat_tau": ("mirostat sampling is not supported", ()),
-    "mirostat_eta": ("mirostat sampling is not supported", ()),
-    "dry_multiplier": ("DRY sampling is not supported", (0,)),
-    "dry_base": ("DRY sampling is not supported", ()),
-    "dry_allowed_length": ("DRY sampling is not supported", ()),
-    "dry_penalty_last_n": ("DRY sampling is not supported", ()),
-    "dry_sequence_breakers": ("DRY sampling is not supported", ()),
-    "xtc_probability": ("XTC sampling is not supported", (0,)),
-    "xtc_threshold": ("XTC sampling is not supported", ()),
-    "dynatemp_range": ("dynamic temperature is not supported", (0,)),
-    "dynatemp_exponent": ("dynamic temperature is not supported", (1,)),
-    "top_n_sigma": ("top-n-sigma sampling is not supported", (-1,)),
-    "tfs_z": ("tail-free sampling is not supported", (1,)),
-    "penalize_nl": ("penalize_nl is not supported", ()),
-    "min_keep": ("min_keep is not supported", (0,)),
-    "samplers": ("the sampler order is fixed (see docs/gateway.md)", ()),
-    # gpunet reuses cached prompt prefixes, as llama-server's default true does; `reproducible`
-    # is how to turn that (and batching) off.
-    "cache_prompt": ("prompt caching cannot be turned off; send reproducible: true", (True,)),
-    "n_predict": ("use max_tokens", ()),
-    "n_keep": ("context shifting is not supported", ()),
-    "n_indent": ("n_indent is not supported", (0,)),
-    "t_max_predict_ms": ("time limits per request are not supported", (0,)),
-    "id_slot": ("requests cannot choose a slot", (-1,)),
-    "lora": ("LoRA adapters are not supported", ([],)),
-    "return_tokens": ("token ids in the answer are not supported", (False,)),
-    "timings_per_token": ("timings are not supported", (False,)),
-    "response_fields": ("response_fields is not supported", ()),
-    "chat_template_kwargs": ("chat template arguments are not supported", ({},)),
-    "reasoning_format": ("reasoning formats are not supported", ()),
-    "reasoning_effort": ("reasoning effort is not supported", ()),
-    "audio": ("audio output is not supported", ()),
-    "modalities": ("only text output is supported", (["text"],)),
-    "prediction": ("predicted outputs are not supported", ()),
-    "web_search_options": ("web search is not supported", ()),
-    "store": ("stored completions are not supported", (False,)),
-    "metadata": ("stored completions are not supported", ({},)),
-    "service_tier": ("service tiers are not supported", ("auto", "default")),
-    "verbosity": ("verbosity is not supported", ()),
-}
-
-
-def _refuse_unsupported(body: dict[str, Any]) -> None:
-    for name, (why, neutral) in _NOT_HONOURED.items():
-        value = body.get(name)
-        if value is not None and not any(_same(value, n) for n in neutral):
-            raise bad_request(f"{name}: {why}", name)
-
-
-def _same(value: object, neutral: object) -> bool:
-    """Equal and of the same kind: true is not 1 here, nor 1 a flag."""
-    if isinstance(value, bool) or isinstance(neutral, bool):
-        return value is neutral
-    if type(value) in (int, float) and type(neutral) in (int, float):
-        return value == neutral
-    return type(value) is type(neutral) and value == neutral
 
 
 def _logit_bias(body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
@@ -306,7 +224,7 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
     if not isinstance(model, str) or not model:
         raise bad_request("model must be a non-empty string", "model")
     _utf8_size(model, "model")
-    _refuse_unsupported(body)
+    refuse_unsupported(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("stream must be a boolean", "stream")

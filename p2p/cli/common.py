@@ -131,9 +131,7 @@ def local_node_address(data_dir: Path) -> tuple[str, int] | None:
         return None
 
 
-def client_bootstrap(
-    given: Sequence[tuple[str, int]], data_dir: Path
-) -> list[tuple[str, int]]:
+def client_bootstrap(given: Sequence[tuple[str, int]], data_dir: Path) -> list[tuple[str, int]]:
     """Where a client joins: the configured addresses, else the node of the same data dir."""
     if given:
         return list(given)

@@ -100,4 +100,3 @@ async def _stop_on_sigterm(scope: trio.CancelScope) -> None:
             click.echo("gpunet gateway stopped (SIGTERM).", err=True)
             scope.cancel()
             return
-

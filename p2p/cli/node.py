@@ -275,4 +275,3 @@ def node_command(as_json: bool, **_flags: Any) -> None:
         click.echo("gpunet node stopped.", err=True)  # after a drain, or Ctrl-C before start
     finally:
         lock.release()
-

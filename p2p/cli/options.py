@@ -60,9 +60,7 @@ def option_of(s: Setting) -> Callable[[F], F]:
     if isinstance(kind, Count):
         return click.option(flag, f"--{s.key}", s.key, count=True, help=_help(s))
     if isinstance(kind, Many):
-        return click.option(
-            flag, s.key, multiple=True, type=KindType(kind.item), help=_help(s)
-        )
+        return click.option(flag, s.key, multiple=True, type=KindType(kind.item), help=_help(s))
     return click.option(flag, s.key, type=KindType(kind), default=None, help=_help(s))
 
 

@@ -172,6 +172,33 @@ class CpuEntry:
     gpu_offload: bool = attrs.field(default=False, validator=_bool)  # llama_supports_gpu_offload
 
 
+# How a node turns chat messages into a prompt for this model (inference/chat.py `chat_format`):
+# "template" (the GGUF's own chat template), "gemma" (Gemma's turn markers: the GGUF has no
+# template, or one that cannot be rendered), "generic" ("### User:" turns), "" (a node older
+# than the field). What the model can do beyond text generation: "tools" (its template renders
+# tool definitions: function calling), "embedding" (an embedding model: /v1/embeddings, no text).
+CHAT_FORMATS = ("", "template", "gemma", "generic")
+MODEL_CAPABILITIES = ("tools", "embedding")
+
+
+def _chat_format(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if value not in CHAT_FORMATS:
+        raise RecordError(f"{attr.name}: expected one of {', '.join(map(repr, CHAT_FORMATS))}")
+
+
+def _capabilities(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if (
+        not isinstance(value, tuple)
+        or len(set(value)) != len(value)
+        or not all(v in MODEL_CAPABILITIES for v in value)
+    ):
+        raise RecordError(f"{attr.name}: distinct values among {', '.join(MODEL_CAPABILITIES)}")
+
+
+def _as_tuple(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
 @attrs.frozen
 class ModelEntry:
     sha256: str = attrs.field(validator=_sha256)
@@ -184,6 +211,11 @@ class ModelEntry:
     layers_total: int = attrs.field(validator=_at_most(MAX_LAYERS))
     decode_tok_s: float = attrs.field(default=0.0, validator=_rate(MAX_DECODE_TOK_S))
     prefill_tok_s: float = attrs.field(default=0.0, validator=_rate(MAX_PREFILL_TOK_S))
+    # Left out of the signed body at their defaults (records.py), so older records verify.
+    chat_format: str = attrs.field(default="", validator=_chat_format)
+    capabilities: tuple[str, ...] = attrs.field(
+        default=(), converter=_as_tuple, validator=_capabilities
+    )
 
     def __attrs_post_init__(self) -> None:
         _not_above("layers_offloaded", self.layers_offloaded, "layers_total", self.layers_total)

@@ -22,12 +22,14 @@ from crypto.identity import (
     verify_signature,
 )
 from p2p.dht.record_entries import (  # re-exported: importers take every record name from here
+    CHAT_FORMATS,
     MAX_ADDRESS_LEN,
     MAX_BUILD,
     MAX_HARDWARE_CLASS,
     MAX_RELAYS,
     MAX_SIMD_FLAGS,
     MAX_STRING,
+    MODEL_CAPABILITIES,
     REACH_KINDS,
     CpuEntry,
     GpuEntry,
@@ -50,12 +52,14 @@ from p2p.errors import RecordRefusal
 from p2p.model_match import model_matches
 
 __all__ = [
+    "CHAT_FORMATS",
     "MAX_ADDRESS_LEN",
     "MAX_BUILD",
     "MAX_HARDWARE_CLASS",
     "MAX_RELAYS",
     "MAX_SIMD_FLAGS",
     "MAX_STRING",
+    "MODEL_CAPABILITIES",
     "REACH_KINDS",
     "CapabilityRecord",
     "CpuEntry",
@@ -218,15 +222,25 @@ _LEFT_OUT_AT_DEFAULT: tuple[tuple[str, object], ...] = (
     ("reach", "unknown"),
     ("relays", ()),
 )
+_MODEL_LEFT_OUT_AT_DEFAULT: tuple[tuple[str, object], ...] = (
+    ("chat_format", ""),
+    ("capabilities", ()),
+)
 
 
 def _to_plain(value: object) -> object:
     if attrs.has(type(value)):
         fields = attrs.asdict(value, recurse=False)  # type: ignore[arg-type]
-        if isinstance(value, CapabilityRecord):
-            for name, default in _LEFT_OUT_AT_DEFAULT:
-                if fields[name] == default:
-                    del fields[name]
+        left_out = (
+            _LEFT_OUT_AT_DEFAULT
+            if isinstance(value, CapabilityRecord)
+            else _MODEL_LEFT_OUT_AT_DEFAULT
+            if isinstance(value, ModelEntry)
+            else ()
+        )
+        for name, default in left_out:
+            if fields[name] == default:
+                del fields[name]
         return {k: _to_plain(v) for k, v in fields.items()}
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]

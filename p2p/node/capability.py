@@ -37,6 +37,8 @@ class ModelOffer:
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
     n_ctx: int = 0  # the context a request gets on this node; 0: unknown, the trained one
+    chat_format: str = ""  # p2p.dht.records.CHAT_FORMATS
+    capabilities: tuple[str, ...] = ()  # p2p.dht.records.MODEL_CAPABILITIES
 
 
 def load_entry(active_requests: int, total_slots: int, *, draining: bool) -> LoadEntry:
@@ -116,4 +118,6 @@ def _model_entry(m: ModelOffer) -> ModelEntry:
         decode_tok_s=round(m.decode_tok_s, 1),
         prefill_tok_s=round(m.prefill_tok_s, 1),
         layers_total=info.layer_count,
+        chat_format=m.chat_format,
+        capabilities=m.capabilities,
     )

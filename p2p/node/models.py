@@ -10,6 +10,7 @@ from pathlib import Path
 import attrs
 
 from inference.batching import BatchingWorker
+from inference.chat import chat_format
 from inference.gpu import GpuInfo, supports_gpu_offload
 from inference.llama_lowlevel import LoadFailed
 from inference.model_file import ModelFileError, ModelInfo
@@ -32,6 +33,10 @@ class ServedModel:
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
     cheat: str = ""  # tests only: how this node lies about its work (docs/security.md)
+    # What the record says of the model beyond its file (p2p.dht.records.CHAT_FORMATS and
+    # MODEL_CAPABILITIES), set where the model is loaded.
+    chat_format: str = ""
+    capabilities: tuple[str, ...] = ()
 
 
 def find_model(served: Sequence[ServedModel], wanted: str) -> ServedModel | None:
@@ -139,7 +144,14 @@ async def load_models(
             problems.append(reason)
             await worker.aclose()
             continue
-        model = ServedModel(info, worker, plan, n_ctx=n_ctx, cheat=cheat)
+        model = ServedModel(
+            info,
+            worker,
+            plan,
+            n_ctx=n_ctx,
+            cheat=cheat,
+            chat_format=chat_format(info.architecture, info.chat_template),
+        )
         if benchmark:
             on_progress(f"measuring {info.name}'s speed ({SELF_BENCHMARK_S:g} s)...")
             speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)

@@ -135,7 +135,13 @@ class Node:
             ttl_s=self.config.ttl_s,
             models=[
                 ModelOffer(
-                    m.info, m.worker.n_gpu_layers, m.prefill_tok_s, m.decode_tok_s, n_ctx=m.n_ctx
+                    m.info,
+                    m.worker.n_gpu_layers,
+                    m.prefill_tok_s,
+                    m.decode_tok_s,
+                    n_ctx=m.n_ctx,
+                    chat_format=m.chat_format,
+                    capabilities=m.capabilities,
                 )
                 for m in self.served
             ],

@@ -68,6 +68,7 @@ def generation_request(msg: wire.Generate, served: ServedModel) -> GenerationReq
             penalty_last_n=msg.penalty_last_n,
             logit_bias=msg.logit_bias,  # type: ignore[arg-type]  # attrs converter
             ignore_eos=msg.ignore_eos,
+            grammar=msg.grammar,
         )
     except ValueError as exc:  # the worker's own bounds (a seed, a replay as long as the limit)
         raise BadRequest(str(exc)) from exc

@@ -20,6 +20,7 @@ from inference.generation import DEFAULT_MIN_P as DEFAULT_MIN_P
 from inference.generation import DEFAULT_PENALTY_LAST_N as DEFAULT_PENALTY_LAST_N
 from inference.generation import DEFAULT_TOP_K as DEFAULT_TOP_K
 from inference.generation import MAX_FREQUENCY_PENALTY as MAX_FREQUENCY_PENALTY
+from inference.generation import MAX_GRAMMAR_BYTES as MAX_GRAMMAR_BYTES
 from inference.generation import MAX_LOGIT_BIAS as MAX_LOGIT_BIAS
 from inference.generation import MAX_LOGIT_BIAS_ENTRIES as MAX_LOGIT_BIAS_ENTRIES
 from inference.generation import MAX_PENALTY_LAST_N as MAX_PENALTY_LAST_N
@@ -83,6 +84,8 @@ class Generate:
     # (token id, bias) pairs, sent as a list of pairs (msgpack map keys are strings here).
     logit_bias: tuple[tuple[int, float], ...] = ()
     ignore_eos: bool = False
+    # A GBNF grammar the output must follow ("" for none; GenerationRequest.grammar).
+    grammar: str = ""
 
 
 def generate_body(msg: Generate) -> dict[str, Any]:
@@ -141,6 +144,7 @@ def decode_generate(f: Fields) -> Generate:
         penalty_last_n=f.integer("penalty_last_n", 0, MAX_PENALTY_LAST_N, DEFAULT_PENALTY_LAST_N),
         logit_bias=_logit_bias(f),
         ignore_eos=f.flag("ignore_eos", False),
+        grammar=_grammar(f),
     )
 
 
@@ -165,6 +169,13 @@ def _logit_bias(f: Fields) -> tuple[tuple[int, float], ...]:
     if len({token for token, _ in pairs}) != len(pairs):
         f.fail("logit_bias", "logit_bias: each token id at most once")
     return tuple(pairs)
+
+
+def _grammar(f: Fields) -> str:
+    grammar = f.string("grammar", MAX_GRAMMAR_BYTES, "")
+    if utf8_len(grammar) > MAX_GRAMMAR_BYTES:
+        f.fail("grammar", f"grammar must be at most {MAX_GRAMMAR_BYTES} bytes (UTF-8)")
+    return grammar
 
 
 def _chat_message(f: Fields, raw: object) -> ChatMessage:
