@@ -8,7 +8,17 @@ Requests and answers (pure data, no llama.cpp, no trio):
 - `generation.py` — `GenerationRequest`, `TokenChunk`, `GenerationDone`, `WorkerLoad`, the
   errors (`WorkerBusy`, `GenerationError`, `PromptTooLong`) and `check_fits`.
 - `streaming.py` — `TextAssembler`: generated tokens into text chunks, stop strings, token ids.
-- `chat.py` — chat messages rendered into one prompt for a completion model.
+- `chat.py` — chat messages (and tool definitions) rendered into one prompt for a completion
+  model; which format a model gets (`chat_format`) and whether its template takes tools.
+- `template_sandbox.py` — the bounded jinja2 sandbox GGUF chat templates run in (time, output
+  and operation sizes bounded; `strftime_now`, `raise_exception`, HF's `tojson`).
+- `tool_calls.py` — a model's output read into OpenAI tool calls (Hermes/Qwen, Llama 3,
+  Mistral syntaxes), and the grammar that forces a call for `tool_choice` required/named.
+- `json_schema_grammar.py` — JSON schemas (and `json_object`) into GBNF, with the schema
+  features llama-cpp-python's converter would not enforce refused by name.
+- `token_logprobs.py` — `TokenLogprob`: a token's log-probability and top alternatives from the
+  raw logits (OpenAI's `logprobs`).
+- `embedding.py` — embedding requests and results and their bounds.
 - `speculation.py` — `NgramDrafter`: draft tokens for greedy speculation from repeats.
 - `scoring.py` — `ScoreRequest` / `ScoreResult`: given tokens teacher-forced after a prompt,
   per position their log-probability, rank, margin, top-k and the request's own sampler's
@@ -25,6 +35,16 @@ The workers (one thread owns each llama.cpp model; trio talks to it through queu
 - `batch_sequence.py` — one request's state in the batch and its share of a decode step.
 - `prefix_cache.py` — which tokens free slots still hold; reuse of prompt prefixes.
 - `llama_lowlevel.py` — `LoadedModel` and `Sampler` over llama-cpp-python's low-level API.
+- `grammar.py` — `Grammar`: llama.cpp's grammar sampler applied lazily (the chain's pick checked
+  first), never accepting a token the grammar forbids.
+- `prompt_logprobs.py` — the prompt's own log-probabilities (`echo`), in bounded chunks.
+- `sibling_prefill.py` — same-prompt requests that arrive together prefill once (`n` choices).
+- `step_costs.py` — decode-step cost by batch rows, measured on the worker's thread.
+- `slot_planner.py` — `plan_slots`: the slot count where aggregate decode stops growing,
+  within memory (`--slots auto`).
+- `draft_policy.py` — how many draft tokens a sequence feeds this step: only when the expected
+  kept tokens outweigh the measured cost of the extra rows.
+- `embedding_worker.py` — `EmbeddingWorker`: llama.cpp's embedding mode, pooled, batched.
 - `benchmark.py` — the self-benchmark (prefill and decode tokens/s).
 
 Hardware and model files:

@@ -13,10 +13,17 @@ from collections.abc import Callable
 
 import attrs
 
+from inference.draft_policy import DraftPolicy, DraftStats
 from inference.generation import GenerationDone, GenerationError, GenerationRequest, check_fits
 from inference.llama_lowlevel import LoadedModel, Sampler, check_replay
+from inference.prompt_logprobs import (
+    PROMPT_ROWS_PER_STEP,
+    PromptLogprobs,
+    check_prompt_logprobs,
+)
 from inference.speculation import NgramDrafter
 from inference.streaming import TextAssembler
+from inference.token_logprobs import token_logprob
 from inference.worker_thread import Job, per_second
 
 # How a sequence hands text to its client: the scheduler's outbox, flushed once per step.
@@ -31,6 +38,8 @@ def prepare(model: LoadedModel, request: GenerationRequest) -> tuple[list[int], 
         raise GenerationError("the prompt is empty")
     check_fits(len(prompt), request.max_tokens, model.n_ctx)
     check_replay(model.lib, model.vocab, request.replay_tokens)
+    if request.prompt_logprobs:
+        check_prompt_logprobs(len(prompt))
     return prompt, Sampler(model, request, prompt)  # checks logit_bias against the vocabulary
 
 
@@ -69,8 +78,10 @@ class BatchSequence:
     draft_out: int = -1  # batch index of the first of them (the others follow it)
     drafted: int = 0  # draft tokens fed so far
     accepted: int = 0  # of which kept
+    draft_stats: DraftStats = attrs.field(factory=DraftStats)  # recent outcomes, for the policy
     first: float | None = None
     last: float = 0.0
+    prompt_scores: PromptLogprobs | None = None  # the prompt's entries (echo), when asked
 
     @property
     def request(self) -> GenerationRequest:
@@ -90,20 +101,37 @@ class BatchSequence:
     def feed_prompt(self, model: LoadedModel) -> None:
         """Add as much of the prompt still to prefill as the batch has room for; the last
         prompt token gets logits."""
+        scores = self._prompt_scores(model)
         left = len(self.prompt) - self.prefilled
         if left == 0 or model.room == 0:
             return
-        take = min(left, model.room)
+        take = min(left, model.room, left if scores is None else PROMPT_ROWS_PER_STEP)
         for pos in range(self.prefilled, self.prefilled + take):
-            index = model.add(self.prompt[pos], pos, self.seq_id, pos == len(self.prompt) - 1)
+            last = pos == len(self.prompt) - 1
+            index = model.add(self.prompt[pos], pos, self.seq_id, last or scores is not None)
+            if scores is not None:
+                scores.mark(index, pos, self.prompt)
         self.prefilled += take
-        if self.prefilled == len(self.prompt):
-            self.out = index
+        if self.prefilled == len(self.prompt) or scores is not None:
+            self.out = index  # mid-prompt: advance() reads the prompt's logits, samples nothing
 
-    def feed_draft(self, model: LoadedModel, budget: int) -> int:
+    def _prompt_scores(self, model: LoadedModel) -> PromptLogprobs | None:
+        """The prompt's entries being collected (echo with logprobs), else None. Every
+        position needs its logits, so a prefix reused from the cache is prefilled again."""
+        if not self.request.prompt_logprobs:
+            return None
+        if self.prompt_scores is None:
+            self.prompt_scores = PromptLogprobs(self.request.logprobs, model.piece(self.prompt[0]))
+            if self.prefilled:
+                model.forget(self.seq_id)
+                self.prefilled = self.cached = 0
+        return self.prompt_scores
+
+    def feed_draft(self, model: LoadedModel, budget: int, policy: DraftPolicy | None = None) -> int:
         """Feed the tokens the sequence's repeats predict after its next token, each with
         logits, at most `budget` and in what room the batch has left (see
-        inference/speculation.py); how many it fed."""
+        inference/speculation.py), and of those only as many as `policy` expects to pay
+        (inference/draft_policy.py); how many it fed."""
         assert self.drafter is not None
         done = len(self.prompt) + len(self.fed)  # the next token is in fed already
         if self.completion < len(self.request.replay_tokens):
@@ -111,6 +139,10 @@ class BatchSequence:
         self.drafter.extend(self.fed[len(self.drafter) - len(self.prompt) :])
         limit = min(self.request.max_tokens - self.completion - 1, model.room, budget)
         self.draft = self.drafter.draft(limit)
+        if policy is not None and self.draft:
+            keep = policy.choose(len(self.draft), self.drafter.evidence, self.draft_stats)
+            del self.draft[keep:]
+            self.drafter.shorten(keep)
         self.draft_out = model.n_tokens  # the index the first one gets
         for i, token in enumerate(self.draft):
             model.add(token, done + i, self.seq_id, True)
@@ -121,6 +153,10 @@ class BatchSequence:
         """Take this step's tokens: the one its next token predicts, then each draft token
         while it is the token the model chose before it, whose cells and logits are then
         already there. The finish reason when it is done."""
+        if self.prompt_scores is not None and self.prompt_scores.rows:
+            self.prompt_scores.read(model, self.prompt)
+            if self.prefilled < len(self.prompt):
+                return None  # a chunk of the prompt, not yet its end
         finish = self._take(model, self.out, now, send)
         kept = 0
         while finish is None and kept < len(self.draft) and self.next_token == self.draft[kept]:
@@ -130,6 +166,8 @@ class BatchSequence:
             kept += 1
         if kept < len(self.draft):  # the rest were wrong or not needed: out of the cache
             model.forget_from(self.seq_id, len(self.prompt) + len(self.fed))
+        if self.draft:
+            self.draft_stats.observe(kept, wrong=finish is None and kept < len(self.draft))
         self.accepted += kept
         self.draft = []
         return finish
@@ -146,11 +184,15 @@ class BatchSequence:
             return None
         token = self.sampler.sample(model, out)
         self.first = now if self.first is None else self.first
-        if model.is_eog(token) and not request.ignore_eos:  # banned then, but be sure
+        # ignore_eos bans them, but be sure; an exhausted grammar ends the run regardless
+        if model.is_eog(token) and (not request.ignore_eos or self.sampler.exhausted):
             return "stop"
         self.completion += 1
         self.last = now
-        chunk = self.assembler.add(token, model.piece(token))
+        entry = None
+        if request.logprobs >= 0:  # kept draft tokens too: their logits are at `out`
+            entry = token_logprob(model.logits(out), token, request.logprobs, model.piece)
+        chunk = self.assembler.add(token, model.piece(token), entry)
         if chunk is not None:
             send(self.job, chunk)
         if self.assembler.stopped:
@@ -161,6 +203,7 @@ class BatchSequence:
         return None
 
     def done(self, finish: str) -> GenerationDone:
+        scores = self.prompt_scores  # the prompt's entries, when asked (echo)
         first = self.started if self.first is None else self.first
         generated = self.completion - min(self.completion, len(self.request.replay_tokens))
         return GenerationDone(
@@ -174,4 +217,6 @@ class BatchSequence:
             draft_tokens=self.drafted,
             accepted_draft_tokens=self.accepted,
             seed=self.sampler.seed,
+            prompt_logprobs=tuple(scores.entries) if scores else (),
+            prompt_first=scores.first if scores else b"",
         )

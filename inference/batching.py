@@ -10,7 +10,8 @@ owns both (llama.cpp objects are not thread-safe). Each turn of its loop is one 
    step's batch, in chunks when long, beside the other sequences' next tokens;
 2. sequences whose client has gone are removed (`llama_memory_seq_rm`) and their slot freed;
 3. one `llama_decode` over the batch: one token per generating sequence plus prompt chunks,
-   plus draft tokens of greedy sequences whose text repeats (greedy speculation, below);
+   plus draft tokens of greedy sequences whose text repeats (greedy speculation, below), as
+   many as pay at this batch size once step costs are measured (inference/draft_policy.py);
 4. each sequence that got logits samples with its own parameters (greedy argmax, or its own
    seeded sampler chain), applies its own stop strings and max_tokens, and leaves when done;
    a greedy one also keeps what it drafted while the drafts were right (below).
@@ -44,6 +45,7 @@ from pathlib import Path
 import trio
 
 from inference.batch_sequence import BatchSequence, may_draft, prepare
+from inference.draft_policy import DraftPolicy
 from inference.generation import (
     GenerationError,
     WorkerBusy,
@@ -51,7 +53,9 @@ from inference.generation import (
 )
 from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel
 from inference.prefix_cache import PrefixCache
+from inference.sibling_prefill import waits_for_sibling
 from inference.speculation import NgramDrafter
+from inference.step_costs import StepCostJob, StepCosts
 from inference.streaming import TextAssembler
 from inference.worker_thread import (
     Close,
@@ -131,6 +135,8 @@ class BatchingWorker(ThreadOwnedWorker):
         self.prefix_cache = prefix_cache
         self.speculate = speculate
         self.max_step_drafts = MAX_STEP_DRAFTS
+        # Feeds only the drafts that pay once step costs are measured (measure_step_costs).
+        self.draft_policy: DraftPolicy | None = None
         self._cache = PrefixCache()
 
     @property
@@ -164,6 +170,19 @@ class BatchingWorker(ThreadOwnedWorker):
             self._gate.set()
 
     # -- trio side -----------------------------------------------------------------------------
+
+    async def measure_step_costs(self, *, budget_s: float = 2.0) -> StepCosts:
+        """Seconds per decode step by row count on this context (inference/step_costs.py);
+        queued like the self-benchmark, before serving. `use_step_costs` puts them to work."""
+        if not self._loaded or self._closing.is_set():
+            raise GenerationError("the model worker is not running")
+        job = StepCostJob.make(self.slots, budget_s)
+        self._jobs.put(job)
+        return await job.wait_costs()
+
+    def use_step_costs(self, costs: StepCosts) -> None:
+        """From now on drafts are weighed against these costs (inference/draft_policy.py)."""
+        self.draft_policy = DraftPolicy(costs)
 
     def _reserve(self) -> None:
         with self._count_lock:
@@ -301,7 +320,9 @@ class BatchingWorker(ThreadOwnedWorker):
         """Backlog items join in order while slots are free. A self-benchmark or a reproducible
         request waits for an empty batch, holding back everything behind it; a reproducible
         request then runs alone. Requests given up while waiting leave first, wherever they
-        are in line, so they stop counting against the bound within one step."""
+        are in line, so they stop counting against the bound within one step. A request whose
+        prompt a sequence in the batch is still prefilling waits for that prefill and shares
+        its cells (same-prompt requests prefill once: inference/sibling_prefill.py)."""
         assert self._token is not None
         for gone in [i for i in backlog if not isinstance(i, MeasureJob) and i.cancelled.is_set()]:
             backlog.remove(gone)
@@ -332,6 +353,8 @@ class BatchingWorker(ThreadOwnedWorker):
                 continue
             if not free or (item.request.reproducible and active):
                 return  # a reproducible request waits for the batch to drain
+            if self.prefix_cache and waits_for_sibling(model, self._cache, free, item, active):
+                return  # its prompt is being prefilled beside it: share that, a step later
             backlog.pop(0)
             seq = self._start(model, item, free, active)
             if seq is not None:
@@ -400,10 +423,12 @@ class BatchingWorker(ThreadOwnedWorker):
         generating = [seq for seq in active if seq.feed_next(model)]
         for seq in active:
             seq.feed_prompt(model)
-        budget = self.max_step_drafts
+        budget, policy = self.max_step_drafts, self.draft_policy
+        if policy is not None:
+            policy.begin_step(model.n_tokens, sum(seq.out >= 0 for seq in active))
         for seq in generating:  # after the prompts: a new request's first token comes first
             if seq.drafter is not None:
-                budget -= seq.feed_draft(model, budget)
+                budget -= seq.feed_draft(model, budget, policy)
         try:
             status = model.decode()
             self._steps += 1

@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from inference.token_logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+
 # --- The bounds of a request: the one definition. The session decoder (p2p/protocol/wire.py),
 # the OpenAI parser (p2p/api/request_parsing.py) and `gpunet ask`'s options all check these, so
 # a value one layer accepts is never refused by the next (issue #14: a seed the wire accepted
@@ -195,6 +197,17 @@ class GenerationRequest:
     # sampled; "" leaves the output free. JSON schemas and response_format are converted to
     # GBNF before they reach the worker.
     grammar: str = attrs.field(default="", validator=_grammar_ok)
+    # Log-probabilities of the generated tokens (inference/token_logprobs.py): -1 off, else
+    # each TokenChunk carries its tokens' entries with this many alternatives (0..20).
+    logprobs: int = attrs.field(default=-1, validator=_range(-1, MAX_TOP_LOGPROBS))
+    # The prompt's tokens get entries too, with `logprobs` alternatives (OpenAI's echo), in
+    # GenerationDone (inference/prompt_logprobs.py).
+    prompt_logprobs: bool = attrs.field(default=False)
+
+    @prompt_logprobs.validator
+    def _prompt_logprobs_ok(self, attribute: attrs.Attribute[bool], value: bool) -> None:
+        if value and self.logprobs < 0:
+            raise ValueError(f"{attribute.name} needs logprobs >= 0")
 
     @property
     def penalized(self) -> bool:
@@ -226,6 +239,8 @@ class TokenChunk:
     text: str
     token_count: int
     token_ids: tuple[int, ...] = ()
+    # One entry per token id when the request asked for logprobs (else empty).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @attrs.frozen
@@ -250,6 +265,10 @@ class GenerationDone:
     # at temperature > 0 without one, the random seed the worker picked, so that the run can be
     # replayed and verified. None for a greedy run given none.
     seed: int | None = None
+    # With GenerationRequest.prompt_logprobs: the entries of the prompt's tokens from the second
+    # on, and the first one's text (it has no log-probability).
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_first: bytes = b""
 
 
 Item = TokenChunk | GenerationDone

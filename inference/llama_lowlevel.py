@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from inference.generation import BAN_BIAS, MAX_SEED, GenerationError, GenerationRequest
+from inference.grammar import Grammar
 from inference.model_file import ModelFileError
 from inference.replayable_draw import Candidates, DrawStep, draw_margin
 
@@ -352,6 +353,7 @@ class Sampler:
     tokens the penalties see, which starts with the prompt's last tokens as llama-server's
     does; so feeding every step in order, replayed steps included (`advance`), continues
     exactly as an uninterrupted run, and `choice_margin` replays any step on other logits.
+    A grammar is inference/grammar.py's (`exhausted`: it allows nothing more; the run ends).
     """
 
     def __init__(self, model: LoadedModel, request: GenerationRequest, prompt: Sequence[int]):
@@ -365,9 +367,13 @@ class Sampler:
         if self._draws and self.seed is None:
             self.seed = secrets.randbelow(MAX_SEED + 1)
         self.step = 0  # index of the next token of the run
+        self.grammar: Grammar | None = None
+        self.exhausted = False
         if request.plain_greedy:
             return
         bias = _bias_table(model, request)  # before the chain: it may refuse the request
+        if request.grammar:  # so may the grammar
+            self.grammar = Grammar.for_request(model, request)
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         self.chain = chain
         samplers = []
@@ -407,11 +413,14 @@ class Sampler:
 
     def sample(self, model: LoadedModel, i: int) -> int:
         """The run's next token from the logits of batch index i."""
+        if self._draw is not None:
+            self._draw.step = self.step
         if self.chain is None:
             token = model.argmax(i)
+        elif self.grammar is not None:
+            token = self.grammar.sample(self.chain, self._candidates, model, i, self._draw)
+            self.exhausted = self.grammar.exhausted
         else:
-            if self._draw is not None:
-                self._draw.step = self.step
             token = int(self._lib.llama_sampler_sample(self.chain, model.ctx, i))  # accepts
             if self._draw is not None:
                 self._draw.check()
@@ -422,10 +431,15 @@ class Sampler:
         """A replayed step that produced `token`: the penalties see it and the step count
         moves on (the draw's noise has no state to move)."""
         del model, i  # the logits of a replayed step are not needed
-        self.accept(token)
+        if self.grammar is not None:
+            self.grammar.accept(token)  # checked at the start (check_tokens), and again
+        self.accept(token, grammar=False)
 
-    def accept(self, token: int) -> None:
-        """`token` is the run's token at this step (scoring: the given one)."""
+    def accept(self, token: int, *, grammar: bool = True) -> None:
+        """`token` is the run's token at this step (scoring: the given one; one the grammar
+        forbids breaks the grammar, and every later margin is +inf)."""
+        if grammar and self.grammar is not None:
+            self.grammar.refuse(token)
         if self.chain is not None:
             self._lib.llama_sampler_accept(self.chain, token)
         self.step += 1
@@ -440,6 +454,8 @@ class Sampler:
         if self._draw is not None:
             self._draw.step = self.step  # it draws too (ignored here), at the right step
         kept = self._candidates.apply(self.chain, logits)
+        if self.grammar is not None:  # `sample`'s two passes, replayed
+            kept = self.grammar.survivors(self.chain, kept, logits, token, self._draw, self.step)
         if self._draw is not None:
             self._draw.check()
         if self._draws:
@@ -453,6 +469,9 @@ class Sampler:
         return max(0.0, float(values.max()) - float(mine[0]))
 
     def close(self) -> None:
+        if self.grammar is not None:
+            self.grammar.close()
+            self.grammar = None
         if self.chain is not None:
             with contextlib.suppress(Exception):
                 self._lib.llama_sampler_free(self.chain)

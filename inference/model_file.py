@@ -96,6 +96,9 @@ class ModelInfo:
     chat_template: str | None = attrs.field(default=None, repr=False)
     # Tensor sizes for offload planning; None only for a ModelInfo built by hand.
     layout: ModelLayout | None = attrs.field(default=None, repr=False)
+    # llama.cpp's LLAMA_POOLING_TYPE_* from `<arch>.pooling_type` (1 mean, 2 cls, 3 last): set
+    # only in an embedding model's file, which a node serves on /v1/embeddings (None: not one).
+    pooling_type: int | None = None
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -375,4 +378,7 @@ def inspect_gguf(
         if isinstance(template := metadata.get("tokenizer.chat_template"), str)
         else None,
         layout=_layout(header, architecture, layer_count),
+        pooling_type=_int(pooling)
+        if (pooling := metadata.get(f"{architecture}.pooling_type")) is not None
+        else None,
     )

@@ -62,16 +62,7 @@ class PrefixCache:
         holding its prefix, else in the lowest. Without *reuse_allowed* (the cache turned off,
         or a reproducible request, which must be prefilled exactly as a solo run is: a reused
         prefix was computed in another batch shape, close but not bitwise) nothing is reused."""
-        reuse, source = 0, -1
-        if reuse_allowed:
-            for slot in reversed(free):
-                n = common_prefix(self._tokens.get(slot, ()), prompt)
-                if n > reuse:
-                    reuse, source = n, slot
-            for slot, tokens in prefilled:
-                n = common_prefix(tokens, prompt)
-                if n > reuse:
-                    reuse, source = n, slot
+        reuse, source = self.longest_prefix(free, prompt, prefilled) if reuse_allowed else (0, -1)
         reuse = min(reuse, len(prompt) - 1)
         empty = [s for s in free if s not in self._tokens]  # descending, as free is
         best = empty[-1] if empty else source if source in free else free[-1]
@@ -88,6 +79,22 @@ class PrefixCache:
                 model.share(source, best, reuse)
         self._recount()
         return best, reuse
+
+    def longest_prefix(
+        self, free: list[int], prompt: list[int], prefilled: Iterable[tuple[int, list[int]]]
+    ) -> tuple[int, int]:
+        """(length, slot) of the longest prefix of `prompt` in the pool: cached in a free slot
+        or prefilled by a sequence in the batch; (0, -1) when none."""
+        reuse, source = 0, -1
+        for slot in reversed(free):
+            n = common_prefix(self._tokens.get(slot, ()), prompt)
+            if n > reuse:
+                reuse, source = n, slot
+        for slot, tokens in prefilled:
+            n = common_prefix(tokens, prompt)
+            if n > reuse:
+                reuse, source = n, slot
+        return reuse, source
 
     def take_slot(self, model: LoadedModel, free: list[int]) -> int:
         """A free slot emptied for work outside the batch (scoring), taken out of `free`: one

@@ -23,6 +23,10 @@ answers repeat the question's shape with other names, which cuts drafts short. T
 model loops a lot; text that never repeats eight tokens costs a dictionary lookup a step and
 nothing more.
 
+What this module proposes is an upper bound: once the worker has measured its step costs,
+inference/draft_policy.py feeds only as many of the tokens as are expected to pay at the
+batch's current size (none under full load when guesses have been failing).
+
 Pure bookkeeping, no llama.cpp: the scheduler thread owns one NgramDrafter per sequence.
 """
 
@@ -45,6 +49,7 @@ class NgramDrafter:
         # KEY-gram -> index of the token that followed its latest occurrence
         self._next: dict[tuple[int, ...], int] = {}
         self._last: tuple[int, list[int]] = (0, [])  # the last draft and where it began
+        self.evidence = 0  # the last draft's match length (inference/draft_policy.py weighs it)
         self.extend(tokens)
 
     def __len__(self) -> int:
@@ -80,6 +85,7 @@ class NgramDrafter:
         """Up to `limit` tokens the text would continue with if the repeat went on; none
         without a match of MIN_MATCH tokens."""
         period, length = self.match()
+        self.evidence = length
         tokens = self._tokens
         n = len(tokens)
         at, last = self._last
@@ -91,3 +97,8 @@ class NgramDrafter:
                 out.append(tokens[j] if j < n else out[j - n])
         self._last = (n, out)
         return out
+
+    def shorten(self, n: int) -> None:
+        """Only the first `n` tokens of the last draft were fed: 'kept whole' means those."""
+        at, last = self._last
+        self._last = (at, last[:n])

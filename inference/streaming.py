@@ -15,6 +15,9 @@ text (`replay()` here), and goes on where the first node stopped, with no text l
 Ids whose text was never released — the tokens from a stop string on, or tokens of no text at
 the very end — are listed in GenerationDone.token_ids, so chunks + done give every generated
 token. End-of-generation tokens are never listed (they are not text and not counted).
+
+A request that asks for log-probabilities hands each token's entry (inference/token_logprobs.py)
+to `add` with the token; a chunk carries the entries of exactly its own token ids.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import codecs
 
 from inference.generation import TokenChunk
+from inference.token_logprobs import TokenLogprob
 
 
 def split_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
@@ -60,6 +64,8 @@ class TextAssembler:
         self._ends: list[int] = []  # per pending token: len(self._text) once it was decoded
         self._clean: list[bool] = []  # per pending token: no partial character after it
         self._ids: list[int] = []  # pending tokens
+        # per pending token: its log-probability entry, when the request asked for them
+        self._entries: list[TokenLogprob] = []
         self._unreleased: list[int] = []
         self.stopped = False
 
@@ -76,10 +82,14 @@ class TextAssembler:
             raise RuntimeError("replayed tokens must come before new ones")
         self._decoder.decode(piece)
 
-    def add(self, token: int, piece: bytes) -> TokenChunk | None:
-        """A newly generated token; returns the text it releases, if any."""
+    def add(self, token: int, piece: bytes, entry: TokenLogprob | None = None) -> TokenChunk | None:
+        """A newly generated token (with its log-probability `entry` when the request asked
+        for them: the chunk that releases the token carries it); returns the text it releases,
+        if any."""
         if self.stopped:
             raise RuntimeError("add() after a stop string")
+        if entry is not None:
+            self._entries.append(entry)
         self._text += self._decoder.decode(piece)
         self._ends.append(len(self._text))
         self._clean.append(not self._decoder.getstate()[0])
@@ -94,6 +104,7 @@ class TextAssembler:
             chunk = self._release(len(safe), carried) if safe else None
             self._unreleased.extend(self._ids)
             self._text, self._ends, self._clean, self._ids = "", [], [], []
+            self._entries = []
             return chunk
         carried = 0
         for i, (end, clean) in enumerate(zip(self._ends, self._clean, strict=True)):
@@ -113,6 +124,7 @@ class TextAssembler:
         chunk = self._release(len(self._text), len(self._ids)) if self._ids and self._text else None
         self._unreleased.extend(self._ids)
         self._text, self._ends, self._clean, self._ids = "", [], [], []
+        self._entries = []
         return chunk
 
     def _release(self, n_chars: int, n_tokens: int) -> TokenChunk:
@@ -121,4 +133,6 @@ class TextAssembler:
         self._ends = [end - n_chars for end in self._ends[n_tokens:]]
         self._clean = self._clean[n_tokens:]
         self._ids = self._ids[n_tokens:]
-        return TokenChunk(text, len(ids), token_ids=ids)
+        # Entries exist for every token or none (the request asked for them or not).
+        entries, self._entries = tuple(self._entries[:n_tokens]), self._entries[n_tokens:]
+        return TokenChunk(text, len(ids), token_ids=ids, logprobs=entries)

@@ -45,7 +45,9 @@ from inference.llama_lowlevel import (
     install_log_bridge,
     token_piece,
 )
+from inference.prompt_logprobs import PromptLogprobs, check_prompt_logprobs, score_prompt
 from inference.streaming import TextAssembler
+from inference.token_logprobs import TokenLogprob, token_logprob
 from inference.worker_thread import (
     Close,
     Job,
@@ -194,6 +196,20 @@ class ModelWorker(ThreadOwnedWorker):
                 self._active = 0
         job.wake(self._token)
 
+    def _score_prompt(self, llm: Any, prompt: list[int], n_top: int) -> PromptLogprobs:
+        """The prompt's own entries (inference/prompt_logprobs.py), from an empty KV cache
+        and leaving it empty, as `_score` does."""
+        check_prompt_logprobs(len(prompt))
+        model = LoadedModel.borrow(llm)
+        try:
+            llm.reset()
+            model.forget_all()
+            return score_prompt(model, 0, prompt, n_top)
+        finally:
+            model.forget_all()
+            model.close()
+            llm.reset()
+
     def _measure(self, llm: Any, item: MeasureJob) -> None:
         assert self._token is not None
         model = LoadedModel.borrow(llm)
@@ -237,9 +253,11 @@ class ModelWorker(ThreadOwnedWorker):
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         check_replay(llama_cpp, vocab, request.replay_tokens)
         run = _Run(llama_cpp, vocab, TextAssembler(request.stop), started)
+        if request.prompt_logprobs:  # echo with logprobs: a scoring pass of its own first
+            run.prompt_scores = self._score_prompt(llm, prompt, request.logprobs)
 
         llm.reset()  # see the module docstring: no prefix reuse
-        if request.temperature > 0:
+        if request.temperature > 0 or request.grammar:  # Llama.generate has no lazy grammar
             finish = self._sample(llm, job, prompt, run)
         else:
             # Llama reads its penalty window from this attribute when generate() builds the chain.
@@ -283,10 +301,13 @@ class ModelWorker(ThreadOwnedWorker):
                     token = sampler.sample(model, out)
                     now = time.perf_counter()
                     run.first = now if run.first is None else run.first
-                    if model.is_eog(token) and not request.ignore_eos:
+                    if model.is_eog(token) and (not request.ignore_eos or sampler.exhausted):
                         return "stop"
                     run.last = now
-                    chunk = run.assembler.add(token, run.piece(token))
+                    entry = None
+                    if request.logprobs >= 0:
+                        entry = run.entry(model.logits(out), token, request.logprobs)
+                    chunk = run.assembler.add(token, run.piece(token), entry)
                     if chunk is not None:
                         self._to_trio(job, chunk)
                 run.completion += 1
@@ -352,7 +373,13 @@ class ModelWorker(ThreadOwnedWorker):
                     return "stop"
                 run.completion += 1
                 run.last = now
-                chunk = run.assembler.add(token, run.piece(token))
+                entry = None
+                if request.logprobs >= 0:  # the logits generate() sampled this token from
+                    logits = np.ctypeslib.as_array(
+                        run.lib.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)
+                    )
+                    entry = run.entry(logits, token, request.logprobs)
+                chunk = run.assembler.add(token, run.piece(token), entry)
                 if chunk is not None:
                     self._to_trio(job, chunk)
                 if run.assembler.stopped:
@@ -397,11 +424,16 @@ class _Run:
     started: float
     completion: int = 0  # replayed + generated tokens so far
     seed: int | None = None  # of a sampled run's replayable draws
+    prompt_scores: PromptLogprobs | None = None  # the prompt's entries, when asked (echo)
     first: float | None = None
     last: float = attrs.field(default=attrs.Factory(lambda self: self.started, takes_self=True))
     _piece_buf: ctypes.Array[ctypes.c_char] = attrs.field(
         factory=lambda: ctypes.create_string_buffer(64)
     )
+
+    def entry(self, logits: Any, token: int, n_top: int) -> TokenLogprob:
+        """The log-probability entry of `token`, sampled from `logits`."""
+        return token_logprob(logits, token, n_top, self.piece)
 
     def piece(self, token: int) -> bytes:
         piece, self._piece_buf = token_piece(self.lib, self.vocab, token, self._piece_buf)
@@ -418,4 +450,6 @@ class _Run:
             decode_tokens_per_s=per_second(generated - 1, self.last - first),
             token_ids=self.assembler.unreleased,
             seed=self.seed,
+            prompt_logprobs=tuple(self.prompt_scores.entries) if self.prompt_scores else (),
+            prompt_first=self.prompt_scores.first if self.prompt_scores else b"",
         )

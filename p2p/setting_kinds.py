@@ -262,3 +262,37 @@ class Many(Kind):
 
     def to_json(self, value: Any) -> Any:
         return [self.item.to_json(v) for v in value]
+
+
+@attrs.frozen
+class WholeOrAuto(Kind):
+    """An integer as `whole` takes it, or the word ``auto`` kept as that text (--slots)."""
+
+    whole: Whole
+    metavar = "N|auto"
+
+    def describe(self) -> str:
+        return f"{self.whole.describe()} or 'auto'"
+
+    def from_text(self, text: str) -> int | str:
+        return "auto" if text.strip().lower() == "auto" else self.whole.from_text(text)
+
+    def from_toml(self, value: Any, base: Path) -> int | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return self.whole.from_toml(value, base)
+
+
+class Origin(Text):
+    """A browser origin for CORS: `http(s)://host[:port]`, no path (or `*`, any origin)."""
+
+    def describe(self) -> str:
+        return "an origin such as https://app.example"
+
+    def from_text(self, text: str) -> str:
+        origin = text.strip()
+        scheme, sep, rest = origin.partition("://")
+        bad_rest = not rest or any(c in rest for c in "/?#@ ")
+        if origin != "*" and (scheme not in ("http", "https") or not sep or bad_rest):
+            raise ValueError(f"not an origin: {text!r} (try https://app.example)")
+        return origin.lower()

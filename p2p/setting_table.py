@@ -18,9 +18,11 @@ from p2p.setting_kinds import (
     Kind,
     Many,
     Number,
+    Origin,
     PathKind,
     Text,
     Whole,
+    WholeOrAuto,
 )
 
 ENV_PREFIX = "GPUNET_"
@@ -124,6 +126,12 @@ SETTINGS: tuple[Setting, ...] = (
         "serving another model within 50 requests; 0 checks nothing, 1 every request.",
         commands=(NODE, GATEWAY, "ask"),
     ),
+    Setting(
+        "cors", Many(Origin("ORIGIN")), (),
+        "Let web pages from ORIGIN call the OpenAI API from a browser (CORS; repeatable or a "
+        "comma list; * for any page). Pages still need the --api-key if one is set.",
+        commands=(NODE, GATEWAY), default_text="none, CORS off",
+    ),
     # --- gpunet node: [node] ----------------------------------------------------------------------
     _node(
         "models", Many(PathKind()), (), "GGUF file or folder of GGUF files to serve (repeatable).",
@@ -142,7 +150,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Context of each request in tokens (prompt and answer); at most the model's trained "
         "context. Each slot keeps a KV cache this long: more context, more memory.",
     ),
-    _node("slots", Whole(1, 64), 4, "Requests decoded together per model (continuous batching)."),
+    _node(
+        "slots", WholeOrAuto(Whole(1, 64)), "auto",
+        "Requests decoded together per model (continuous batching). auto measures at start "
+        "how aggregate decode grows with concurrent requests on this machine and takes the "
+        "count where it stops growing, within the memory for their KV cache (needs "
+        "--benchmark; without it, 4).",
+    ),
     _node(
         "gpu_layers", IntOrWord("auto", metavar="N|auto|0"), "auto",
         "Layers to offload to the GPU: auto fits them to free VRAM, 0 keeps the CPU.",

@@ -16,6 +16,15 @@ generation request is routed into the network through p2p/client/ (lookup, ranki
   and the one table from `p2p.errors.ErrorCode` to OpenAI's error type and code.
 - `request_parsing.py`: OpenAI request bodies into `wire.Generate`: validation and defaults;
   sizes in UTF-8 bytes against the wire's prompt limit and the session frame (400 `too_long`).
+- `unsupported_params.py`: the parameters gpunet refuses by name (never accepts and ignores).
+- `constrained_params.py`: `response_format`, `grammar`, `json_schema` into one GBNF grammar.
+- `logprob_params.py`, `logprob_shape.py`: `logprobs`, `top_logprobs`, `echo` parsed, and the
+  OpenAI shapes of the entries (chat and legacy completions, whole and streamed).
+- `tool_params.py`: `tools`, `tool_choice`, messages with calls and results; `tool_calls` in
+  the answer.
+- `choices.py`: `n` choices, each its own generation (seed s+i), merged into one answer.
+- `embeddings_route.py`: `POST /v1/embeddings` (body, OpenAI's answer, float or base64).
+- `health_cors.py`: `GET /health` and the `--cors` middleware.
 - `responses.py`: the JSON of whole and chunked completions, usage, SSE framing.
 - `network_view.py`: what the network offers (the model table of /v1/models, the dashboard's
   JSON), from the signed records in the DHT behind a short cache.

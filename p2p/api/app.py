@@ -16,13 +16,18 @@ Routes:
 - `POST /v1/completions`, `POST /v1/chat/completions` — streaming (SSE, ending `data: [DONE]`)
   or not. Chat messages travel as `wire.Generate.messages`; the serving node renders them with
   the model's chat template.
-- `GET /` (dashboard), `GET /api/network` (its JSON), `GET /metrics` (Prometheus text).
+- `POST /v1/embeddings` — vectors from the network's embedding models (embeddings_route.py).
+- `GET /` (dashboard), `GET /api/network` (its JSON), `GET /metrics` (Prometheus text),
+  `GET /health` (200 when a model is on offer, else 503; health_cors.py, which also holds the
+  `--cors` middleware, off by default).
 
-With an API key, the `/v1` routes need `Authorization: Bearer KEY`; the dashboard, its JSON and
-`/metrics` stay open: they show only what the DHT already publishes and this gateway's counters.
+With an API key, the `/v1` routes need `Authorization: Bearer KEY`; the dashboard, its JSON,
+`/health` and `/metrics` stay open: they show only what the DHT already publishes and this
+gateway's counters.
 
 This file holds the routes, the Starlette application and `serve_gateway`. Beside it: the
-generation response (run while written, cancelled on disconnect) in generation_response.py, the
+generation response (run while written, cancelled on disconnect) in generation_response.py (and
+`n` > 1 choices, each such a response, merged in choices.py), the
 wait for a free provider in gateway_queue.py, request validation in request_parsing.py, response
 bodies in responses.py, errors and their table by `ErrorCode` in openai_errors.py, the model
 table in network_view.py; the `gpunet gateway` command is p2p/cli/gateway.py.
@@ -33,7 +38,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -46,17 +51,20 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from p2p import metrics as metrics_mod
+from p2p.api.choices import generation_response
 from p2p.api.dashboard import render_page
+from p2p.api.embeddings_route import embeddings_response
 from p2p.api.gateway_queue import (
     DEFAULT_QUEUE_TIMEOUT_S,
     GENERATION_DEADLINE_S,
     GatewayQueue,
 )
-from p2p.api.generation_response import GenerationResponse
+from p2p.api.health_cors import cors_middleware, health_response
 from p2p.api.json_body import MAX_BODY_BYTES, body_too_large, parse_json_body
 from p2p.api.network_view import NetworkView, model_object, model_table, network_json
 from p2p.api.openai_errors import ApiError, internal_error
 from p2p.api.request_parsing import parse_generation
+from p2p.api.tool_params import refuse_without_tools
 from p2p.client.background_checks import BackgroundChecks
 from p2p.client.network import Client
 from p2p.errors import ErrorCode
@@ -126,16 +134,32 @@ class Gateway:
         try:
             self.authorize(request)
             call = parse_generation(await _read_json(request), kind)
+            if call.request.tools:  # the records say whether the model's nodes render tools
+                refuse_without_tools(call.request, model_table(await self.network.nodes()))
         except ApiError as exc:
             self.metrics.count_request(NO_MODEL, exc.outcome)
             raise
-        return GenerationResponse(self.queue, self.metrics, call)
+        return generation_response(self.queue, self.metrics, call)  # one choice or n
 
     async def completions(self, request: Request) -> Response:
         return await self.generation(request, "completion")
 
     async def chat_completions(self, request: Request) -> Response:
         return await self.generation(request, "chat")
+
+    async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings (p2p/api/embeddings_route.py)."""
+        try:
+            self.authorize(request)
+            body = await _read_json(request)
+        except ApiError as exc:
+            self.metrics.count_request(NO_MODEL, exc.outcome)
+            raise
+        return await embeddings_response(self.client, self.metrics, body)
+
+    async def health(self, _request: Request) -> Response:
+        """GET /health, open like the dashboard (p2p/api/health_cors.py)."""
+        return await health_response(self.client, self.network)
 
     async def list_models(self, request: Request) -> Response:
         self.authorize(request)
@@ -192,23 +216,28 @@ async def _internal_error(_request: Request, exc: Exception) -> Response:
     return internal_error(exc).response()
 
 
-def build_app(gateway: Gateway) -> Starlette:
+def build_app(gateway: Gateway, cors_origins: Sequence[str] = ()) -> Starlette:
+    """The application; *cors_origins*: the browser origins CORS allows (none: CORS off)."""
     g = gateway
     routes = [
         Route("/", g.dashboard, methods=["GET"]),
         Route("/api/network", g.network_state, methods=["GET"]),
         Route("/metrics", g.metrics_page, methods=["GET"]),
+        Route("/health", g.health, methods=["GET"]),
         Route("/v1/models", g.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", g.get_model, methods=["GET"]),
         Route("/v1/completions", g.completions, methods=["POST"]),
         Route("/v1/chat/completions", g.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", g.embeddings, methods=["POST"]),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         ApiError: _api_error,
         HTTPException: _http_error,
         Exception: _internal_error,
     }
-    return Starlette(routes=routes, exception_handlers=handlers)
+    return Starlette(
+        routes=routes, exception_handlers=handlers, middleware=cors_middleware(cors_origins)
+    )
 
 
 def hypercorn_config(host: str, port: int) -> HypercornConfig:
@@ -230,13 +259,15 @@ async def serve_gateway(
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
     generation_deadline_s: float = GENERATION_DEADLINE_S,
     checks: BackgroundChecks | None = None,
+    cors_origins: Sequence[str] = (),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway on host:port until cancelled; `nursery.start` returns its base URL
     ("http://127.0.0.1:8470"; port 0 picks a free port). A request ends with `timeout` (504)
     after *queue_timeout_s* + *generation_deadline_s*.
     *checks*, when given, spot-checks a fraction of the finished requests in the background
-    (p2p/client/background_checks.py); its reputation then ranks the providers."""
+    (p2p/client/background_checks.py); its reputation then ranks the providers.
+    *cors_origins* turns CORS on for those origins (p2p/api/health_cors.py)."""
     if checks is not None:
         client.ranker.standing = checks.reputation.standing
     gateway = Gateway(
@@ -247,7 +278,7 @@ async def serve_gateway(
         generation_deadline_s=generation_deadline_s,
         checks=checks,
     )
-    app = build_app(gateway)
+    app = build_app(gateway, cors_origins)
 
     async def started(
         *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED

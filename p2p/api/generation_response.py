@@ -25,9 +25,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from p2p.api.gateway_queue import GatewayQueue
+from p2p.api.logprob_shape import LogprobShapes, prompt_only_done
 from p2p.api.openai_errors import ApiError, error_from_ask, internal_error
 from p2p.api.request_parsing import GenerationCall
 from p2p.api.responses import SSE_HEADERS, ResponseShape, openai_finish_reason, sse
+from p2p.api.tool_params import ToolCallStream, calls_json, parsed_names
 from p2p.client.network import AskError
 from p2p.client.ranking import Provider
 from p2p.metrics import NO_MODEL, Metrics, Outcome
@@ -57,7 +59,7 @@ class GenerationResponse(Response):
         self.queue = queue
         self.metrics = metrics
         self.call = call
-        self.shape = ResponseShape.new(call.kind, call.model)
+        self.shape = ResponseShape.new(call.kind, call.model, parsed_names(call.request))
         self.background = None
         self.progress = _Progress()
 
@@ -150,16 +152,26 @@ class GenerationResponse(Response):
         return on_text
 
     async def _write_whole(self, events: trio.MemoryReceiveChannel[Event], send: Send) -> Outcome:
-        pieces: list[str] = []
+        echo, shapes = self._logprob_shapes()
+        pieces: list[str] = [echo]
+        prompt_only = self.call.logprobs.prompt_only  # echo, max_tokens 0: the prompt alone
         async for event in events:
             if isinstance(event, ApiError):
                 await self._send_error(send, event)
                 return event.outcome
             if isinstance(event, wire.Done):
-                body = self.shape.whole("".join(pieces), event)
+                if shapes is not None and (gap := shapes.gap()) is not None:
+                    await self._send_error(send, gap)  # asked for, not sent: never a silent gap
+                    return gap.outcome
+                done = event if not prompt_only else prompt_only_done(event)
+                body = self.shape.whole("".join(pieces[:1] if prompt_only else pieces), done)
+                if shapes is not None:  # the whole answer's log-probabilities
+                    body["choices"][0]["logprobs"] = shapes.whole(event, generated=not prompt_only)
                 await self._send_json(send, 200, body)
                 return Outcome.OK
             pieces.append(event)
+            if shapes is not None:
+                shapes.add(event)
         raise AssertionError("the producer ended without a result")  # pragma: no cover
 
     async def _write_stream(self, events: trio.MemoryReceiveChannel[Event], send: Send) -> Outcome:
@@ -175,12 +187,32 @@ class GenerationResponse(Response):
 
         if self.call.kind == "chat":
             await emit(sse(self.shape.chunk(None)))
+        echo, shapes = self._logprob_shapes()
+        if echo:
+            await emit(self.shape.text_event(echo))
         event: Event = first
+        tools = ToolCallStream(self.shape.tool_names) if self.shape.tool_names else None
         while isinstance(event, str):
-            await emit(self.shape.text_event(event))
+            if tools is not None:  # text that may open a tool call is held back
+                if released := tools.feed(event):
+                    await emit(self.shape.text_event(released))
+            elif shapes is None:
+                await emit(self.shape.text_event(event))
+            else:  # this chunk's tokens' log-probabilities
+                chunk = self.shape.chunk(event)
+                chunk["choices"][0]["logprobs"] = shapes.add(event)
+                await emit(sse(chunk))
             event = await events.receive()
         if isinstance(event, wire.Done):
-            await emit(sse(self.shape.chunk("", openai_finish_reason(event))))
+            finish = openai_finish_reason(event)
+            if tools is not None:  # the held text, or the calls it made (p2p/api/tool_params.py)
+                rest, calls = tools.finish()
+                if rest:
+                    await emit(self.shape.text_event(rest))
+                if calls:
+                    await emit(sse(self.shape.tool_calls_chunk(calls_json(calls, streamed=True))))
+                    finish = "tool_calls"
+            await emit(sse(self.shape.chunk("", finish)))
             if self.call.include_usage:
                 await emit(sse(self.shape.usage_chunk(event)))
             outcome = Outcome.OK
@@ -190,6 +222,12 @@ class GenerationResponse(Response):
         self.progress.complete = True
         await send({"type": "http.response.body", "body": sse("[DONE]"), "more_body": False})
         return outcome
+
+    def _logprob_shapes(self) -> tuple[str, LogprobShapes | None]:
+        """The echoed prompt ("" without echo) and, when asked, the log-probabilities' shapes."""
+        params = self.call.logprobs
+        echo = self.call.request.prompt if params.echo else ""
+        return echo, LogprobShapes(self.call.kind, len(echo)) if params.wanted else None
 
     def _with_provider(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """*headers* and, once a provider was chosen, which one (for debugging a network)."""

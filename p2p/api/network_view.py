@@ -62,6 +62,8 @@ def model_table(nodes: list[CapabilityRecord]) -> list[dict[str, Any]]:
                     "free_slots": 0,
                     "decode_tok_s_best": 0.0,
                     "oldest_issued_at": r.issued_at,
+                    "chat_format": m.chat_format,
+                    "capabilities": m.capabilities,
                 },
             )
             entry["providers"] += 1
@@ -71,6 +73,10 @@ def model_table(nodes: list[CapabilityRecord]) -> list[dict[str, Any]]:
             entry["free_slots"] += r.load.free_slots
             entry["decode_tok_s_best"] = max(entry["decode_tok_s_best"], m.decode_tok_s)
             entry["oldest_issued_at"] = min(entry["oldest_issued_at"], r.issued_at)
+            # what every provider offers: a request routed to any of them gets it
+            entry["capabilities"] = tuple(c for c in entry["capabilities"] if c in m.capabilities)
+            if entry["chat_format"] != m.chat_format:  # providers disagree: none is certain
+                entry["chat_format"] = ""
     names: dict[str, int] = {}
     for e in by_sha.values():
         names[e["name"].lower()] = names.get(e["name"].lower(), 0) + 1
@@ -92,6 +98,10 @@ def model_object(entry: dict[str, Any]) -> dict[str, Any]:
         "quantization": entry["quantization"],
         "parameter_count": entry["parameter_count"],
         "context_length": entry["context_length"],
+        # gpunet's additions (docs/gateway.md): the chat format the providers render with
+        # ("template", "gemma", "generic"; "" unknown) and what they offer beyond text
+        "chat_format": entry["chat_format"],
+        "capabilities": list(entry["capabilities"]),
     }
 
 

@@ -21,7 +21,10 @@ from typing import Any
 import attrs
 
 from crypto.secure_session import MAX_FRAME_PLAINTEXT
+from p2p.api.constrained_params import constrained_grammar
+from p2p.api.logprob_params import LogprobParams, parse_logprobs
 from p2p.api.openai_errors import ApiError, bad_request
+from p2p.api.tool_params import message_tool_fields, tool_fields
 from p2p.api.unsupported_params import refuse_unsupported
 from p2p.errors import ErrorCode
 from p2p.protocol import wire
@@ -30,6 +33,8 @@ from p2p.protocol import wire
 # context's end), which on a volunteer's small context would fail more often than help.
 DEFAULT_COMPLETION_MAX_TOKENS = 16
 DEFAULT_CHAT_MAX_TOKENS = 256
+# The most choices (`n`) one request may ask for.
+MAX_CHOICES = 8
 # OpenAI's ranges for sampling parameters (the wire allows temperature up to 10).
 MAX_TEMPERATURE = 2.0
 # The wire's prompt limit (UTF-8 bytes, half a session frame: inference/generation.py), checked
@@ -46,6 +51,10 @@ class GenerationCall:
     request: wire.Generate
     stream: bool
     include_usage: bool
+    # logprobs / top_logprobs / echo (p2p/api/logprob_params.py); the count is in request too.
+    logprobs: LogprobParams = attrs.field(factory=LogprobParams)
+    # OpenAI's `n`: choices to generate, each a request of its own (p2p/api/choices.py)
+    n: int = 1
 
 
 def _number(body: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
@@ -190,6 +199,7 @@ def _messages(body: dict[str, Any]) -> tuple[wire.ChatMessage, ...]:
     if len(raw) > wire.MAX_MESSAGES:
         raise bad_request(f"messages: at most {wire.MAX_MESSAGES}", "messages")
     out = []
+    earlier: dict[str, str] = {}  # tool call ids and their functions (p2p/api/tool_params.py)
     for i, m in enumerate(raw):
         if not isinstance(m, dict):
             raise bad_request(f"messages[{i}] must be an object", "messages")
@@ -199,7 +209,9 @@ def _messages(body: dict[str, Any]) -> tuple[wire.ChatMessage, ...]:
             raise bad_request(
                 f"messages[{i}].role must be one of {', '.join(wire.CHAT_ROLES)}", "messages"
             )
-        out.append(wire.ChatMessage(role, _text_content(m.get("content"), i)))
+        calls, call_id, name = message_tool_fields(m, i, earlier)
+        content = "" if m.get("content") is None and calls else m.get("content")
+        out.append(wire.ChatMessage(role, _text_content(content, i), calls, call_id, name))
     _prompt_fits(sum(_utf8_size(m.content, "messages") for m in out), "messages")
     return tuple(out)
 
@@ -232,14 +244,16 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
     if not isinstance(options, dict):
         raise bad_request("stream_options must be an object", "stream_options")
     default_max = DEFAULT_CHAT_MAX_TOKENS if kind == "chat" else DEFAULT_COMPLETION_MAX_TOKENS
-    max_tokens = _integer(body, "max_tokens", 1, wire.MAX_TOKENS_LIMIT)
+    logprobs = parse_logprobs(body, kind, stream)
+    # echo with max_tokens 0 scores the prompt alone (lm-eval's way): see logprob_params.py
+    max_tokens = _integer(body, "max_tokens", 0 if logprobs.echo else 1, wire.MAX_TOKENS_LIMIT)
     if kind == "chat" and max_tokens is None:
         max_tokens = _integer(body, "max_completion_tokens", 1, wire.MAX_TOKENS_LIMIT)
     request = wire.Generate(
         id=0,
         model=model,
         prompt=_prompt(body) if kind == "completion" else "",
-        max_tokens=default_max if max_tokens is None else max_tokens,
+        max_tokens=default_max if max_tokens is None else max(max_tokens, 1),
         # OpenAI's default temperature is 1 (sampling); send 0 for greedy, deterministic output.
         temperature=_number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
         top_p=_number(body, "top_p", 1.0, wire.MIN_TOP_P, 1.0),
@@ -267,6 +281,10 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
         ),
         penalty_last_n=_penalty_last_n(body),
         ignore_eos=_flag(body, "ignore_eos"),
+        grammar=constrained_grammar(body),  # response_format, grammar, json_schema
+        logprobs=logprobs.count,
+        prompt_logprobs=logprobs.echo and logprobs.wanted,
+        **tool_fields(body, kind),  # tools, tool_choice, parallel_tool_calls
     )
     encoded = wire.encode(request)
     if len(encoded) > MAX_FRAME_PLAINTEXT:
@@ -285,4 +303,21 @@ def parse_generation(body: object, kind: str) -> GenerationCall:
         request=request,
         stream=stream,
         include_usage=bool(stream and options.get("include_usage")),
+        logprobs=logprobs,
+        n=_choices(body),
     )
+
+
+def _choices(body: dict[str, Any]) -> int:
+    """OpenAI's `n`, bounded: each choice is a generation of its own, and a node serves a few
+    at a time (its slots), so more would mostly queue."""
+    n = body.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise bad_request(
+            f"n must be a whole number from 1 to {MAX_CHOICES}: each choice is a generation of "
+            "its own; send several requests for more",
+            "n",
+        )
+    return n

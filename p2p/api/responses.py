@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from p2p.api.tool_params import assistant_message
 from p2p.protocol import wire
 
 SSE_HEADERS = [
@@ -47,22 +48,25 @@ class ResponseShape:
     id: str
     model: str
     created: int
+    # The declared functions whose calls a chat answer is parsed for (p2p/api/tool_params.py).
+    tool_names: tuple[str, ...] = ()
 
     @classmethod
-    def new(cls, kind: str, model: str) -> ResponseShape:
+    def new(cls, kind: str, model: str, tool_names: tuple[str, ...] = ()) -> ResponseShape:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
-        return cls(kind, prefix + secrets.token_hex(12), model, int(time.time()))
+        return cls(kind, prefix + secrets.token_hex(12), model, int(time.time()), tool_names)
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def whole(self, text: str, done: wire.Done) -> dict[str, Any]:
         if self.kind == "chat":
+            message, called = assistant_message(text, self.tool_names)
             choice: dict[str, Any] = {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": None,
-                "finish_reason": openai_finish_reason(done),
+                "finish_reason": "tool_calls" if called else openai_finish_reason(done),
             }
             return {**self._head("chat.completion"), "choices": [choice], "usage": usage_json(done)}
         choice = {
@@ -85,6 +89,12 @@ class ResponseShape:
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         return {**self._head("text_completion"), "choices": [choice]}
+
+    def tool_calls_chunk(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """The stream chunk that carries a chat answer's tool calls (all of them, at its end)."""
+        chunk = self.chunk("")
+        chunk["choices"][0]["delta"] = {"tool_calls": calls}
+        return chunk
 
     def text_event(self, text: str) -> bytes:
         """`sse(self.chunk(text))` for non-empty text, from a template: this runs once per

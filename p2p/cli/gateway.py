@@ -64,6 +64,7 @@ async def serve(settings: Settings, psk: bytes | None, as_json: bool) -> None:
                 port,
                 api_key=settings["api_key"],
                 queue_timeout_s=settings["queue_timeout"],
+                cors_origins=settings["cors"],
                 checks=BackgroundChecks.of_settings(
                     client, settings["verify_fraction"], settings.data_dir
                 ),

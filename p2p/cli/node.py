@@ -164,6 +164,7 @@ def api_starter(settings: Settings) -> ApiStarter | None:
             host,
             port,
             api_key=key,
+            cors_origins=settings["cors"],
             checks=BackgroundChecks.of_settings(
                 client, settings["verify_fraction"], settings.data_dir
             ),

@@ -19,6 +19,8 @@ tools), and nothing a provider needs.
   the reorderings a caller asks for (a preferred node, the failed node's hardware class).
 - `provider_query.py`: which records' models answer to a name or sha256 and pass the filters
   of `gpunet peers` (GPU, free VRAM, quantization); pure functions over verified records.
+- `embeddings.py`: `embed`, an embedding request routed like generation (ranking, staggered
+  dial, the next provider on a retryable refusal) to providers whose record says `embedding`.
 - `segments.py`: a request's segments (one per node that finished part of it) with their
   signed receipts, checked against what was sent and received.
 - `spot_check.py`: re-scoring a finished segment on an independent provider of the same sha256

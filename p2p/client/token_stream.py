@@ -14,6 +14,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from inference.token_logprobs import TokenLogprob
 from p2p.client.network import AskError
 from p2p.errors import RETRYABLE
 from p2p.protocol import wire
@@ -24,6 +25,22 @@ from p2p.session.secure import SessionError
 # ones come every few ms. Past these the node is treated as stalled and the request moves on.
 FIRST_TOKEN_TIMEOUT_S = 120.0
 TOKEN_TIMEOUT_S = 30.0
+
+
+class LoggedText(str):
+    """A Token's text that came with its tokens' log-probabilities (the request asked for
+    them): still the `str` every `on_text` receives, so the failover and the gateway's queue
+    pass it on unchanged, with `logprobs` for the API (p2p/api/logprob_shape.py) to read. A
+    failover's later segments bring their own: the replayed tokens' entries were delivered
+    with the first node's text."""
+
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+    @classmethod
+    def of(cls, text: str, logprobs: tuple[TokenLogprob, ...]) -> LoggedText:
+        logged = cls(text)
+        logged.logprobs = logprobs
+        return logged
 
 
 @attrs.define
@@ -73,7 +90,7 @@ def _take(
     if isinstance(msg, SessionError):
         return str(msg)
     if isinstance(msg, wire.Token):
-        on_text(msg.text)
+        on_text(LoggedText.of(msg.text, msg.logprobs) if msg.logprobs else msg.text)
         progress.chunks += 1
         progress.token_ids.extend(msg.token_ids)
         progress.replayable = progress.replayable and bool(msg.token_ids)

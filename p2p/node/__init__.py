@@ -8,6 +8,10 @@ CLI hands `run_node` an API starter instead.
   session: a task per request, `Reply` for its answers.
 - `serving.py` — serving one admitted request on a model's worker; faults become wire codes
   through `p2p.errors.code_of`.
+- `chat_prompt.py` — a chat request's prompt on the node: messages and tools rendered with the
+  model's template, tools refused for a model without them, the grammar of a forced call.
+- `embedding_serving.py` — serving an `Embed` request on an embedding model's worker.
+- `auto_slots.py` — `--slots auto`: the step costs measured at start and the planner's pick.
 - `models.py` — `ServedModel`, `load_models` (offload plan, self-benchmark), `find_model`.
 - `capability.py` — the capability record as a pure function of what the node knows.
 - `record_seq.py` — the record sequence number, persisted so it never goes backwards.

@@ -38,7 +38,9 @@ class NodeConfig:
     grace_s: float = DEFAULT_GRACE_S
     join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S  # 0: fail at the first unanswered bootstrap
     psk: bytes | None = None  # private network key; None: the public network
-    slots: int = 4  # sequences decoded together per model (continuous batching)
+    # Sequences decoded together per model (continuous batching); "auto": the knee of this
+    # machine's measured decode curve (p2p/node/auto_slots.py).
+    slots: int | str = 4
     # Requests in flight on the whole node (None: every model's slots + queue); beyond it the
     # answer is `busy` at once. 0 announces the node but serves nothing (maintenance, tests).
     max_requests: int | None = None

@@ -35,9 +35,11 @@ class Reply:
     def peer_id(self) -> str:
         return self._conn.remote_peer_id
 
-    async def send(self, msg: wire.Token | wire.Done | wire.Error | wire.Scores) -> None:
+    async def send(
+        self, msg: wire.Token | wire.Done | wire.Error | wire.Scores | wire.Embeddings
+    ) -> None:
         out = self._requests.send(msg)  # LocalProtocolError on a second final: our bug
-        if isinstance(msg, wire.Done | wire.Error | wire.Scores):
+        if isinstance(msg, wire.Done | wire.Error | wire.Scores | wire.Embeddings):
             self.finished = True
         if out is not None:
             await self._conn.send(out)
@@ -46,7 +48,7 @@ class Reply:
         await self.send(wire.Error(self.request_id, code, text))
 
 
-Serve = Callable[[wire.Generate | wire.Score, Reply], Awaitable[None]]
+Serve = Callable[[wire.Generate | wire.Score | wire.Embed, Reply], Awaitable[None]]
 
 
 async def serve_connection(
@@ -75,7 +77,7 @@ async def _serve_one(
     conn: Connection,
     requests: RequestServer,
     serve: Serve,
-    msg: wire.Generate | wire.Score,
+    msg: wire.Generate | wire.Score | wire.Embed,
     scope: trio.CancelScope,
     scopes: dict[int, trio.CancelScope],
 ) -> None:

@@ -10,12 +10,14 @@ from pathlib import Path
 import attrs
 
 from inference.batching import BatchingWorker
-from inference.chat import chat_format
+from inference.chat import chat_format, supports_tools
+from inference.embedding_worker import EmbeddingWorker
 from inference.gpu import GpuInfo, supports_gpu_offload
 from inference.llama_lowlevel import LoadFailed
 from inference.model_file import ModelFileError, ModelInfo
 from inference.offload import OffloadPlan, plan_offload, vram_needed
 from p2p.model_match import model_matches
+from p2p.node.auto_slots import slots_for
 from p2p.node.config import NodeConfig, NodeError
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ SELF_BENCHMARK_S = 1.5
 @attrs.define
 class ServedModel:
     info: ModelInfo
-    worker: BatchingWorker
+    # An embedding GGUF (`info.pooling_type` set) gets an EmbeddingWorker, which refuses
+    # generation and scoring with bad_request; every other model a BatchingWorker.
+    worker: BatchingWorker | EmbeddingWorker
     plan: OffloadPlan | None = None
     n_ctx: int = 0  # the context each request gets here (what the record publishes)
     prefill_tok_s: float = 0.0
@@ -112,8 +116,18 @@ async def load_models(
         n_ctx = served_context(config.n_ctx, info)
         if n_ctx < config.n_ctx:
             on_progress(f"{info.name}: context {n_ctx} tokens, the most it was trained for")
+        n_threads = config.n_threads or default_threads()
+        slots, costs = await slots_for(  # --slots auto measures here (auto_slots.py)
+            config,
+            info,
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            gpus=gpus,
+            benchmark=benchmark,
+            on_progress=on_progress,
+        )
         plan = plan_offload(
-            info, gpus, n_ctx, config.gpu_layers, n_seq=config.slots, offload_supported=offload_ok
+            info, gpus, n_ctx, config.gpu_layers, n_seq=slots, offload_supported=offload_ok
         )
         log.info("%s: %s", info.name, plan.reason)
         on_progress(f"loading {info.name}: {plan.reason}")
@@ -123,22 +137,32 @@ async def load_models(
             log.warning("CHEATING (tests only): serving %s while claiming %s", path, info.sha256)
         elif cheat:
             log.warning("CHEATING (tests only): %s on every request for %s", cheat, info.name)
-        worker = BatchingWorker(
-            path,
-            n_ctx=n_ctx,
-            n_threads=config.n_threads or default_threads(),
-            n_gpu_layers=plan.n_gpu_layers,
-            tensor_split=plan.tensor_split or None,
-            max_queue=config.max_queue,
-            slots=config.slots,
-            prefix_cache=config.prompt_cache,
-            speculate=config.speculate,
-        )
+        worker: BatchingWorker | EmbeddingWorker
+        if info.pooling_type is not None:  # serves /v1/embeddings only (embedding_serving.py)
+            worker = EmbeddingWorker(
+                path,
+                n_ctx=n_ctx,
+                n_threads=config.n_threads or default_threads(),
+                n_gpu_layers=plan.n_gpu_layers,
+                max_queue=config.max_queue,
+            )
+        else:
+            worker = BatchingWorker(
+                path,
+                n_ctx=n_ctx,
+                n_threads=config.n_threads or default_threads(),
+                n_gpu_layers=plan.n_gpu_layers,
+                tensor_split=plan.tensor_split or None,
+                max_queue=config.max_queue,
+                slots=slots,
+                prefix_cache=config.prompt_cache,
+                speculate=config.speculate,
+            )
         try:
             await worker.start()
         except ModelFileError as exc:
             oom = isinstance(exc, LoadFailed) and exc.out_of_memory
-            reason = f"{exc}{_memory_estimate(info, n_ctx, config.slots) if oom else ''}"
+            reason = f"{exc}{_memory_estimate(info, n_ctx, slots) if oom else ''}"
             log.warning("not serving %s: %s", info.name, reason)
             on_progress(f"not serving {info.name}: {reason}")
             problems.append(reason)
@@ -150,9 +174,14 @@ async def load_models(
             plan,
             n_ctx=n_ctx,
             cheat=cheat,
-            chat_format=chat_format(info.architecture, info.chat_template),
+            chat_format=chat_format(info.architecture, info.chat_template, info.name),
+            # a template that renders tool definitions (inference/chat.py): tools are refused
+            # for every other model rather than dropped
+            capabilities=("tools",) if supports_tools(info.chat_template) else (),
         )
-        if benchmark:
+        if isinstance(worker, EmbeddingWorker):  # no chat, no decode speed to measure
+            model.chat_format, model.capabilities = "", ("embedding",)
+        elif benchmark:
             on_progress(f"measuring {info.name}'s speed ({SELF_BENCHMARK_S:g} s)...")
             speed = await worker.measure_throughput(budget_s=SELF_BENCHMARK_S)
             model.prefill_tok_s, model.decode_tok_s = speed.prefill_tok_s, speed.decode_tok_s
@@ -160,6 +189,8 @@ async def load_models(
                 f"{info.name}: prefill {speed.prefill_tok_s:.0f} tok/s, "
                 f"decode {speed.decode_tok_s:.1f} tok/s"
             )
+            if config.speculate:  # drafts weighed against this machine's step costs
+                worker.use_step_costs(costs or await worker.measure_step_costs())
         served.append(model)
     if not served:
         raise NodeError("no model could be loaded: " + "; ".join(problems[:3]))

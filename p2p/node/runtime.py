@@ -26,6 +26,7 @@ from p2p.host_port import format_host_port
 from p2p.node.capability import ModelOffer, capability_record, load_entry
 from p2p.node.config import NodeConfig, NodeError, NodeReady
 from p2p.node.connection import Reply, serve_connection
+from p2p.node.embedding_serving import serve_embed
 from p2p.node.models import ServedModel, find_model, load_models
 from p2p.node.record_seq import RecordSequence
 from p2p.node.serving import BUSY_TEXT, serve_on_worker, serve_score
@@ -177,13 +178,13 @@ class Node:
 
     async def _generate(
         self,
-        msg: wire.Generate | wire.Score,
+        msg: wire.Generate | wire.Score | wire.Embed,
         reply: Reply,
         finals: dict[int, wire.Message] | None = None,
     ) -> None:
         """Admit and serve one request: a generation, or a `Score` (a spot check), which costs
         a slot like one and goes through the same admission and fair shares."""
-        wanted = msg.model if isinstance(msg, wire.Generate) else msg.request.model
+        wanted = msg.request.model if isinstance(msg, wire.Score) else msg.model
         refusal = self._refusal(reply.peer_id)
         if refusal is not None:
             await reply.fail(*refusal)
@@ -210,8 +211,10 @@ class Node:
             self._request_ended.set()
             self._request_ended = trio.Event()
 
-    async def _serve_request(self, msg: wire.Generate | wire.Score, reply: Reply) -> None:
-        wanted = msg.model if isinstance(msg, wire.Generate) else msg.request.model
+    async def _serve_request(
+        self, msg: wire.Generate | wire.Score | wire.Embed, reply: Reply
+    ) -> None:
+        wanted = msg.request.model if isinstance(msg, wire.Score) else msg.model
         served = self.find_model(wanted)
         if served is None:
             offered = ", ".join(m.info.name for m in self.served)
@@ -222,6 +225,8 @@ class Node:
             return
         if isinstance(msg, wire.Score):
             await serve_score(served, msg, reply)
+        elif isinstance(msg, wire.Embed):  # p2p/node/embedding_serving.py
+            await serve_embed(served, msg, reply)
         else:
             await serve_on_worker(served, msg, reply, self.identity)
 
@@ -428,7 +433,7 @@ class FinalMessages:
         return self._conn.remote_peer_id
 
     async def send(self, msg: wire.Message) -> None:
-        if isinstance(msg, wire.Done | wire.Error | wire.Scores):
+        if isinstance(msg, wire.Done | wire.Error | wire.Scores | wire.Embeddings):
             self.finals[msg.id] = msg
             if len(self.finals) > MAX_NOTED_FINALS:  # one nobody collected (a refusal's, say)
                 del self.finals[next(iter(self.finals))]
@@ -467,6 +472,9 @@ def log_request(model: str, peer_id: str, final: wire.Message | None, took: floa
     elif isinstance(final, wire.Scores):
         scored = len(final.token_ids)
         request_log.info("scored %d tokens of %s for %s, %.2f s", scored, model, who, took)
+    elif isinstance(final, wire.Embeddings):
+        inputs, tokens = len(final.vectors), final.prompt_tokens
+        request_log.info("embedded %d texts (%d tokens) of %s for %s", inputs, tokens, model, who)
     elif isinstance(final, wire.Error):
         request_log.info("failed %s for %s after %.2f s: %s", model, who, took, final.code.value)
     else:

@@ -20,10 +20,10 @@ import attrs
 
 from crypto.identity import Identity
 from crypto.receipts import Receipt, encode, sign_receipt
-from inference.chat import render_chat
 from inference.generation import GenerationDone, GenerationRequest, WorkerBusy
 from inference.scoring import ScoreRequest
 from p2p.errors import BadRequest, ErrorCode, code_of
+from p2p.node.chat_prompt import chat_prompt
 from p2p.node.connection import Reply
 from p2p.node.models import ServedModel
 from p2p.protocol import wire
@@ -39,16 +39,8 @@ BUSY_TEXT = "node is busy; try another"
 
 def generation_request(msg: wire.Generate, served: ServedModel) -> GenerationRequest:
     """What the worker is asked for *msg*: its chat rendered with the model's template."""
-    prompt = msg.prompt
-    if msg.messages:
-        try:
-            prompt = render_chat(
-                [{"role": m.role, "content": m.content} for m in msg.messages],
-                architecture=served.info.architecture,
-                chat_template=served.info.chat_template,
-            )
-        except ValueError as exc:
-            raise BadRequest(str(exc), field="messages") from exc
+    # a chat: messages, tools and tool_choice's grammar (p2p/node/chat_prompt.py)
+    prompt, grammar = chat_prompt(msg, served) if msg.messages else (msg.prompt, msg.grammar)
     try:
         return GenerationRequest(
             prompt=prompt,
@@ -68,7 +60,9 @@ def generation_request(msg: wire.Generate, served: ServedModel) -> GenerationReq
             penalty_last_n=msg.penalty_last_n,
             logit_bias=msg.logit_bias,  # type: ignore[arg-type]  # attrs converter
             ignore_eos=msg.ignore_eos,
-            grammar=msg.grammar,
+            grammar=grammar,
+            logprobs=msg.logprobs,
+            prompt_logprobs=msg.prompt_logprobs,
         )
     except ValueError as exc:  # the worker's own bounds (a seed, a replay as long as the limit)
         raise BadRequest(str(exc)) from exc
@@ -117,6 +111,8 @@ def done_message(request_id: int, item: GenerationDone, receipt: bytes = b"") ->
         item.cached_prompt_tokens,
         receipt,
         item.seed,
+        item.prompt_logprobs,
+        item.prompt_first,
     )
 
 
@@ -150,7 +146,7 @@ async def serve_on_worker(
                     await reply.send(done_message(msg.id, item, receipt))
                 else:
                     generated.extend(item.token_ids)
-                    await reply.send(wire.Token(msg.id, item.text, item.token_ids))
+                    await reply.send(wire.Token(msg.id, item.text, item.token_ids, item.logprobs))
     except (SessionError, LocalProtocolError):
         raise
     except Exception as exc:

@@ -6,6 +6,14 @@ is passed in. The trio adapters are `p2p/session/` (client side) and `p2p/node/c
 
 - `wire.py` — the session messages (attrs, frozen) and their one msgpack codec; decoding names the
   request and the field of an invalid message (`InvalidMessage`, `Malformed`).
+- `wire_fields.py` — the typed, bounded field readers every decoder uses, `ProtocolError`,
+  `InvalidMessage`, `Malformed`.
+- `generate_wire.py` — `Generate` (a generation request) and its chat messages, validated with
+  the worker's own bounds.
+- `tool_wire.py` — the tool fields of a `Generate` (tool definitions, `tool_choice`, calls and
+  results in messages), validated at decode.
+- `logprob_wire.py` — the log-probability entries of `Token` and `Done`, bounded.
+- `embed_wire.py` — `Embed` / `Embeddings`: an embedding request and its float32 vectors.
 - `score_wire.py` — `Scores`, the answer to a `Score` request (per-position log-probabilities,
   ranks, margins, top-k), and its bounded decoder.
 - `request_hash.py` — the canonical hash of what a client asked (the receipt signs it) and the

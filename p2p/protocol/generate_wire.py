@@ -37,10 +37,13 @@ from inference.generation import MAX_TOP_K as MAX_TOP_K
 from inference.generation import MIN_REPEAT_PENALTY as MIN_REPEAT_PENALTY
 from inference.generation import MIN_TOP_P as MIN_TOP_P
 from inference.generation import MIN_TYPICAL_P as MIN_TYPICAL_P
+from inference.token_logprobs import MAX_TOP_LOGPROBS as MAX_TOP_LOGPROBS
+from p2p.protocol import tool_wire
+from p2p.protocol.tool_wire import ToolCallMessage
 from p2p.protocol.wire_fields import Fields, is_int, utf8_len
 
 MAX_MESSAGES = 256
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 MAX_MODEL_CHARS = 256
 
 
@@ -48,6 +51,11 @@ MAX_MODEL_CHARS = 256
 class ChatMessage:
     role: str
     content: str
+    # An assistant's tool calls, a tool result's call id and function name (p2p/protocol/
+    # tool_wire.py); empty for a plain message.
+    tool_calls: tuple[ToolCallMessage, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
 
 
 @attrs.frozen
@@ -86,13 +94,25 @@ class Generate:
     ignore_eos: bool = False
     # A GBNF grammar the output must follow ("" for none; GenerationRequest.grammar).
     grammar: str = ""
+    # Log-probabilities with each Token: -1 none, else this many alternatives per token (0..20).
+    logprobs: int = -1
+    # The prompt's tokens get entries too, in the Done (OpenAI's echo); needs logprobs >= 0.
+    prompt_logprobs: bool = False
+    # OpenAI's tools as JSON text ("" for none), tool_choice ("auto", "none", "required",
+    # "function:NAME") and parallel_tool_calls: p2p/protocol/tool_wire.py.
+    tools: str = ""
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
 
 
 def generate_body(msg: Generate) -> dict[str, Any]:
     """The msgpack map of a `Generate` (without ``v`` and ``t``)."""
     body: dict[str, Any] = attrs.asdict(msg)
     body["stop"] = list(msg.stop)
-    body["messages"] = [[m.role, m.content] for m in msg.messages]
+    body["messages"] = [
+        [m.role, m.content, *tool_wire.message_extra(m.tool_calls, m.tool_call_id, m.name)]
+        for m in msg.messages
+    ]
     body["replay_tokens"] = list(msg.replay_tokens)
     body["logit_bias"] = [[token, bias] for token, bias in msg.logit_bias]
     return body
@@ -104,13 +124,14 @@ def decode_generate(f: Fields) -> Generate:
     stop = f.array("stop", MAX_STOP_STRINGS)
     seed = f.body.get("seed")
     messages = tuple(_chat_message(f, m) for m in f.array("messages", MAX_MESSAGES))
-    if sum(utf8_len(m.content) for m in messages) > MAX_PROMPT_BYTES:
+    if sum(tool_wire.message_bytes(m) for m in messages) > MAX_PROMPT_BYTES:
         f.fail("messages", f"messages: contents over {MAX_PROMPT_BYTES} bytes (UTF-8) together")
     prompt = f.string("prompt", MAX_PROMPT_BYTES)
     if utf8_len(prompt) > MAX_PROMPT_BYTES:
         f.fail("prompt", f"prompt must be at most {MAX_PROMPT_BYTES} bytes (UTF-8)")
     if messages and prompt:
         f.fail("prompt", "prompt must be empty when messages are given")
+    tools = tool_wire.decode_tools(f)
     max_tokens = f.integer("max_tokens", 1, MAX_TOKENS_LIMIT, 128)
     replay = f.token_ids("replay_tokens", MAX_TOKENS_LIMIT)
     if len(replay) >= max_tokens:
@@ -145,6 +166,11 @@ def decode_generate(f: Fields) -> Generate:
         logit_bias=_logit_bias(f),
         ignore_eos=f.flag("ignore_eos", False),
         grammar=_grammar(f),
+        logprobs=(logprobs := f.integer("logprobs", -1, MAX_TOP_LOGPROBS, -1)),
+        prompt_logprobs=_prompt_logprobs(f, logprobs),
+        tools=tools,
+        tool_choice=tool_wire.decode_tool_choice(f, tools),
+        parallel_tool_calls=f.flag("parallel_tool_calls", True),
     )
 
 
@@ -171,6 +197,13 @@ def _logit_bias(f: Fields) -> tuple[tuple[int, float], ...]:
     return tuple(pairs)
 
 
+def _prompt_logprobs(f: Fields, logprobs: int) -> bool:
+    wanted = f.flag("prompt_logprobs", False)
+    if wanted and logprobs < 0:
+        f.fail("prompt_logprobs", "prompt_logprobs needs logprobs >= 0")
+    return wanted
+
+
 def _grammar(f: Fields) -> str:
     grammar = f.string("grammar", MAX_GRAMMAR_BYTES, "")
     if utf8_len(grammar) > MAX_GRAMMAR_BYTES:
@@ -179,9 +212,10 @@ def _grammar(f: Fields) -> str:
 
 
 def _chat_message(f: Fields, raw: object) -> ChatMessage:
-    if not isinstance(raw, list) or len(raw) != 2:
+    if not isinstance(raw, list) or len(raw) not in (2, 5):
         f.fail("messages", "messages: each is [role, content]")
     role = f.text(raw[0], 16, "messages")
     if role not in CHAT_ROLES:
         f.fail("messages", f"message role must be one of {', '.join(CHAT_ROLES)}")
-    return ChatMessage(role, f.text(raw[1], MAX_PROMPT_BYTES, "messages"))
+    content = f.text(raw[1], MAX_PROMPT_BYTES, "messages")
+    return ChatMessage(role, content, *tool_wire.decode_message_extra(f, raw, MAX_PROMPT_BYTES))

@@ -28,6 +28,8 @@ from p2p.protocol.request_events import ClientEvent, LocalProtocolError
 from p2p.protocol.wire import (
     Cancel,
     Done,
+    Embed,
+    Embeddings,
     Error,
     Generate,
     Malformed,
@@ -57,7 +59,7 @@ class RequestClient:
         """Requests the caller has not closed yet, answered or not."""
         return len(self._open) + len(self._answered)
 
-    def start(self, request: Generate | Score) -> Generate | Score:
+    def start(self, request: Generate | Score | Embed) -> Generate | Score | Embed:
         """*request* under a fresh id: the message to send."""
         rid = self._take_id()
         self._open.add(rid)
@@ -73,11 +75,12 @@ class RequestClient:
 
     def receive(self, msg: Received) -> ClientEvent | None:
         """Take one message from the server; what the caller must see, if anything."""
-        if isinstance(msg, Token | Done | Error | Scores):  # Scores: a Score's final answer
+        # Scores, Embeddings: the one and final answer of a Score, an Embed.
+        if isinstance(msg, Token | Done | Error | Scores | Embeddings):
             if msg.id not in self._open:
                 self.ignored += 1
                 return None
-            if isinstance(msg, Done | Error | Scores):
+            if isinstance(msg, Done | Error | Scores | Embeddings):
                 self._finish(msg.id)
             return msg
         if isinstance(msg, Pong):

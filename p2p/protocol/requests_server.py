@@ -37,6 +37,8 @@ from p2p.protocol.request_events import (
 from p2p.protocol.wire import (
     Cancel,
     Done,
+    Embed,
+    Embeddings,
     Error,
     Generate,
     Malformed,
@@ -79,7 +81,8 @@ class RequestServer:
         """Take one message from the client; the event for the caller, if any."""
         if self.peer_gone:
             raise LocalProtocolError("receive() after peer_closed()")
-        if isinstance(msg, Generate | Score):  # a Score is served like a generation
+        # A Score and an Embed are served like a generation, with one final answer.
+        if isinstance(msg, Generate | Score | Embed):
             return self._generate(msg)
         if isinstance(msg, Cancel):
             return self._cancel(msg.id)
@@ -92,10 +95,10 @@ class RequestServer:
         kind = type(msg).__name__.lower()
         return self._refuse(msg.id, ErrorCode.BAD_REQUEST, f"a client does not send {kind}")
 
-    def send(self, msg: Token | Done | Error | Scores) -> Message | None:
+    def send(self, msg: Token | Done | Error | Scores | Embeddings) -> Message | None:
         """Check an answer of the caller's; the message to send, or None to drop it (its request
         was stopped, or the peer is gone). Raises `LocalProtocolError` on a misuse."""
-        if not isinstance(msg, Token | Done | Error | Scores):
+        if not isinstance(msg, Token | Done | Error | Scores | Embeddings):
             raise LocalProtocolError(f"a server does not send {type(msg).__name__}")
         state = self._requests.get(msg.id)
         if state is None:
@@ -104,7 +107,7 @@ class RequestServer:
             raise LocalProtocolError(f"request {msg.id} already had its final message")
         if state is _State.STOPPED or self.peer_gone:
             return None
-        if isinstance(msg, Done | Error | Scores):
+        if isinstance(msg, Done | Error | Scores | Embeddings):
             self._requests[msg.id] = _State.ANSWERED
         return msg
 
@@ -128,7 +131,7 @@ class RequestServer:
         out, self._outgoing = self._outgoing, []
         return out
 
-    def _generate(self, msg: Generate | Score) -> ServerEvent | None:
+    def _generate(self, msg: Generate | Score | Embed) -> ServerEvent | None:
         if msg.id in self._requests:
             return self._refuse(msg.id, ErrorCode.BAD_REQUEST, "duplicate id: that one is live")
         if len(self._requests) >= self.max_requests:

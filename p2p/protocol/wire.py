@@ -27,8 +27,11 @@ import msgpack
 # A signed receipt in `Done` is bounded by the largest valid one (crypto/receipts.py).
 from crypto.receipts import MAX_RECEIPT_BYTES as MAX_RECEIPT_BYTES
 from inference.generation import FINISH_REASONS
+from inference.token_logprobs import TokenLogprob
 from p2p.errors import ErrorCode
-from p2p.protocol import score_wire
+from p2p.protocol import embed_wire, score_wire
+from p2p.protocol.embed_wire import Embed as Embed
+from p2p.protocol.embed_wire import Embeddings as Embeddings
 
 # The generation request and the request bounds (inference.generation's, the worker's own) live
 # in generate_wire.py, the field readers in wire_fields.py; re-exported for the wire's users.
@@ -43,6 +46,12 @@ from p2p.protocol.generate_wire import (
 )
 from p2p.protocol.generate_wire import (
     ChatMessage as ChatMessage,
+)
+from p2p.protocol.logprob_wire import (
+    add_prompt_logprobs,
+    decode_logprobs,
+    decode_prompt_logprobs,
+    encode_logprobs,
 )
 from p2p.protocol.score_wire import Scores as Scores
 from p2p.protocol.wire_fields import Fields, is_int
@@ -65,6 +74,8 @@ class Token:
     id: int
     text: str
     token_ids: tuple[int, ...] = ()  # the tokens whose text this chunk releases
+    # One entry per token id when the request asked for logprobs (p2p/protocol/logprob_wire.py).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @attrs.frozen
@@ -83,6 +94,9 @@ class Done:
     # that signs none) and the seed its sampler used, so the client can have the run re-checked.
     receipt: bytes = b""
     seed: int | None = None
+    # The prompt's entries when the request asked for them (p2p/protocol/logprob_wire.py).
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    prompt_first: bytes = b""
 
 
 @attrs.frozen
@@ -120,7 +134,9 @@ class Score:
     only: tuple[int, ...] = ()  # indices into tokens to score, increasing; empty: all of them
 
 
-Message = Generate | Token | Done | Error | Cancel | Ping | Pong | Score | Scores
+Message = (
+    Generate | Token | Done | Error | Cancel | Ping | Pong | Score | Scores | Embed | Embeddings
+)
 Received = Message | Malformed
 
 _TAGS: dict[type, str] = {
@@ -133,6 +149,8 @@ _TAGS: dict[type, str] = {
     Pong: "pong",
     Score: "score",
     Scores: "scores",
+    Embed: "embed",  # p2p/protocol/embed_wire.py
+    Embeddings: "embeddings",
 }
 
 
@@ -140,6 +158,8 @@ def encode(msg: Message) -> bytes:
     if type(msg) is Token:  # one per generated token: skip attrs.asdict's generic walk
         token: dict[str, Any] = {"id": msg.id, "text": msg.text, "token_ids": list(msg.token_ids)}
         token["v"], token["t"] = PROTOCOL_VERSION, "token"
+        if msg.logprobs:
+            token["logprobs"] = encode_logprobs(msg.logprobs)
         packed_token: bytes = msgpack.packb(token, use_bin_type=True)
         return packed_token
     if isinstance(msg, Score):
@@ -148,9 +168,15 @@ def encode(msg: Message) -> bytes:
         return _pack(score_wire.scores_body(msg), msg)
     if isinstance(msg, Generate):
         return _pack(generate_body(msg), msg)
+    if isinstance(msg, Embed):
+        return _pack(embed_wire.embed_body(msg), msg)
+    if isinstance(msg, Embeddings):
+        return _pack(embed_wire.embeddings_body(msg), msg)
     body: dict[str, Any] = attrs.asdict(msg)
     if isinstance(msg, Token | Done):
         body["token_ids"] = list(msg.token_ids)
+    if isinstance(msg, Done):
+        add_prompt_logprobs(body, msg.prompt_logprobs, msg.prompt_first)
     if isinstance(msg, Error):
         body["code"] = msg.code.value
     return _pack(body, msg)
@@ -204,7 +230,7 @@ def decode_received(data: bytes) -> Received:
 
 def _token(f: Fields) -> Token:
     ids = f.token_ids("token_ids", MAX_TEXT_CHARS)
-    return Token(f.id, f.string("text", MAX_TEXT_CHARS), ids)
+    return Token(f.id, f.string("text", MAX_TEXT_CHARS), ids, decode_logprobs(f, ids))
 
 
 def _done(f: Fields) -> Done:
@@ -222,6 +248,7 @@ def _done(f: Fields) -> Done:
         f.integer("cached_tokens", 0, 2**31, 0),
         _receipt(f),
         None if f.body.get("seed") is None else f.integer("seed", 0, MAX_SEED),
+        *decode_prompt_logprobs(f),
     )
 
 
@@ -263,4 +290,6 @@ _DECODERS: dict[str, Callable[[Fields], Message]] = {
     "pong": lambda f: Pong(f.id),
     "score": _score,
     "scores": lambda f: score_wire.decode_scores(f, f.id),
+    "embed": lambda f: embed_wire.decode_embed(f, f.id),
+    "embeddings": lambda f: embed_wire.decode_embeddings(f, f.id),
 }

@@ -37,7 +37,7 @@ def node_settings(
 # One option of each kind: (key, its value in config.toml, in the environment, as a flag), the
 # value each gives, and the default.
 PRECEDENCE_CASES = [
-    ("slots", "slots = 8", "16", 32, (8, 16, 32), 4),
+    ("slots", "slots = 8", "16", 32, (8, 16, 32), "auto"),
     ("grace", "grace = 5", "2.5", 1.0, (5.0, 2.5, 1.0), 30.0),
     ("benchmark", "benchmark = false", "yes", False, (False, True, False), True),
     (
@@ -49,13 +49,22 @@ PRECEDENCE_CASES = [
         "127.0.0.1",
     ),
     ("gpu_layers", "gpu_layers = 12", "auto", "0", ("12", "auto", "0"), "auto"),
-    ("api", 'api = "127.0.0.1:9000"', ":9001", ("127.0.0.1", 9002),
-     (("127.0.0.1", 9000), ("127.0.0.1", 9001), ("127.0.0.1", 9002)), None),
+    (
+        "api",
+        'api = "127.0.0.1:9000"',
+        ":9001",
+        ("127.0.0.1", 9002),
+        (("127.0.0.1", 9000), ("127.0.0.1", 9001), ("127.0.0.1", 9002)),
+        None,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("key", "in_file", "in_env", "flag", "values", "default"),
-                         PRECEDENCE_CASES, ids=[c[0] for c in PRECEDENCE_CASES])
+@pytest.mark.parametrize(
+    ("key", "in_file", "in_env", "flag", "values", "default"),
+    PRECEDENCE_CASES,
+    ids=[c[0] for c in PRECEDENCE_CASES],
+)
 def test_flag_over_env_over_file_over_default(
     tmp_path: Path,
     key: str,

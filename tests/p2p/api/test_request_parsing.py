@@ -32,7 +32,7 @@ def test_parse_generation_defaults_and_limits() -> None:
     for bad in (
         {"model": "m", "prompt": "x", "reproducible": "yes"},
         {"model": "m", "prompt": [1, 2]},
-        {"model": "m", "prompt": "x", "n": 2},
+        {"model": "m", "prompt": "x", "n": 9},
         {"model": "m", "prompt": "x", "top_p": 0},
         {"model": "m", "prompt": "x", "max_tokens": 0},
         {"model": "m", "prompt": "x", "seed": -1},

@@ -151,8 +151,16 @@ def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
 
 def test_repeated_flags_and_addresses(tmp_path: Path) -> None:
     got = node_settings(
-        "--data-dir", str(tmp_path), "--bootstrap", "192.0.2.1:1", "--bootstrap", "[::1]:2",
-        "--model", "a.gguf", "--api", ":8470",
+        "--data-dir",
+        str(tmp_path),
+        "--bootstrap",
+        "192.0.2.1:1",
+        "--bootstrap",
+        "[::1]:2",
+        "--model",
+        "a.gguf",
+        "--api",
+        ":8470",
     )
     assert got["bootstrap"][1] == "(('192.0.2.1', 1), ('::1', 2))"
     assert got["models"][1] == "(PosixPath('a.gguf'),)"

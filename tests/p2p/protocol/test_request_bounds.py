@@ -27,7 +27,9 @@ from p2p.node.serving import generation_request
 from p2p.protocol import wire
 
 # generation_request reads only the model's chat format, and only for messages.
-SERVED: Any = SimpleNamespace(info=SimpleNamespace(architecture="llama", chat_template=None))
+SERVED: Any = SimpleNamespace(
+    info=SimpleNamespace(architecture="llama", chat_template=None), chat_format="", capabilities=()
+)
 
 
 def generate(**fields: Any) -> bytes:

@@ -103,8 +103,12 @@ def test_ping_is_answered_with_its_id() -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    [wire.Token(7, "x"), wire.Done(7, "stop", 1, 1, 0.0, 0.0), wire.Error(7, ErrorCode.BUSY, "b"),
-     wire.Pong(7)],
+    [
+        wire.Token(7, "x"),
+        wire.Done(7, "stop", 1, 1, 0.0, 0.0),
+        wire.Error(7, ErrorCode.BUSY, "b"),
+        wire.Pong(7),
+    ],
     ids=["token", "done", "error", "pong"],
 )
 def test_what_a_client_does_not_send_is_a_bad_request_for_its_id(msg: wire.Message) -> None:

@@ -121,8 +121,12 @@ def test_an_invalid_message_with_a_readable_id_names_the_request_and_the_field(
 
 @pytest.mark.parametrize(
     "data",
-    [b"\xc1", msgpack.packb([1]), msgpack.packb({"v": 1, "t": "ping"}),
-     msgpack.packb({"v": 1, "t": "ping", "id": "7"})],
+    [
+        b"\xc1",
+        msgpack.packb([1]),
+        msgpack.packb({"v": 1, "t": "ping"}),
+        msgpack.packb({"v": 1, "t": "ping", "id": "7"}),
+    ],
     ids=["not-msgpack", "not-a-map", "no-id", "id-not-an-integer"],
 )
 def test_a_message_without_a_readable_id_is_a_plain_protocol_error(data: bytes) -> None:

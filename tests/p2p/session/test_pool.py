@@ -27,8 +27,10 @@ async def test_an_invalid_answer_fails_its_request_only_and_is_cancelled_on_the_
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
         with trio.fail_after(TIMEOUT_S):
-            async with session.request(wire.Generate(0, "m", "a")) as (broken, inbox_a), \
-                    session.request(wire.Generate(0, "m", "b")) as (fine, inbox_b):
+            async with (
+                session.request(wire.Generate(0, "m", "a")) as (broken, inbox_a),
+                session.request(wire.Generate(0, "m", "b")) as (fine, inbox_b),
+            ):
                 assert broken != fine
                 for _ in range(2):
                     assert isinstance(await node_side.receive(), wire.Generate)
@@ -147,9 +149,7 @@ async def test_a_node_is_reached_at_its_last_address_behind_seven_tarpits() -> N
     server = Identity.generate()
     with trio.fail_after(TIMEOUT_S):
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                serve_sessions, server, "127.0.0.1", 0, _serve_quietly
-            )
+            listeners = await nursery.start(serve_sessions, server, "127.0.0.1", 0, _serve_quietly)
             honest = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
             addresses = [*await _tarpits(nursery, HONEST_LAST), honest]
             pool = SessionPool(Identity.generate(), nursery)

@@ -1,0 +1,136 @@
+"""The drafting policy: no drafts under full load when guesses fail, drafts kept where rows are
+cheap or guesses right (pure, fake step-cost curves); and on a real BatchingWorker the policy
+changes how many drafts are fed, never the greedy text beyond the tolerant margin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference.batching import BatchingWorker
+from inference.draft_policy import (
+    DraftPolicy,
+    DraftStats,
+    acceptance,
+    expected_kept,
+    prior,
+)
+from inference.generation import GenerationRequest
+from inference.step_costs import StepCosts
+from tests.inference.test_batching import (
+    GREEDY_MARGIN,
+    run,
+    run_together,
+    teacher_forced_margins,
+)
+from tests.inference.test_slot_planner import CPU_MS, GPU_MS, costs
+from tests.inference.test_speculation import LOOPING
+
+# Every row costs a full row's time: a step's time grows in proportion to its rows.
+COMPUTE_BOUND = StepCosts.of({n: n * 0.010 for n in (1, 2, 4, 8, 16, 32, 64)})
+
+
+def failing() -> DraftStats:
+    stats = DraftStats()
+    for _ in range(4):
+        stats.observe(kept=0, wrong=True)
+    return stats
+
+
+def succeeding() -> DraftStats:
+    stats = DraftStats()
+    for _ in range(4):
+        stats.observe(kept=16, wrong=False)
+    return stats
+
+
+def choose(curve: StepCosts, rows: int, proposed: int, match: int, stats: DraftStats) -> int:
+    policy = DraftPolicy(curve)
+    policy.begin_step(rows, rows)
+    return policy.choose(proposed, match, stats)
+
+
+def test_under_full_load_failing_guesses_draft_nothing() -> None:
+    cpu = costs(CPU_MS)
+    assert choose(cpu, 8, 16, 8, failing()) == 0
+    assert choose(cpu, 8, 16, 8, DraftStats()) == 0  # an 8-token repeat is not enough either
+    assert choose(COMPUTE_BOUND, 1, 16, 64, succeeding()) == 0  # nothing pays there
+
+
+def test_drafts_that_pay_are_fed() -> None:
+    cpu = costs(CPU_MS)
+    assert choose(cpu, 1, 16, 16, succeeding()) == 16  # a lone stream, guesses right
+    assert choose(cpu, 8, 32, 64, succeeding()) > 0  # loaded, but guesses keep being right
+    assert choose(costs(GPU_MS), 8, 8, 8, DraftStats()) >= 4  # rows nearly free: a fair bet
+    # alone and failing: only the first nearly free rows are still worth their chance
+    assert 0 < choose(cpu, 1, 16, 8, failing()) <= 2 < choose(cpu, 1, 16, 8, DraftStats())
+
+
+def test_the_policy_weighs_a_shorter_draft_when_the_whole_does_not_pay() -> None:
+    # rows cheap up to 8 in all, dear beyond: the first rows pay, the rest would not
+    kneed = StepCosts.of({1: 0.010, 8: 0.011, 16: 0.040, 64: 0.200})
+    assert 0 < choose(kneed, 1, 32, 16, DraftStats()) < 32
+
+
+def test_later_sequences_weigh_their_drafts_against_a_bigger_step() -> None:
+    policy = DraftPolicy(costs(CPU_MS))
+    policy.begin_step(4, 4)
+    first = policy.choose(32, 32, succeeding())
+    second = policy.choose(32, 32, succeeding())
+    assert first > 0 and second <= first
+
+
+def test_without_costs_every_proposed_draft_is_fed() -> None:
+    policy = DraftPolicy(None)
+    policy.begin_step(8, 8)
+    assert policy.choose(12, 8, failing()) == 12
+    assert policy.choose(0, 8, succeeding()) == 0
+
+
+def test_acceptance_blends_recent_outcomes_with_the_repeat_evidence() -> None:
+    assert prior(8) < prior(16) < prior(64) < 1
+    assert acceptance(DraftStats(), 8) == pytest.approx(prior(8))
+    assert acceptance(failing(), 64) < 0.5 < acceptance(succeeding(), 8)
+    stats = failing()
+    stats.observe(kept=30, wrong=False)  # the newest step outweighs the decayed failures
+    assert acceptance(stats, 8) > 0.8
+    assert expected_kept(0.5, 3) == pytest.approx(0.5 + 0.25 + 0.125)
+    assert expected_kept(1.0, 5) == 5 and expected_kept(0.0, 5) == 0
+
+
+# -- on a real worker ----------------------------------------------------------------------
+
+
+async def test_compute_bound_steps_feed_no_drafts_and_keep_the_greedy_text(
+    gpu_layers: int, tiny_gguf: Path
+) -> None:
+    async with BatchingWorker(
+        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
+    ) as worker:
+        requests = [GenerationRequest(p, max_tokens=120) for p in LOOPING]
+        free = await run_together(worker, requests)
+        worker.use_step_costs(COMPUTE_BOUND)
+        loaded = await run_together(worker, requests)
+    assert sum(r.done.draft_tokens for r in free) > 0  # without the policy they drafted
+    assert sum(r.done.draft_tokens for r in loaded) == 0
+    for request, r in zip(requests, loaded, strict=True):
+        margins = teacher_forced_margins(tiny_gguf, request.prompt, r.ids, gpu_layers)
+        assert max(margins) <= GREEDY_MARGIN, (request.prompt, margins)
+
+
+async def test_cheap_rows_keep_the_drafts_that_pay_and_the_greedy_text(
+    gpu_layers: int, tiny_gguf: Path
+) -> None:
+    async with BatchingWorker(
+        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
+    ) as worker:
+        worker.use_step_costs(costs(GPU_MS))
+        results = [await run(worker, GenerationRequest(p, max_tokens=150)) for p in LOOPING]
+        steps = worker.load.decode_steps
+    kept = sum(r.done.accepted_draft_tokens for r in results)
+    assert kept > 0
+    assert steps == sum(1 + 150 - 1 - r.done.accepted_draft_tokens for r in results)
+    for prompt, r in zip(LOOPING, results, strict=True):
+        margins = teacher_forced_margins(tiny_gguf, prompt, r.ids, gpu_layers)
+        assert max(margins) <= GREEDY_MARGIN, (prompt, margins)
