@@ -65,8 +65,6 @@ from inference.worker_thread import (
     ThreadOwnedWorker,
     WorkItem,
     deliver,
-    load_error,
-    offloaded_layers,
 )
 
 DEFAULT_SLOTS = 4
@@ -117,10 +115,7 @@ class BatchingWorker(ThreadOwnedWorker):
             raise ValueError(f"slots must be at least 1, got {slots}")
         if max_queue < 0:
             raise ValueError(f"max_queue must be 0 or more, got {max_queue}")
-        self._init_thread(model_path)
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_gpu_layers = n_gpu_layers  # after start(): the number actually offloaded
+        self._init_thread(model_path, n_ctx, n_threads, n_gpu_layers)
         self.max_queue = max_queue
         self.slots = slots
         self.tensor_split = list(tensor_split) if tensor_split else None
@@ -224,24 +219,17 @@ class BatchingWorker(ThreadOwnedWorker):
 
     # -- scheduler thread: the loop ------------------------------------------------------------
 
-    def _load(self) -> LoadedModel | None:
-        try:
-            import llama_cpp
-
-            model = LoadedModel.load(
-                self.model_path,
-                n_ctx=self.n_ctx,
-                n_seq=self.slots,
-                n_threads=self.n_threads,
-                n_gpu_layers=self.n_gpu_layers,
-                tensor_split=self.tensor_split,
-                n_batch=self.n_batch,
-            )
-        except Exception as e:
-            self._load_error = load_error(self.model_path, e)
-            return None
-        self.n_gpu_layers = offloaded_layers(llama_cpp, self.n_gpu_layers, model.n_layer)
-        return model
+    def _open(self) -> tuple[LoadedModel, int]:
+        model = LoadedModel.load(
+            self.model_path,
+            n_ctx=self.n_ctx,
+            n_seq=self.slots,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
+            tensor_split=self.tensor_split,
+            n_batch=self.n_batch,
+        )
+        return model, model.n_layer
 
     def _serve(self, model: LoadedModel) -> None:
         free = list(range(self.slots - 1, -1, -1))  # pop() hands out slot 0 first

@@ -8,11 +8,12 @@ to `EMBED_SEQUENCES` sequences and the context's cells, oldest request first; th
 cleared after each batch. A request alone gives bit-identical vectors each time; packed with
 others, llama.cpp's kernels sum in another order and a vector moves by ~1e-5 (cosine > 0.99999).
 
-Thread ownership is inference/worker_thread.py's: one thread creates, uses and frees the model,
-takes its jobs from a queue and hands each answer back with `TrioToken.run_sync_soon`; the trio
-side never waits on llama.cpp and the thread never waits on trio. A generation or scoring request
-on this worker is refused at once with `GenerationError` (the wire's `bad_request`), so a node
-may hold it where it holds a batching worker (p2p/node/models.py).
+Thread ownership is inference/worker_thread.py's `ModelThread` (whose life cycle the generating
+workers share): one thread creates, uses and frees the model, takes its jobs from a queue and
+hands each answer back with `TrioToken.run_sync_soon`; the trio side never waits on llama.cpp
+and the thread never waits on trio. A generation or scoring request on this worker is refused
+at once with `GenerationError` (the wire's `bad_request`), so a node may hold it where it holds
+a batching worker (p2p/node/models.py).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import trio
 from inference.embedding import POOLING_NAMES, EmbeddingRequest, EmbeddingResult
 from inference.generation import GenerationError, PromptTooLong, WorkerBusy
 from inference.llama_lowlevel import LOAD_LOCK, LoadFailed, install_log_bridge, load_failure
-from inference.model_file import ModelFileError, check_header
-from inference.worker_thread import load_error, offloaded_layers
+from inference.model_file import ModelFileError
+from inference.worker_thread import ModelThread
 
 # Sequences packed into one decode (llama.cpp's n_seq_max for this context).
 EMBED_SEQUENCES = 16
@@ -158,11 +159,13 @@ class _Context:
             self.lib.llama_model_free(self.model)
 
 
-class EmbeddingWorker:
+class EmbeddingWorker(ModelThread[EmbedJob]):
     """Embeds texts with one model on its own thread; `embed` is the trio side.
 
     `slots` and `max_queue` bound the requests in it (WorkerBusy at once past them), as the
     batching worker's do; `n_ctx` is the longest input in tokens (PromptTooLong past it)."""
+
+    _thread_label = "embedder"
 
     def __init__(
         self,
@@ -174,53 +177,18 @@ class EmbeddingWorker:
         slots: int = 4,
         max_queue: int = 8,
     ) -> None:
-        self.model_path = Path(model_path)
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_gpu_layers = n_gpu_layers  # after start(): the number actually offloaded
+        self._init_thread(model_path, n_ctx, n_threads, n_gpu_layers)
         self.slots = slots
         self.max_queue = max_queue
         self.dimensions = 0  # after start()
         self.pooling = ""  # after start(): "mean", "cls" or "last"
-        self._jobs: queue.SimpleQueue[EmbedJob | None] = queue.SimpleQueue()
-        self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._load_error: Exception | None = None
         self._outstanding = 0
         self._count_lock = threading.Lock()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def start(self) -> None:
-        """Load the model on the owning thread; return once it can embed."""
-        if self._thread is not None:
-            raise RuntimeError("EmbeddingWorker.start() called twice")
-        check_header(self.model_path)
-        self._token = trio.lowlevel.current_trio_token()
-        loaded = trio.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(loaded,), name=f"embedder:{self.model_path.name}", daemon=True
-        )
-        self._thread.start()
-        try:
-            await loaded.wait()
-        except BaseException:
-            self._closing.set()
-            self._jobs.put(None)
-            raise
-        if self._load_error is not None:
-            raise self._load_error
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
         """The vectors of *request*'s inputs. WorkerBusy at once over the bound; PromptTooLong
         when an input is longer than the context; GenerationError when the worker is closed."""
-        if self._thread is None or self.dimensions == 0 or self._closing.is_set():
+        if not self._loaded or self._closing.is_set():
             raise GenerationError("the embedding worker is not running")
         with self._count_lock:
             if self._outstanding >= self.slots + self.max_queue:
@@ -247,46 +215,25 @@ class EmbeddingWorker:
     async def score(self, _request: object) -> NoReturn:
         self.refuse("scoring")
 
-    async def aclose(self) -> None:
-        """Stop the thread and free the model; waiting requests fail with GenerationError."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._closing.set()
-        self._jobs.put(None)
-        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
-
     # -- owning thread -------------------------------------------------------------------------
 
-    def _run(self, loaded: trio.Event) -> None:
-        context = None
-        try:
-            import llama_cpp
+    def _open(self) -> tuple[_Context, int]:
+        context = _Context.load(
+            self.model_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_gpu_layers=self.n_gpu_layers,
+        )
+        self.dimensions, self.pooling = context.dimensions, POOLING_NAMES[context.pooling]
+        return context, int(context.lib.llama_model_n_layer(context.model))
 
-            context = _Context.load(
-                self.model_path,
-                n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
-                n_gpu_layers=self.n_gpu_layers,
-            )
-            layers = self._layers(context)
-            self.n_gpu_layers = offloaded_layers(llama_cpp, self.n_gpu_layers, layers)
-            self.dimensions, self.pooling = context.dimensions, POOLING_NAMES[context.pooling]
-        except Exception as e:
-            self._load_error = load_error(self.model_path, e)
-        self._wake(loaded.set)
-        if context is None:
-            return
+    def _serve(self, context: _Context) -> None:
         try:
-            self._serve(context)
+            self._serve_jobs(context)
         finally:
             context.close()
 
-    @staticmethod
-    def _layers(context: _Context) -> int:
-        return int(context.lib.llama_model_n_layer(context.model))
-
-    def _serve(self, context: _Context) -> None:
+    def _serve_jobs(self, context: _Context) -> None:
         waiting: list[EmbedJob] = []
         while not self._closing.is_set():
             if not waiting:
@@ -370,9 +317,6 @@ class EmbeddingWorker:
         job.result = result
         with self._count_lock:
             self._outstanding -= 1
-        self._wake(job.done.set)
-
-    def _wake(self, callback: Any) -> None:
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(callback)
+            self._token.run_sync_soon(job.done.set)

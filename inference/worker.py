@@ -54,8 +54,6 @@ from inference.worker_thread import (
     MeasureJob,
     ScoreJob,
     ThreadOwnedWorker,
-    load_error,
-    offloaded_layers,
     per_second,
 )
 
@@ -83,10 +81,7 @@ class ModelWorker(ThreadOwnedWorker):
         max_queue: int = 8,
         tensor_split: Sequence[float] | None = None,
     ) -> None:
-        self._init_thread(model_path)
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_gpu_layers = n_gpu_layers  # after start(): the number actually offloaded
+        self._init_thread(model_path, n_ctx, n_threads, n_gpu_layers)
         self.max_queue = max_queue
         self.tensor_split = list(tensor_split) if tensor_split else None  # OffloadPlan's
         self._waiting = 0
@@ -220,28 +215,22 @@ class ModelWorker(ThreadOwnedWorker):
             model.close()
             llm.reset()
 
-    def _load(self) -> Any:
-        try:
-            import llama_cpp
+    def _open(self) -> tuple[Any, int]:
+        import llama_cpp
 
-            with LOAD_LOCK:
-                install_log_bridge(llama_cpp)
-                llm = llama_cpp.Llama(
-                    model_path=str(self.model_path),
-                    n_ctx=self.n_ctx,
-                    n_threads=self.n_threads,
-                    n_threads_batch=self.n_threads,  # None: llama-cpp-python's default
-                    n_gpu_layers=self.n_gpu_layers,
-                    tensor_split=self.tensor_split,
-                    verbose=False,
-                    logits_all=False,
-                )
-            n_layer = int(llama_cpp.llama_model_n_layer(llm.model))
-            self.n_gpu_layers = offloaded_layers(llama_cpp, self.n_gpu_layers, n_layer)
-            return llm
-        except Exception as e:
-            self._load_error = load_error(self.model_path, e)
-        return None
+        with LOAD_LOCK:
+            install_log_bridge(llama_cpp)
+            llm = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,  # None: llama-cpp-python's default
+                n_gpu_layers=self.n_gpu_layers,
+                tensor_split=self.tensor_split,
+                verbose=False,
+                logits_all=False,
+            )
+        return llm, int(llama_cpp.llama_model_n_layer(llm.model))
 
     def _generate(self, llm: Any, job: Job) -> None:
         import llama_cpp

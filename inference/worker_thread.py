@@ -15,7 +15,8 @@ Cancellation is cooperative: leaving `generate()`'s context sets the job's `canc
 which the thread checks between decode steps.
 
 `ModelWorker` (inference/worker.py, one request at a time) and `BatchingWorker`
-(inference/batching.py, many in one batch) are the two `ThreadOwnedWorker`s.
+(inference/batching.py, many in one batch) are the two `ThreadOwnedWorker`s; `EmbeddingWorker`
+(inference/embedding_worker.py) shares only the thread's life cycle, `ModelThread`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import attrs
 import trio
@@ -130,6 +131,7 @@ class ScoreJob:
 
 
 WorkItem = Job | MeasureJob | ScoreJob
+J = TypeVar("J")  # what a ModelThread's queue carries
 
 
 def deliver(send: trio.MemorySendChannel[Outcome], item: object) -> None:
@@ -188,26 +190,33 @@ def offloaded_layers(llama_cpp: Any, requested: int, n_layer: int) -> int:
     return limit if requested < 0 else min(requested, limit)
 
 
-class ThreadOwnedWorker:
-    """What ModelWorker and BatchingWorker share: one thread owns the llama.cpp model, trio
-    talks to it through a job queue, and results come back through memory channels.
+class ModelThread(Generic[J]):
+    """The thread that owns one llama.cpp model, and its life cycle as trio sees it: `start()`
+    loads the model in that thread, `aclose()` stops it; jobs of type J reach it on a queue.
 
-    Subclasses call `_init_thread(model_path)` in __init__ and provide `_load` (in the owning
-    thread: the model, or None with `_load_error` set), `_serve` (the owning thread's loop over
-    the queue) and `_reserve` (count a new request in, raising WorkerBusy over the bound); and
-    `_abandon` where a request given up while it waits must leave the count at once."""
+    Subclasses call `_init_thread` in __init__ and provide `_open` (in the owning thread: the
+    model and its layer count) and `_serve` (the owning thread's loop over the queue, freeing
+    the model when it ends).
+    ThreadOwnedWorker is the generating one; inference/embedding_worker.py's EmbeddingWorker
+    the embedding one."""
 
     _thread_label = "model-worker"
     model_path: Path
-    _jobs: queue.SimpleQueue[WorkItem | None]
+    n_ctx: int
+    n_threads: int | None
+    n_gpu_layers: int  # after start(): the number actually offloaded
+    _jobs: queue.SimpleQueue[J | None]
     _closing: threading.Event
     _thread: threading.Thread | None
     _token: trio.lowlevel.TrioToken | None
     _loaded: bool
     _load_error: Exception | None
 
-    def _init_thread(self, model_path: Path) -> None:
+    def _init_thread(
+        self, model_path: Path, n_ctx: int, n_threads: int | None, n_gpu_layers: int
+    ) -> None:
         self.model_path = Path(model_path)
+        self.n_ctx, self.n_threads, self.n_gpu_layers = n_ctx, n_threads, n_gpu_layers
         self._jobs = queue.SimpleQueue()
         self._closing = threading.Event()
         self._thread = None
@@ -217,30 +226,14 @@ class ThreadOwnedWorker:
 
     # -- to override ---------------------------------------------------------------------------
 
-    def _load(self) -> Any:
+    def _open(self) -> tuple[Any, int]:
+        """In the owning thread: the loaded model and its number of layers (blocks)."""
         raise NotImplementedError
 
     def _serve(self, model: Any) -> None:
         raise NotImplementedError
 
-    def _reserve(self) -> None:
-        raise NotImplementedError
-
-    def _abandon(self, job: Job | ScoreJob) -> None:
-        """The client left (the request may still be queued)."""
-
     # -- trio side -----------------------------------------------------------------------------
-
-    def _submit(self, request: GenerationRequest) -> Job:
-        if not self._loaded:
-            raise GenerationError("the model worker has not been started")
-        if self._closing.is_set():
-            raise GenerationError("the model worker is closed")
-        self._reserve()
-        send, receive = trio.open_memory_channel[Outcome](math.inf)
-        job = Job(request, send, receive)
-        self._jobs.put(job)
-        return job
 
     def _wake(self) -> None:
         """Tell the owning thread to stop (it may be waiting for a job)."""
@@ -254,7 +247,7 @@ class ThreadOwnedWorker:
         await self.aclose()
 
     async def start(self) -> None:
-        """Load the model in the owning thread; return once it can generate."""
+        """Load the model in the owning thread; return once it can serve."""
         if self._thread is not None:
             raise RuntimeError(f"{type(self).__name__}.start() called twice")
         check_header(self.model_path)  # a clear ModelFileError before llama.cpp's vaguer one
@@ -276,6 +269,66 @@ class ThreadOwnedWorker:
         if self._load_error is not None:
             raise self._load_error
         self._loaded = True
+
+    async def aclose(self) -> None:
+        """Stop the thread and free the model; queued requests fail with GenerationError."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._closing.set()
+        self._wake()
+        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
+
+    # -- owning thread -------------------------------------------------------------------------
+
+    def _load(self) -> Any:
+        """The model `_open` loads, `n_gpu_layers` now the layers llama.cpp really offloaded;
+        None, with `_load_error` set, when it could not be loaded."""
+        try:
+            import llama_cpp
+
+            model, n_layer = self._open()
+            self.n_gpu_layers = offloaded_layers(llama_cpp, self.n_gpu_layers, n_layer)
+        except Exception as e:
+            self._load_error = load_error(self.model_path, e)
+            return None
+        return model
+
+    def _run(self, loaded: trio.Event) -> None:
+        model = self._load()
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(loaded.set)
+        if model is not None:
+            self._serve(model)
+
+
+class ThreadOwnedWorker(ModelThread[WorkItem]):
+    """What ModelWorker and BatchingWorker share: one thread owns the llama.cpp model, trio
+    talks to it through a job queue, and results come back through memory channels.
+
+    Besides ModelThread's `_load` and `_serve`, subclasses provide `_reserve` (count a new
+    request in, raising WorkerBusy over the bound); and `_abandon` where a request given up
+    while it waits must leave the count at once."""
+
+    def _reserve(self) -> None:
+        raise NotImplementedError
+
+    def _abandon(self, job: Job | ScoreJob) -> None:
+        """The client left (the request may still be queued)."""
+
+    # -- trio side -----------------------------------------------------------------------------
+
+    def _submit(self, request: GenerationRequest) -> Job:
+        if not self._loaded:
+            raise GenerationError("the model worker has not been started")
+        if self._closing.is_set():
+            raise GenerationError("the model worker is closed")
+        self._reserve()
+        send, receive = trio.open_memory_channel[Outcome](math.inf)
+        job = Job(request, send, receive)
+        self._jobs.put(job)
+        return job
 
     @contextlib.asynccontextmanager
     async def generate(self, request: GenerationRequest) -> AsyncIterator[AsyncIterator[Item]]:
@@ -321,24 +374,7 @@ class ThreadOwnedWorker:
         self._jobs.put(item)
         return await item.wait()
 
-    async def aclose(self) -> None:
-        """Stop the thread and free the model; queued requests fail with GenerationError."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._closing.set()
-        self._wake()
-        await trio.to_thread.run_sync(thread.join, abandon_on_cancel=True)
-
     # -- owning thread -------------------------------------------------------------------------
-
-    def _run(self, loaded: trio.Event) -> None:
-        model = self._load()
-        assert self._token is not None
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(loaded.set)
-        if model is not None:
-            self._serve(model)
 
     def _to_trio(self, job: Job, item: object) -> None:
         """Hand one item to trio now (BatchingWorker gathers a step's items instead)."""

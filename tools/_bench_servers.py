@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared yardstick sits beside the repository, in ../shared/bench/; every benchmark takes
@@ -149,7 +149,7 @@ def llama_cpp_server(
         cmd += ["--interrupt_requests", "False"]
     if gpu_layers:
         cmd += ["--n_gpu_layers", str(gpu_layers)]
-    with _serving(cmd, work / "llama_cpp_server.log", port) as url:
+    with serving(cmd, work / "llama_cpp_server.log", port) as url:
         yield url
 
 
@@ -168,12 +168,12 @@ def llama_server(
     if gpu_layers:
         cmd += ["-ngl", str(gpu_layers)]
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
-    with _serving(cmd, work / "llama_server.log", port, env) as url:
+    with serving(cmd, work / "llama_server.log", port, env) as url:
         yield url
 
 
 @contextlib.contextmanager
-def _serving(
+def serving(
     cmd: list[str], log_path: Path, port: int, env: dict[str, str] | None = None
 ) -> Iterator[str]:
     """Run an OpenAI-compatible server; its /v1 URL once it lists its models."""
@@ -205,6 +205,33 @@ def load_bench(path: Path) -> Any:
     return module
 
 
+T = TypeVar("T")
+
+
+def run_together(name: str, calls: Sequence[Callable[[], T]]) -> tuple[list[T], float]:
+    """Each call on its own thread, all started together: their results (in the order they
+    ended) and the seconds until the last one ended. RuntimeError naming *name* if any failed."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def one(call: Callable[[], T]) -> None:
+        try:
+            results.append(call())
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(call,)) for call in calls]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.monotonic() - t
+    if errors:
+        raise RuntimeError(f"{name}: {len(errors)} of {len(calls)} streams failed: {errors[0]}")
+    return results, wall
+
+
 class Target:
     """One running server, measured with the yardstick's own `stream()`."""
 
@@ -228,25 +255,7 @@ class Target:
 
     def streams(self, k: int) -> tuple[list[Stream], float]:
         """k streams started together: each one's figures, and the seconds until all ended."""
-        results: list[Stream] = []
-        errors: list[BaseException] = []
-
-        def one() -> None:
-            try:
-                results.append(self.stream())
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one) for _ in range(k)]
-        t = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.monotonic() - t
-        if errors:
-            raise RuntimeError(f"{self.name}: {len(errors)} of {k} streams failed: {errors[0]}")
-        return results, wall
+        return run_together(self.name, [self.stream] * k)
 
     def concurrent(self, k: int) -> float:
         """Aggregate tok/s of k streams started together."""

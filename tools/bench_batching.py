@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.batching import BatchingWorker
 from inference.default_model import ensure_default_model
-from inference.generation import GenerationDone, GenerationRequest
+from inference.generation import GenerationDone, GenerationRequest, TokenChunk
 from inference.worker import ModelWorker
 
 THREADS = 2
@@ -116,6 +116,20 @@ async def one(worker: Any, prompt: str, max_tokens: int) -> tuple[int, float, fl
             elif not first:
                 first = time.perf_counter() - started
     return tokens, first, time.perf_counter() - started
+
+
+async def collect(worker: Any, request: GenerationRequest) -> tuple[str, GenerationDone]:
+    """The whole text of one request on *worker* and the GenerationDone that ended it."""
+    text: list[str] = []
+    done: GenerationDone | None = None
+    async with worker.generate(request) as stream:
+        async for item in stream:
+            if isinstance(item, TokenChunk):
+                text.append(item.text)
+            else:
+                done = item
+    assert done is not None
+    return "".join(text), done
 
 
 async def burst(worker: Any, concurrency: int, max_tokens: int) -> dict[str, float]:

@@ -28,8 +28,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_batching import collect
+
 from inference.batching import BatchingWorker
-from inference.generation import GenerationDone, GenerationRequest, TokenChunk
+from inference.generation import GenerationRequest
 from inference.json_schema_grammar import schema_to_gbnf
 
 PROMPT = (
@@ -52,20 +54,12 @@ MODES: dict[str, dict[str, Any]] = {"greedy": {}, "sampled": {"temperature": 0.7
 
 async def once(worker: BatchingWorker, request: GenerationRequest) -> dict[str, Any]:
     started = time.perf_counter()
-    text: list[str] = []
-    done: GenerationDone | None = None
-    async with worker.generate(request) as stream:
-        async for item in stream:
-            if isinstance(item, TokenChunk):
-                text.append(item.text)
-            else:
-                done = item
-    assert done is not None
+    text, done = await collect(worker, request)
     return {
         "tok_s": done.decode_tokens_per_s,
         "tokens": done.completion_tokens,
         "seconds": time.perf_counter() - started,
-        "text": "".join(text),
+        "text": text,
     }
 
 

@@ -46,7 +46,7 @@ import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from _bench_servers import (
@@ -88,11 +88,14 @@ def node_env(work: Path) -> dict[str, str]:
     return env
 
 
-def _node_process(model: Path, work: Path, slots: int, threads: int, *extra: str) -> Process:
-    """A `gpunet node` on free ports, alone in its own DHT, reporting ready as JSON."""
+def _node_process(model: Path, work: Path, slots: int | None, threads: int, *extra: str) -> Process:
+    """A `gpunet node` on free ports, alone in its own DHT, reporting ready as JSON; `slots`
+    None leaves --slots to the node's default (or to *extra*)."""
     cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    cmd += ["--port", "0", "--threads", str(threads), "--slots", str(slots), "--json", *extra]
-    return Process(cmd, work / "node.log", node_env(work))
+    cmd += ["--port", "0", "--threads", str(threads), "--json"]
+    if slots is not None:
+        cmd += ["--slots", str(slots)]
+    return Process([*cmd, *extra], work / "node.log", node_env(work))
 
 
 @contextlib.contextmanager
@@ -120,10 +123,15 @@ def gateway_server(
 
 @contextlib.contextmanager
 def node_api_server(
-    model: Path, work: Path, slots: int = 8, threads: int = THREADS
+    model: Path,
+    work: Path,
+    slots: int | None = 8,
+    threads: int = THREADS,
+    extra: Sequence[str] = (),
 ) -> Iterator[str]:
-    """`gpunet node --api`: the gateway inside the node's process, reaching it in-process."""
-    node = _node_process(model, work, slots, threads, "--api", "127.0.0.1:0")
+    """`gpunet node --api`: the gateway inside the node's process, reaching it in-process;
+    *extra* goes after the node's own flags."""
+    node = _node_process(model, work, slots, threads, "--api", "127.0.0.1:0", *extra)
     try:
         url = str(node.ready_json()["api"])
         wait_for_models(url)

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from inference.batching import BatchingWorker
 from inference.default_model import ensure_default_model
 from inference.generation import GenerationDone, GenerationRequest
-from tools.bench_batching import busy_seconds, wait_quiet
+from tools.bench_batching import busy_seconds, summary, wait_quiet
 
 N_CTX = 2048
 TOPIC = (
@@ -102,10 +101,6 @@ async def burst(worker: BatchingWorker, n: int, run: int, max_tokens: int) -> di
         # cores other processes used meanwhile: compare runs where this is near 0
         "others_cpu": max(0.0, (machine1 - machine0) - (own1 - own0)) / wall,
     }
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

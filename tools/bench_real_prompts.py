@@ -30,24 +30,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import platform
 import shlex
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_servers import Process, free_port, log, wait_for_models
+from _bench_servers import free_port, log, run_together, serving
 from bench_batching import QUIET_BUSY, cpu_busy
-from bench_gateway import node_env
+from bench_gateway import node_api_server
 
 # Three of each, so a burst of 4 or 8 streams mixes them; none repeats a phrase of its own.
 PROMPTS: dict[str, tuple[str, ...]] = {
@@ -82,27 +81,17 @@ REFERENCE = "llama-server -np 8"
 LLAMA_SERVER_CTX = 8192
 
 
-@contextlib.contextmanager
 def gpunet_server(
     model: Path, work: Path, threads: int, gpu_layers: int, flags: list[str]
-) -> Iterator[str]:
+) -> contextlib.AbstractContextManager[str]:
     """`gpunet node --api` alone in its own DHT, with `flags` after the benchmark's own."""
-    cmd = [sys.executable, "-m", "p2p", "node", "--model", str(model), "--dht-port", "0"]
-    cmd += ["--port", "0", "--threads", str(threads), "--json", "--api", "127.0.0.1:0"]
-    cmd += ["--gpu-layers", str(gpu_layers), "--max-queue", "64", *flags]
-    node = Process(cmd, work / "node.log", node_env(work))
-    try:
-        url = str(node.ready_json()["api"])
-        wait_for_models(url)
-        yield url
-    finally:
-        node.stop()
+    own = ["--gpu-layers", str(gpu_layers), "--max-queue", "64"]
+    return node_api_server(model, work, None, threads, [*own, *flags])
 
 
-@contextlib.contextmanager
 def llama_server(
     binary: Path, model: Path, work: Path, threads: int, gpu_layers: int, extra: list[str]
-) -> Iterator[str]:
+) -> contextlib.AbstractContextManager[str]:
     import os
 
     port = free_port()
@@ -110,13 +99,7 @@ def llama_server(
     cmd += ["-t", str(threads), "-c", str(LLAMA_SERVER_CTX), "-ngl", str(gpu_layers), *extra]
     env = dict(os.environ, LD_LIBRARY_PATH=str(binary.parent))
     name = "llama_server_" + "_".join(a.strip("-") for a in extra) + ".log"
-    server = Process(cmd, work / name, env)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        wait_for_models(url)
-        yield url
-    finally:
-        server.stop()
+    return serving(cmd, work / name, port, env)
 
 
 class Target:
@@ -148,24 +131,11 @@ class Target:
     def unit(self, kind: str, k: int) -> float:
         """Single-stream decode tok/s (k = 1) or aggregate tok/s of k streams together."""
         prompts = PROMPTS[kind]
-        results: list[tuple[float, int, float]] = []
-        errors: list[BaseException] = []
-
-        def one(i: int) -> None:
-            try:
-                results.append(self.stream(prompts[i % len(prompts)], self.max_tokens))
-            except Exception as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(k)]
-        started = time.monotonic()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.monotonic() - started
-        if errors:
-            raise RuntimeError(f"{self.name}: {len(errors)} of {k} streams failed: {errors[0]}")
+        calls = [
+            functools.partial(self.stream, prompts[i % len(prompts)], self.max_tokens)
+            for i in range(k)
+        ]
+        results, wall = run_together(self.name, calls)
         short = [n for _, n, _ in results if n < self.max_tokens]
         if short:
             log(f"WARNING {self.name}: {len(short)} of {k} streams ended early ({short} chunks)")

@@ -32,10 +32,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_batching import log
+from bench_batching import collect, log
 
 from inference.batching import BatchingWorker
-from inference.generation import GenerationDone, GenerationRequest, TokenChunk
+from inference.generation import GenerationRequest
 
 PROMPTS = {
     "yardstick list": "List the numbers from 1 to 300, separated by commas:",
@@ -50,21 +50,13 @@ PROMPTS = {
 
 
 async def once(worker: BatchingWorker, prompt: str, max_tokens: int) -> dict[str, Any]:
-    text: list[str] = []
-    done: GenerationDone | None = None
-    async with worker.generate(GenerationRequest(prompt, max_tokens=max_tokens)) as stream:
-        async for item in stream:
-            if isinstance(item, TokenChunk):
-                text.append(item.text)
-            else:
-                done = item
-    assert done is not None
+    text, done = await collect(worker, GenerationRequest(prompt, max_tokens=max_tokens))
     return {
         "decode_tok_s": done.decode_tokens_per_s,
         "tokens": done.completion_tokens,
         "drafted": done.draft_tokens,
         "kept": done.accepted_draft_tokens,
-        "text": "".join(text),
+        "text": text,
     }
 
 

@@ -11,19 +11,15 @@ context is `too_long`).
 
 from __future__ import annotations
 
-import logging
-
 from inference.embedding import EmbeddingRequest, max_inputs
 from inference.embedding_worker import EmbeddingWorker
-from p2p.errors import BadRequest, ErrorCode, code_of
+from p2p.errors import BadRequest
 from p2p.node.connection import Reply
 from p2p.node.models import ServedModel
-from p2p.node.serving import error_text
+from p2p.node.serving import reply_failure
 from p2p.protocol import wire
 from p2p.protocol.request_events import LocalProtocolError
 from p2p.session.secure import SessionError
-
-log = logging.getLogger(__name__)
 
 
 def embedding_request(
@@ -64,7 +60,4 @@ async def serve_embed(served: ServedModel, msg: wire.Embed, reply: Reply) -> Non
     except (SessionError, LocalProtocolError):
         raise
     except Exception as exc:
-        code = code_of(exc)
-        if code is ErrorCode.INTERNAL:
-            log.exception("embedding failed")
-        await reply.fail(code, error_text(exc, code))
+        await reply_failure(reply, exc, "embedding")

@@ -125,6 +125,15 @@ def error_text(exc: Exception, code: ErrorCode) -> str:
     return str(exc)
 
 
+async def reply_failure(reply: Reply, exc: Exception, what: str) -> None:
+    """Answer *exc* with its stable wire code (`p2p.errors.code_of`) and `error_text`; one of
+    ours (internal) goes to the log with its traceback, as "<what> failed"."""
+    code = code_of(exc)
+    if code is ErrorCode.INTERNAL:
+        log.error("%s failed", what, exc_info=exc)
+    await reply.fail(code, error_text(exc, code))
+
+
 async def serve_on_worker(
     served: ServedModel, msg: wire.Generate, reply: Reply, identity: Identity | None = None
 ) -> None:
@@ -150,10 +159,7 @@ async def serve_on_worker(
     except (SessionError, LocalProtocolError):
         raise
     except Exception as exc:
-        code = code_of(exc)
-        if code is ErrorCode.INTERNAL:
-            log.exception("generation failed")
-        await reply.fail(code, error_text(exc, code))
+        await reply_failure(reply, exc, "generation")
 
 
 async def serve_score(served: ServedModel, msg: wire.Score, reply: Reply) -> None:
@@ -169,7 +175,4 @@ async def serve_score(served: ServedModel, msg: wire.Score, reply: Reply) -> Non
     except (SessionError, LocalProtocolError):
         raise
     except Exception as exc:
-        code = code_of(exc)
-        if code is ErrorCode.INTERNAL:
-            log.exception("scoring failed")
-        await reply.fail(code, error_text(exc, code))
+        await reply_failure(reply, exc, "scoring")

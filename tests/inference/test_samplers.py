@@ -4,8 +4,6 @@ with penalties continues exactly as the uninterrupted one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -13,7 +11,6 @@ import pytest
 
 from inference.batching import BatchingWorker
 from inference.generation import GenerationError, GenerationRequest
-from inference.worker import ModelWorker
 from tests.inference.test_batching import check_replay, exact_replays, run
 
 PROMPT = "the capital of france is"
@@ -21,22 +18,7 @@ PROMPT = "the capital of france is"
 SAMPLED = GenerationRequest(PROMPT, max_tokens=40, temperature=1.5, seed=11, reproducible=True)
 
 
-@pytest.fixture
-async def batch(tiny_gguf: Path) -> AsyncIterator[BatchingWorker]:
-    async with BatchingWorker(tiny_gguf, n_ctx=512, n_threads=2, slots=4, max_queue=4) as worker:
-        yield worker
-
-
-@pytest.fixture(params=["batch", "solo"])
-async def worker(request: pytest.FixtureRequest, tiny_gguf: Path) -> AsyncIterator[Any]:
-    """Each test on both workers: BatchingWorker's own chain, and ModelWorker's Llama.generate."""
-    opened: Any = (
-        BatchingWorker(tiny_gguf, n_ctx=512, n_threads=2, slots=4, max_queue=4)
-        if request.param == "batch"
-        else ModelWorker(tiny_gguf, n_ctx=512, n_threads=2)
-    )
-    async with opened as w:
-        yield w
+# `batch` and `worker` (each test on both workers) are tests/inference/conftest.py's.
 
 
 def greedy(**fields: Any) -> GenerationRequest:

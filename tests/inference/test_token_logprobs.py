@@ -5,7 +5,6 @@ entries too."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,27 +18,12 @@ from inference.prompt_logprobs import PROMPT_ROWS_PER_STEP
 from inference.scoring import ScoreRequest
 from inference.streaming import TextAssembler
 from inference.token_logprobs import TokenLogprob, token_logprob, top_tokens
-from inference.worker import ModelWorker
 from tests.inference.test_batching import run
 
 PROMPT = "the capital of france is"
 
 
-@pytest.fixture
-async def batch(tiny_gguf: Path) -> AsyncIterator[BatchingWorker]:
-    async with BatchingWorker(tiny_gguf, n_ctx=512, n_threads=2, slots=4, max_queue=4) as w:
-        yield w
-
-
-@pytest.fixture(params=["batch", "solo"])
-async def worker(request: pytest.FixtureRequest, tiny_gguf: Path) -> AsyncIterator[Any]:
-    opened: Any = (
-        BatchingWorker(tiny_gguf, n_ctx=512, n_threads=2, slots=4, max_queue=4)
-        if request.param == "batch"
-        else ModelWorker(tiny_gguf, n_ctx=512, n_threads=2)
-    )
-    async with opened as w:
-        yield w
+# `batch` and `worker` (each test on both workers) are tests/inference/conftest.py's.
 
 
 def entries(chunks: list[TokenChunk]) -> list[TokenLogprob]:

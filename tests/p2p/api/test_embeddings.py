@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,11 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import trio
 from openai.types import CreateEmbeddingResponse
 
 from inference.model_file import inspect_gguf
-from p2p.api.app import serve_gateway
-from p2p.client.network import open_client
-from p2p.node.runtime import NodeConfig, NodeReady, run_node
+from p2p.api.app import DEFAULT_QUEUE_TIMEOUT_S
+from p2p.node.runtime import NodeConfig
 from tests.p2p.api.test_gateway import LiveNetwork
 
 EMBED_MODEL = "tiny-embed"
@@ -33,28 +30,19 @@ TEXTS = ["hello world", "the capital of france is paris", "one"]
 class EmbeddingNetwork(LiveNetwork):
     """One node serving the tiny text model and the tiny embedding model, and a gateway."""
 
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
-            node: NodeReady = await nursery.start(
-                run_node,
-                NodeConfig(
-                    data_dir=self.base / "a",
-                    models=(inspect_gguf(self.tiny), inspect_gguf(self.busy)),
-                    dht_port=0,
-                    port=0,
-                    n_threads=1,
-                    benchmark=False,
-                ),
+    queue_timeout_s = DEFAULT_QUEUE_TIMEOUT_S  # serve_gateway's own
+
+    def node_configs(self) -> list[NodeConfig]:
+        return [
+            NodeConfig(
+                data_dir=self.base / "a",
+                models=(inspect_gguf(self.tiny), inspect_gguf(self.busy)),
+                dht_port=0,
+                port=0,
+                n_threads=1,
+                benchmark=False,
             )
-            self.nodes = [node]
-            host, _, port = node.dht_address.rpartition(":")
-            async with open_client(((host, int(port)),)) as client, trio.open_nursery() as inner:
-                self.url = await inner.start(
-                    partial(serve_gateway, client, "127.0.0.1", 0, metrics=self.metrics)
-                )
-                self._ready.set()
+        ]
 
 
 @pytest.fixture(scope="module")

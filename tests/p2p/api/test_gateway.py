@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import openai
 import pytest
@@ -63,35 +64,40 @@ class LiveNetwork:
         finally:
             self._ready.set()
 
+    queue_timeout_s = QUEUE_TIMEOUT_S
+
+    def node_configs(self) -> list[NodeConfig]:
+        """The nodes to run; all but the first bootstrap from it. Here `tiny` on a, `busy` on b."""
+        return [
+            NodeConfig(
+                data_dir=self.base / "a",
+                models=(inspect_gguf(self.tiny),),
+                dht_port=0,
+                port=0,
+                n_threads=1,
+            ),
+            NodeConfig(
+                data_dir=self.base / "b",
+                models=(inspect_gguf(self.busy),),
+                dht_port=0,
+                port=0,
+                n_threads=1,
+                max_requests=0,  # every request is refused as busy
+            ),
+        ]
+
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        first_config, *others = self.node_configs()
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
-            first: NodeReady = await nursery.start(
-                run_node,
-                NodeConfig(
-                    data_dir=self.base / "a",
-                    models=(inspect_gguf(self.tiny),),
-                    dht_port=0,
-                    port=0,
-                    n_threads=1,
-                ),
-            )
+            first: NodeReady = await nursery.start(run_node, first_config)
             host, _, port = first.dht_address.rpartition(":")
             bootstrap = ((host, int(port)),)
-            second: NodeReady = await nursery.start(
-                run_node,
-                NodeConfig(
-                    data_dir=self.base / "b",
-                    models=(inspect_gguf(self.busy),),
-                    dht_port=0,
-                    port=0,
-                    n_threads=1,
-                    bootstrap=bootstrap,
-                    max_requests=0,  # every request is refused as busy
-                ),
-            )
-            self.nodes = [first, second]
+            self.nodes = [first]
+            for config in others:
+                config = attrs.evolve(config, bootstrap=bootstrap)
+                self.nodes.append(await nursery.start(run_node, config))
             async with open_client(bootstrap) as client, trio.open_nursery() as inner:
                 self.url = await inner.start(
                     partial(
@@ -101,7 +107,7 @@ class LiveNetwork:
                         0,
                         api_key=self.api_key,
                         metrics=self.metrics,
-                        queue_timeout_s=QUEUE_TIMEOUT_S,
+                        queue_timeout_s=self.queue_timeout_s,
                     )
                 )
                 self._ready.set()

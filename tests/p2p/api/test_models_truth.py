@@ -11,18 +11,14 @@ that raises on every conversation).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
-import trio
 
 from inference.model_file import inspect_gguf
-from p2p.api.app import serve_gateway
-from p2p.client.network import open_client
-from p2p.node.runtime import NodeConfig, NodeReady, run_node
+from p2p.node.runtime import NodeConfig
 from tests.inference.test_chat_render import QWEN_TOOLS_TEMPLATE
-from tests.p2p.api.test_gateway import QUEUE_TIMEOUT_S, LiveNetwork
+from tests.p2p.api.test_gateway import LiveNetwork
 
 BROKEN_TEMPLATE = "{{ raise_exception('this template refuses every conversation') }}"
 CTX_A, CTX_B = 480, 512
@@ -35,49 +31,24 @@ class ToolsNetwork(LiveNetwork):
         self.tools_model, self.plain_model, self.broken_model = tools, plain, broken
         super().__init__(base, tools, plain, api_key=None)
 
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
+    def node_configs(self) -> list[NodeConfig]:
         common = {"dht_port": 0, "port": 0, "n_threads": 1, "benchmark": False}
-        async with trio.open_nursery() as nursery:
-            self._scope = nursery.cancel_scope
-            first: NodeReady = await nursery.start(
-                run_node,
-                NodeConfig(
-                    data_dir=self.base / "a",
-                    models=(inspect_gguf(self.tools_model),),
-                    n_ctx=CTX_A,
-                    **common,  # type: ignore[arg-type]
+        return [
+            NodeConfig(
+                data_dir=self.base / "a",
+                models=(inspect_gguf(self.tools_model),),
+                n_ctx=CTX_A,
+                **common,  # type: ignore[arg-type]
+            ),
+            NodeConfig(
+                data_dir=self.base / "b",
+                models=tuple(
+                    inspect_gguf(p) for p in (self.tools_model, self.plain_model, self.broken_model)
                 ),
-            )
-            host, _, port = first.dht_address.rpartition(":")
-            bootstrap = ((host, int(port)),)
-            second: NodeReady = await nursery.start(
-                run_node,
-                NodeConfig(
-                    data_dir=self.base / "b",
-                    models=tuple(
-                        inspect_gguf(p)
-                        for p in (self.tools_model, self.plain_model, self.broken_model)
-                    ),
-                    n_ctx=CTX_B,
-                    bootstrap=bootstrap,
-                    **common,  # type: ignore[arg-type]
-                ),
-            )
-            self.nodes = [first, second]
-            async with open_client(bootstrap) as client, trio.open_nursery() as inner:
-                self.url = await inner.start(
-                    partial(
-                        serve_gateway,
-                        client,
-                        "127.0.0.1",
-                        0,
-                        api_key=None,
-                        metrics=self.metrics,
-                        queue_timeout_s=QUEUE_TIMEOUT_S,
-                    )
-                )
-                self._ready.set()
+                n_ctx=CTX_B,
+                **common,  # type: ignore[arg-type]
+            ),
+        ]
 
 
 def tools_network_fixture() -> Callable[..., Iterator[ToolsNetwork]]:
