@@ -39,6 +39,11 @@ class ErrorCode(enum.Enum):
     # The relay holds no reservation for the peer a client asked for (expired, never made, or
     # an unknown circuit token): the client tries the peer's other relays.
     NO_RESERVATION = "no_reservation"
+    # The node's owner paused it (`gpunet pause`, or outside `--serve-hours`): it finishes what it
+    # has and takes nothing new for now; another provider may.
+    PAUSED = "paused"
+    # Only the node's owner (a session with the node's own identity) may ask this.
+    FORBIDDEN = "forbidden"
 
     @classmethod
     def from_wire(cls, text: str) -> ErrorCode:
@@ -63,6 +68,7 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         # another relay of the same node may have room or a reservation
         ErrorCode.RELAY_FULL,
         ErrorCode.NO_RESERVATION,
+        ErrorCode.PAUSED,
     }
 )
 
@@ -79,6 +85,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 502,  # the gateway is fine; the node behind it failed
     ErrorCode.RELAY_FULL: 503,
     ErrorCode.NO_RESERVATION: 502,
+    ErrorCode.PAUSED: 503,
+    ErrorCode.FORBIDDEN: 403,
 }
 
 

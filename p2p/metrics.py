@@ -83,6 +83,8 @@ _OUTCOME_OF_CODE: dict[ErrorCode, Outcome] = {
     ErrorCode.INTERNAL: Outcome.ERROR,
     ErrorCode.RELAY_FULL: Outcome.BUSY,
     ErrorCode.NO_RESERVATION: Outcome.ERROR,
+    ErrorCode.PAUSED: Outcome.BUSY,
+    ErrorCode.FORBIDDEN: Outcome.UNAUTHORIZED,
 }
 
 OUTCOMES = tuple(o.value for o in Outcome)

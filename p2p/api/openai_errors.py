@@ -45,6 +45,8 @@ OPENAI_ERRORS: dict[ErrorCode, OpenAIError] = {
     ErrorCode.INTERNAL: OpenAIError("server_error", "provider_error"),
     ErrorCode.RELAY_FULL: OpenAIError("server_error", "providers_busy"),
     ErrorCode.NO_RESERVATION: OpenAIError("server_error", "provider_error"),
+    ErrorCode.PAUSED: OpenAIError("server_error", "providers_busy"),
+    ErrorCode.FORBIDDEN: OpenAIError("permission_error", "forbidden"),
 }
 
 

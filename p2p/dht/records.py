@@ -38,6 +38,7 @@ from p2p.dht.record_entries import (  # re-exported: importers take every record
     RecordError,
     RelayHint,
     _address,
+    _bool,
     _bounded_str,
     _non_negative_float,
     _non_negative_int,
@@ -56,6 +57,7 @@ __all__ = [
     "MAX_ADDRESS_LEN",
     "MAX_BUILD",
     "MAX_HARDWARE_CLASS",
+    "MAX_NODE_NAME",
     "MAX_RELAYS",
     "MAX_SIMD_FLAGS",
     "MAX_STRING",
@@ -70,6 +72,7 @@ __all__ = [
     "RelayHint",
     "SignedRecord",
     "is_model_name",
+    "is_node_name",
     "is_peer_id",
     "is_sha256",
 ]
@@ -94,6 +97,14 @@ MAX_RECORD_BYTES = 7 * 1024
 # stale records); longer keeps dead nodes listed by `gpunet peers` for many minutes.
 DEFAULT_TTL_S = 300.0
 REPUBLISH_INTERVAL_S = DEFAULT_TTL_S / 3
+MAX_NODE_NAME = 64
+
+
+def is_node_name(value: object) -> bool:
+    """A node name a record may carry: printable text (no control or line-break characters)."""
+    return isinstance(value, str) and len(value) <= MAX_NODE_NAME and value.isprintable()
+
+
 # Records are republished, never long-lived: twice the default lifetime leaves a node room to pick
 # a longer TTL of its own, and no more. A longer cap gave a stranger's record a longer stay than
 # an honest one's (issue #14: 1 h against 300 s), so "latest expiry" was the attacker's to win.
@@ -180,6 +191,19 @@ class CapabilityRecord:
     relays: tuple[RelayHint, ...] = attrs.field(
         default=(), validator=_tuple_of(RelayHint, MAX_RELAYS)
     )
+    # The node's owner-chosen name (`--name`, shown by `peers` and the dashboard; "" for none):
+    # printable, at most MAX_NODE_NAME characters, never trusted to be unique.
+    name: str = attrs.field(default="")
+    # A signed goodbye: the node stopped (Ctrl-C, SIGTERM). It keeps the record's keys so it
+    # supersedes the node's live record (higher seq) wherever that is stored, and lookups drop it.
+    withdrawn: bool = attrs.field(default=False, validator=_bool)
+
+    @name.validator
+    def _check_name(self, _attr: attrs.Attribute[Any], value: object) -> None:
+        if not is_node_name(value):
+            raise RecordError(
+                f"name: expected at most {MAX_NODE_NAME} printable characters, no line breaks"
+            )
 
     @network_id.validator
     def _check_network(self, _attr: attrs.Attribute[Any], value: object) -> None:
@@ -221,6 +245,8 @@ _LEFT_OUT_AT_DEFAULT: tuple[tuple[str, object], ...] = (
     ("network_id", None),
     ("reach", "unknown"),
     ("relays", ()),
+    ("name", ""),
+    ("withdrawn", False),
 )
 _MODEL_LEFT_OUT_AT_DEFAULT: tuple[tuple[str, object], ...] = (
     ("chat_format", ""),

@@ -35,11 +35,9 @@ class Reply:
     def peer_id(self) -> str:
         return self._conn.remote_peer_id
 
-    async def send(
-        self, msg: wire.Token | wire.Done | wire.Error | wire.Scores | wire.Embeddings
-    ) -> None:
+    async def send(self, msg: wire.Answer) -> None:
         out = self._requests.send(msg)  # LocalProtocolError on a second final: our bug
-        if isinstance(msg, wire.Done | wire.Error | wire.Scores | wire.Embeddings):
+        if isinstance(msg, wire.Final):
             self.finished = True
         if out is not None:
             await self._conn.send(out)
@@ -48,7 +46,7 @@ class Reply:
         await self.send(wire.Error(self.request_id, code, text))
 
 
-Serve = Callable[[wire.Generate | wire.Score | wire.Embed, Reply], Awaitable[None]]
+Serve = Callable[[wire.Request, Reply], Awaitable[None]]
 
 
 async def serve_connection(
@@ -77,7 +75,7 @@ async def _serve_one(
     conn: Connection,
     requests: RequestServer,
     serve: Serve,
-    msg: wire.Generate | wire.Score | wire.Embed,
+    msg: wire.Request,
     scope: trio.CancelScope,
     scopes: dict[int, trio.CancelScope],
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -27,8 +27,10 @@ from p2p.node.capability import ModelOffer, capability_record, load_entry
 from p2p.node.config import NodeConfig, NodeError, NodeReady
 from p2p.node.connection import Reply, serve_connection
 from p2p.node.embedding_serving import serve_embed
+from p2p.node.join import join
 from p2p.node.models import ServedModel, find_model, load_models
 from p2p.node.record_seq import RecordSequence
+from p2p.node.request_log import FinalMessages, log_request, short_name
 from p2p.node.serving import BUSY_TEXT, serve_on_worker, serve_score
 from p2p.protocol import wire
 from p2p.protocol.admission import AdmissionControl
@@ -50,21 +52,9 @@ from p2p.session.local import Connection
 from p2p.session.pool import SessionPool
 from p2p.session.secure import serve_sessions
 
-__all__ = ["ApiStarter", "Node", "NodeConfig", "NodeError", "NodeReady", "run_node"]
+__all__ = ["ApiStarter", "Node", "NodeConfig", "NodeError", "NodeReady", "join", "run_node"]
 
 log = logging.getLogger(__name__)
-# One line per served request, shown at the default log level (p2p/cli/common.py): what a
-# volunteer reads to see that the node works for others.
-request_log = logging.getLogger("p2p.node.requests")
-
-# Waits between tries while no bootstrap peer answers, growing to the last, for at most
-# `NodeConfig.join_timeout_s` in all.
-# Final messages a connection keeps for the request log until collected: far more than the
-# requests one connection may have live (p2p/node/connection.py).
-MAX_NOTED_FINALS = 256
-
-JOIN_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-
 # A request may hold a slot this long at most; past it the client is told to go elsewhere.
 REQUEST_DEADLINE_S = 600.0
 
@@ -108,6 +98,11 @@ class Node:
         self.port_mapping: PortMapping | None = None  # what the home router maps, if anything
         self.reach = ReachState()  # how others reach this node (p2p/reach/)
         self.contacted = ContactedHosts()  # hosts it sent to (p2p/reach/strangers.py)
+        # The owner's control ops (status, pause, resume) and the model files shared with peers;
+        # until run_node sets them, both are refused.
+        self.serve_control: Callable[[wire.Control, Reply], Awaitable[None]] = _no_control
+        self.serve_share: Callable[[wire.FetchManifest | wire.FetchChunk, Reply], Awaitable[None]]
+        self.serve_share = _no_share
 
     def on_port_mapping(self, mapping: PortMapping | None) -> None:
         """p2p/reach/port_mapping.py's report (each grant and renewal; None once lost)."""
@@ -178,12 +173,19 @@ class Node:
 
     async def _generate(
         self,
-        msg: wire.Generate | wire.Score | wire.Embed,
+        msg: wire.Request,
         reply: Reply,
         finals: dict[int, wire.Message] | None = None,
     ) -> None:
         """Admit and serve one request: a generation, or a `Score` (a spot check), which costs
-        a slot like one and goes through the same admission and fair shares."""
+        a slot like one and goes through the same admission and fair shares. The owner's
+        control ops and the model-file shares have admissions of their own."""
+        if isinstance(msg, wire.Control):
+            await self.serve_control(msg, reply)
+            return
+        if isinstance(msg, wire.FetchManifest | wire.FetchChunk):
+            await self.serve_share(msg, reply)
+            return
         wanted = msg.request.model if isinstance(msg, wire.Score) else msg.model
         refusal = self._refusal(reply.peer_id)
         if refusal is not None:
@@ -192,7 +194,7 @@ class Node:
                 finals.pop(msg.id, None)
             # Not in the request log: refusals cost a requester nothing, and a flood of them
             # must not fill a volunteer's log file (/metrics counts them).
-            log.debug("refused %s from %s: %s", _short(wanted), reply.peer_id, refusal[0].value)
+            log.debug("refused %s from %s: %s", short_name(wanted), reply.peer_id, refusal[0].value)
             return
         self.active_requests += 1
         started = time.monotonic()
@@ -204,7 +206,7 @@ class Node:
         finally:
             final = finals.pop(msg.id, None) if finals is not None else None
             served = self.find_model(wanted)
-            model = served.info.name if served is not None else _short(wanted)
+            model = served.info.name if served is not None else short_name(wanted)
             log_request(model, reply.peer_id, final, time.monotonic() - started)
             self.active_requests -= 1
             self.admission.release(reply.peer_id)
@@ -383,99 +385,9 @@ async def _drain(node: Node, dht: Dht, session_address: str, publishing: trio.Ca
         await node.wait_idle()
 
 
-async def join(
-    dht: Dht,
-    bootstrap: Sequence[tuple[str, int]],
-    timeout_s: float,
-    on_retry: Callable[[float], None] = lambda _wait: None,
-) -> None:
-    """Join through *bootstrap*; while none answers, retry with growing waits (logged) for up
-    to *timeout_s*, then raise NodeError. Unlike `gpunet ask`, a node waits: a service may start
-    before its bootstrap peer, and nodes started together on a slow machine answer late."""
-    if not bootstrap:
-        return
-    listed = ", ".join(format_host_port(h, p) for h, p in bootstrap)
-    give_up_at = trio.current_time() + timeout_s
-    for attempt in range(1000):  # bounded by the deadline long before this
-        if await dht.bootstrap(list(bootstrap)) > 0:
-            if attempt:
-                log.warning("joined the network through %s", listed)
-            return
-        wait = JOIN_BACKOFF_S[min(attempt, len(JOIN_BACKOFF_S) - 1)]
-        left = give_up_at - trio.current_time()
-        if left <= 0:
-            break
-        wait = min(wait, left)
-        log.warning(
-            "no bootstrap peer answered yet (%s); retrying in %g s (for %.0f s more)",
-            listed,
-            wait,
-            left,
-        )
-        on_retry(wait)
-        await trio.sleep(wait)
-    raise NodeError(
-        f"no bootstrap peer answered ({listed}); is a gpunet node of this network "
-        "running there (same --network-key, or none)?"
-    )
+async def _no_control(msg: wire.Control, reply: Reply) -> None:
+    await reply.fail(ErrorCode.FORBIDDEN, "this node takes no control requests")
 
 
-class FinalMessages:
-    """A connection that notes the final message (Done or Error) of each request it carries,
-    by request id, for the request log; everything else passes through."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self.finals: dict[int, wire.Message] = {}
-
-    @property
-    def remote_peer_id(self) -> str:
-        return self._conn.remote_peer_id
-
-    async def send(self, msg: wire.Message) -> None:
-        if isinstance(msg, wire.Done | wire.Error | wire.Scores | wire.Embeddings):
-            self.finals[msg.id] = msg
-            if len(self.finals) > MAX_NOTED_FINALS:  # one nobody collected (a refusal's, say)
-                del self.finals[next(iter(self.finals))]
-        await self._conn.send(msg)
-
-    async def receive(self) -> wire.Received | None:
-        return await self._conn.receive()
-
-    async def aclose(self) -> None:
-        await self._conn.aclose()
-
-    def requests_changed(self, live: int) -> None:
-        self._conn.requests_changed(live)
-
-
-def _short(text: str) -> str:
-    """A requested model name as the log shows it: printable, at most 40 characters."""
-    return "".join(c if c.isprintable() else "?" for c in text[:40])
-
-
-def log_request(model: str, peer_id: str, final: wire.Message | None, took: float) -> None:
-    """The request log's line for one admitted request (*model* by the name it is served as:
-    requests often name it by sha256)."""
-    who = peer_id[:12]
-    if isinstance(final, wire.Done):
-        request_log.info(
-            "served %s to %s: %d prompt + %d tokens, %.1f tok/s, %.2f s, ok (%s)",
-            model,
-            who,
-            final.prompt_tokens,
-            final.completion_tokens,
-            final.decode_tok_s,
-            took,
-            final.finish_reason,
-        )
-    elif isinstance(final, wire.Scores):
-        scored = len(final.token_ids)
-        request_log.info("scored %d tokens of %s for %s, %.2f s", scored, model, who, took)
-    elif isinstance(final, wire.Embeddings):
-        inputs, tokens = len(final.vectors), final.prompt_tokens
-        request_log.info("embedded %d texts (%d tokens) of %s for %s", inputs, tokens, model, who)
-    elif isinstance(final, wire.Error):
-        request_log.info("failed %s for %s after %.2f s: %s", model, who, took, final.code.value)
-    else:
-        request_log.info("stopped %s for %s after %.2f s (cancelled or gone)", model, who, took)
+async def _no_share(msg: wire.FetchManifest | wire.FetchChunk, reply: Reply) -> None:
+    await reply.fail(ErrorCode.UNKNOWN_MODEL, "this node shares no model files")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from p2p.protocol.wire import Done, Embed, Embeddings, Error, Generate, Pong, Score, Scores, Token
+from p2p.protocol.wire import Answer, Pong, Request
 
 
 class LocalProtocolError(RuntimeError):
@@ -20,7 +20,7 @@ class LocalProtocolError(RuntimeError):
 class RequestStarted:
     """Serve *request*: answer through `RequestServer.send`, then call `RequestServer.end`."""
 
-    request: Generate | Score | Embed
+    request: Request
 
 
 @attrs.frozen
@@ -33,4 +33,4 @@ class RequestCancelled:
 
 ServerEvent = RequestStarted | RequestCancelled
 # The client's events are the answers themselves: tokens, the final message, a pong.
-ClientEvent = Token | Done | Error | Scores | Embeddings | Pong
+ClientEvent = Answer | Pong

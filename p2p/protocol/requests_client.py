@@ -26,20 +26,16 @@ import attrs
 from p2p.errors import ErrorCode
 from p2p.protocol.request_events import ClientEvent, LocalProtocolError
 from p2p.protocol.wire import (
+    Answer,
     Cancel,
-    Done,
-    Embed,
-    Embeddings,
     Error,
-    Generate,
+    Final,
     Malformed,
     Message,
     Ping,
     Pong,
     Received,
-    Score,
-    Scores,
-    Token,
+    Request,
 )
 
 
@@ -59,7 +55,7 @@ class RequestClient:
         """Requests the caller has not closed yet, answered or not."""
         return len(self._open) + len(self._answered)
 
-    def start(self, request: Generate | Score | Embed) -> Generate | Score | Embed:
+    def start(self, request: Request) -> Request:
         """*request* under a fresh id: the message to send."""
         rid = self._take_id()
         self._open.add(rid)
@@ -75,12 +71,12 @@ class RequestClient:
 
     def receive(self, msg: Received) -> ClientEvent | None:
         """Take one message from the server; what the caller must see, if anything."""
-        # Scores, Embeddings: the one and final answer of a Score, an Embed.
-        if isinstance(msg, Token | Done | Error | Scores | Embeddings):
+        # Tokens, then Done for a generation; one final answer for every other request.
+        if isinstance(msg, Answer):
             if msg.id not in self._open:
                 self.ignored += 1
                 return None
-            if isinstance(msg, Done | Error | Scores | Embeddings):
+            if isinstance(msg, Final):
                 self._finish(msg.id)
             return msg
         if isinstance(msg, Pong):

@@ -35,20 +35,16 @@ from p2p.protocol.request_events import (
     ServerEvent,
 )
 from p2p.protocol.wire import (
+    Answer,
     Cancel,
-    Done,
-    Embed,
-    Embeddings,
     Error,
-    Generate,
+    Final,
     Malformed,
     Message,
     Ping,
     Pong,
     Received,
-    Score,
-    Scores,
-    Token,
+    Request,
 )
 
 # A gateway multiplexes many users over one session, so one connection may carry many requests;
@@ -81,8 +77,9 @@ class RequestServer:
         """Take one message from the client; the event for the caller, if any."""
         if self.peer_gone:
             raise LocalProtocolError("receive() after peer_closed()")
-        # A Score and an Embed are served like a generation, with one final answer.
-        if isinstance(msg, Generate | Score | Embed):
+        # Every request kind is served like a generation (a Score, an Embed, a share fetch, a
+        # control op with one final answer).
+        if isinstance(msg, Request):
             return self._generate(msg)
         if isinstance(msg, Cancel):
             return self._cancel(msg.id)
@@ -95,10 +92,10 @@ class RequestServer:
         kind = type(msg).__name__.lower()
         return self._refuse(msg.id, ErrorCode.BAD_REQUEST, f"a client does not send {kind}")
 
-    def send(self, msg: Token | Done | Error | Scores | Embeddings) -> Message | None:
+    def send(self, msg: Answer) -> Message | None:
         """Check an answer of the caller's; the message to send, or None to drop it (its request
         was stopped, or the peer is gone). Raises `LocalProtocolError` on a misuse."""
-        if not isinstance(msg, Token | Done | Error | Scores | Embeddings):
+        if not isinstance(msg, Answer):
             raise LocalProtocolError(f"a server does not send {type(msg).__name__}")
         state = self._requests.get(msg.id)
         if state is None:
@@ -107,7 +104,7 @@ class RequestServer:
             raise LocalProtocolError(f"request {msg.id} already had its final message")
         if state is _State.STOPPED or self.peer_gone:
             return None
-        if isinstance(msg, Done | Error | Scores | Embeddings):
+        if isinstance(msg, Final):
             self._requests[msg.id] = _State.ANSWERED
         return msg
 
@@ -131,7 +128,7 @@ class RequestServer:
         out, self._outgoing = self._outgoing, []
         return out
 
-    def _generate(self, msg: Generate | Score | Embed) -> ServerEvent | None:
+    def _generate(self, msg: Request) -> ServerEvent | None:
         if msg.id in self._requests:
             return self._refuse(msg.id, ErrorCode.BAD_REQUEST, "duplicate id: that one is live")
         if len(self._requests) >= self.max_requests:

@@ -29,7 +29,9 @@ from crypto.receipts import MAX_RECEIPT_BYTES as MAX_RECEIPT_BYTES
 from inference.generation import FINISH_REASONS
 from inference.token_logprobs import TokenLogprob
 from p2p.errors import ErrorCode
-from p2p.protocol import embed_wire, score_wire
+from p2p.protocol import control_wire, embed_wire, score_wire, share_wire
+from p2p.protocol.control_wire import Control as Control
+from p2p.protocol.control_wire import ControlReply as ControlReply
 from p2p.protocol.embed_wire import Embed as Embed
 from p2p.protocol.embed_wire import Embeddings as Embeddings
 
@@ -54,6 +56,10 @@ from p2p.protocol.logprob_wire import (
     encode_logprobs,
 )
 from p2p.protocol.score_wire import Scores as Scores
+from p2p.protocol.share_wire import Chunk as Chunk
+from p2p.protocol.share_wire import FetchChunk as FetchChunk
+from p2p.protocol.share_wire import FetchManifest as FetchManifest
+from p2p.protocol.share_wire import ManifestPage as ManifestPage
 from p2p.protocol.wire_fields import Fields, is_int
 from p2p.protocol.wire_fields import InvalidMessage as InvalidMessage
 from p2p.protocol.wire_fields import Malformed as Malformed
@@ -134,9 +140,15 @@ class Score:
     only: tuple[int, ...] = ()  # indices into tokens to score, increasing; empty: all of them
 
 
-Message = (
-    Generate | Token | Done | Error | Cancel | Ping | Pong | Score | Scores | Embed | Embeddings
-)
+# What a client may start a request with, and the messages that end one (besides `Error`, and
+# `Done` for a generation): a Score, an Embed, a share fetch and a control op each get exactly
+# one final answer.
+Request = Generate | Score | Embed | FetchManifest | FetchChunk | Control
+OneAnswer = Scores | Embeddings | ManifestPage | Chunk | ControlReply
+Final = Done | Error | OneAnswer
+Answer = Token | Final
+
+Message = Request | Answer | Cancel | Ping | Pong
 Received = Message | Malformed
 
 _TAGS: dict[type, str] = {
@@ -151,6 +163,26 @@ _TAGS: dict[type, str] = {
     Scores: "scores",
     Embed: "embed",  # p2p/protocol/embed_wire.py
     Embeddings: "embeddings",
+    FetchManifest: "fetch_manifest",  # p2p/protocol/share_wire.py
+    ManifestPage: "manifest_page",
+    FetchChunk: "fetch_chunk",
+    Chunk: "chunk",
+    Control: "control",  # p2p/protocol/control_wire.py
+    ControlReply: "control_reply",
+}
+
+_BODIES: dict[type, Callable[[Any], dict[str, Any]]] = {
+    Score: lambda m: _score_body(m),
+    Scores: score_wire.scores_body,
+    Generate: generate_body,
+    Embed: embed_wire.embed_body,
+    Embeddings: embed_wire.embeddings_body,
+    FetchManifest: share_wire.fetch_manifest_body,
+    ManifestPage: share_wire.manifest_page_body,
+    FetchChunk: share_wire.fetch_chunk_body,
+    Chunk: share_wire.chunk_body,
+    Control: control_wire.control_body,
+    ControlReply: control_wire.control_reply_body,
 }
 
 
@@ -162,16 +194,9 @@ def encode(msg: Message) -> bytes:
             token["logprobs"] = encode_logprobs(msg.logprobs)
         packed_token: bytes = msgpack.packb(token, use_bin_type=True)
         return packed_token
-    if isinstance(msg, Score):
-        return _pack(_score_body(msg), msg)
-    if isinstance(msg, Scores):
-        return _pack(score_wire.scores_body(msg), msg)
-    if isinstance(msg, Generate):
-        return _pack(generate_body(msg), msg)
-    if isinstance(msg, Embed):
-        return _pack(embed_wire.embed_body(msg), msg)
-    if isinstance(msg, Embeddings):
-        return _pack(embed_wire.embeddings_body(msg), msg)
+    body_of = _BODIES.get(type(msg))
+    if body_of is not None:
+        return _pack(body_of(msg), msg)
     body: dict[str, Any] = attrs.asdict(msg)
     if isinstance(msg, Token | Done):
         body["token_ids"] = list(msg.token_ids)
@@ -292,4 +317,10 @@ _DECODERS: dict[str, Callable[[Fields], Message]] = {
     "scores": lambda f: score_wire.decode_scores(f, f.id),
     "embed": lambda f: embed_wire.decode_embed(f, f.id),
     "embeddings": lambda f: embed_wire.decode_embeddings(f, f.id),
+    "fetch_manifest": lambda f: share_wire.decode_fetch_manifest(f, f.id),
+    "manifest_page": lambda f: share_wire.decode_manifest_page(f, f.id),
+    "fetch_chunk": lambda f: share_wire.decode_fetch_chunk(f, f.id),
+    "chunk": lambda f: share_wire.decode_chunk(f, f.id),
+    "control": lambda f: control_wire.decode_control(f, f.id),
+    "control_reply": lambda f: control_wire.decode_control_reply(f, f.id),
 }

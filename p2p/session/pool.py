@@ -123,9 +123,7 @@ class MultiplexedSession:
             await self.conn.send(out)
 
     @asynccontextmanager
-    async def request(
-        self, msg: wire.Generate | wire.Score | wire.Embed
-    ) -> AsyncIterator[tuple[int, Inbox]]:
+    async def request(self, msg: wire.Request) -> AsyncIterator[tuple[int, Inbox]]:
         """Send *msg* under a fresh id; yield (id, inbox). Leaving early sends `cancel`."""
         if self.closed:
             raise SessionError("session closed")
