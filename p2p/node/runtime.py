@@ -51,6 +51,7 @@ from p2p.reach.strangers import ContactedHosts
 from p2p.session.local import Connection
 from p2p.session.pool import SessionPool
 from p2p.session.secure import serve_sessions
+from p2p.share.counters import ShareCounters
 
 __all__ = ["ApiStarter", "Node", "NodeConfig", "NodeError", "NodeReady", "join", "run_node"]
 
@@ -103,6 +104,7 @@ class Node:
         self.serve_control: Callable[[wire.Control, Reply], Awaitable[None]] = _no_control
         self.serve_share: Callable[[wire.FetchManifest | wire.FetchChunk, Reply], Awaitable[None]]
         self.serve_share = _no_share
+        self.share_counters = ShareCounters()  # p2p/share/: what the node has shared
 
     def on_port_mapping(self, mapping: PortMapping | None) -> None:
         """p2p/reach/port_mapping.py's report (each grant and renewal; None once lost)."""
