@@ -139,6 +139,13 @@ class Sha256Cache:
                 self._store(path, {"sha256": digest, **_key(after)})
         return digest
 
+    def remember(self, path: Path, digest: str) -> None:
+        """Record *digest* for *path*, which the caller has just verified (a pulled model,
+        p2p/share/): its next `sha256` is a lookup, even inside the racy window."""
+        path = Path(path).resolve()
+        with contextlib.suppress(OSError):
+            self._store(path, {"sha256": digest, **_key(path.stat())})
+
     def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text())

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from p2p.node_setting_kinds import Hours, Size
 from p2p.setting_kinds import (
     Address,
     Count,
@@ -31,7 +32,7 @@ COMMON = ""  # the section of shared settings: the file's top level
 
 NODE = "node"
 GATEWAY = "gateway"
-CLIENTS = ("ask", "peers")
+CLIENTS = ("ask", "peers", "pull")
 ALL_COMMANDS = (NODE, GATEWAY, *CLIENTS)
 
 # The gateway's place when nothing says otherwise; the same as p2p/api/app.py's
@@ -134,10 +135,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # --- gpunet node: [node] ----------------------------------------------------------------------
     _node(
-        "models", Many(PathKind()), (), "GGUF file or folder of GGUF files to serve (repeatable).",
+        "models", Many(PathKind()), (),
+        "GGUF file or folder of GGUF files to serve (repeatable); a model name or sha256 that is "
+        "no file is taken from the model cache, or fetched from --bootstrap's network first.",
         flag="--model", default_text="Gemma 3 270M",
     ),
     _node("host", Text("HOST"), "127.0.0.1", "Address to bind; 0.0.0.0 to accept other machines."),
+    _node(
+        "name", Text("TEXT"), None,
+        "A name for this node that `gpunet peers` and the dashboard show (printable, at most 64 "
+        "characters; others may pick the same one, so it identifies nothing).",
+        default_text="none",
+    ),
     _node("dht_port", _PORT, 8468, "UDP port of the DHT (0: any free port)."),
     _node("port", _PORT, 8469, "TCP port of encrypted sessions (0: any free port)."),
     _node(
@@ -146,9 +155,11 @@ SETTINGS: tuple[Setting, ...] = (
         default_text="the physical cores",
     ),
     _node(
-        "ctx_size", Whole(16, 1 << 20), 2048,
+        "ctx_size", Whole(16, 1 << 20), None,
         "Context of each request in tokens (prompt and answer); at most the model's trained "
         "context. Each slot keeps a KV cache this long: more context, more memory.",
+        default_text="on a GPU that holds the whole model, the most up to 8192 that fits every "
+        "slot's KV cache beside it; else 2048",
     ),
     _node(
         "slots", WholeOrAuto(Whole(1, 64)), "auto",
@@ -160,6 +171,12 @@ SETTINGS: tuple[Setting, ...] = (
     _node(
         "gpu_layers", IntOrWord("auto", metavar="N|auto|0"), "auto",
         "Layers to offload to the GPU: auto fits them to free VRAM, 0 keeps the CPU.",
+    ),
+    _node(
+        "max_vram", Size(), None,
+        "VRAM the node may use over all GPUs, e.g. 6G or 6000M (powers of 1024): layers, KV "
+        "cache and context are planned within it, leaving the rest to your other programs.",
+        default_text="all that is free",
     ),
     _node(
         "max_queue", Whole(0, 1024), 8,
@@ -186,6 +203,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds in-flight requests get to finish on Ctrl-C/SIGTERM.",
     ),
     _node(
+        "serve_hours", Hours(), None,
+        "Serve only during these hours of local time, e.g. 22-07 or 08:30-17:00,19-23; outside "
+        "them the node stays in the network paused (as `gpunet pause`), finishing requests in "
+        "flight.",
+        default_text="all day",
+    ),
+    _node(
         "api", _API, None,
         "Also serve the OpenAI-compatible API, dashboard and metrics here (e.g. 127.0.0.1:8470).",
         default_text="none, no API",
@@ -208,8 +232,15 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _node(
         "port_mapping", Flag(), True,
-        "Ask the home router (UPnP-IGD) to forward the DHT and session ports to this node, "
-        "renewed while it runs and removed when it stops, so peers can dial it behind a NAT.",
+        "Ask the home router (UPnP-IGD, NAT-PMP or PCP) to forward the DHT and session ports to "
+        "this node, renewed while it runs and removed when it stops, so peers can dial it behind "
+        "a NAT.",
+    ),
+    _node(
+        "hole_punch", Flag(), True,
+        "Upgrade sessions that come through a relay to direct ones by a TCP hole punch (both "
+        "sides dial at once). Off: this node neither starts nor answers punches; relayed "
+        "sessions stay relayed.",
     ),
     _node(
         "relay", Flag(), True,
@@ -228,6 +259,16 @@ SETTINGS: tuple[Setting, ...] = (
     _node(
         "relay_bytes_per_s", Whole(1024, 1 << 34), 4 * 1024 * 1024,
         "Bytes per second relayed for one volunteer, both directions together.",
+    ),
+    _node(
+        "share", Flag(), True,
+        "Share the GGUF files this node serves with peers that fetch them (`gpunet pull`), by "
+        "sha256 and chunk by chunk, within --share-rate.",
+    ),
+    _node(
+        "share_rate", Whole(0, 1_000_000), 50,
+        "Upload for sharing model files in MB/s, all peers together (one peer gets at most "
+        "half of it); 0: no cap.",
     ),
     # --- gpunet gateway: [gateway] ----------------------------------------------------------------
     _gateway(

@@ -11,6 +11,15 @@ says (`reach`: direct / mapped / relayed).
 
     sudo .venv/bin/python tools/bench_nat.py [--nat full-cone --nat upnp ...] [--runs 5]
         [--max-tokens 64] [--json]
+    sudo .venv/bin/python tools/bench_nat.py --model default [--runs 8] [--max-tokens 128]
+
+`--model default` (or a GGUF path): every node serves that one model (the real default model:
+decode speed is the model's, not Python's), the volunteers default to port-restricted (from
+the internet client: hole-punched) and symmetric (relayed), the bootstrap on the internet is
+the direct one, and each request names its node (`prefer`). The measured requests alternate
+between the volunteers round by round (one each per round, the order rotating), so a load
+change on the shared machine hits every path alike; the table gives each path's medians and
+its decode speed as a fraction of the direct one's (issue #15's target: relayed >= 0.95x).
 
 Timings are the client's (tests/netns/stream_timer.py, one process joined once, in the internet
 client's namespace): first served = from the volunteer's process start (model load and DHT join
@@ -103,16 +112,90 @@ def first_served(timer: LabProcess, started_at: float) -> float | None:
     return round(float(answer["at"]) - started_at, 2)
 
 
-def measure(timer: LabProcess, node_sha: str, runs: int, max_tokens: int) -> dict[str, Any]:
-    timer.send_line(
-        json.dumps({"time": node_sha, "runs": runs, "max_tokens": max_tokens, "prompt": PROMPT})
-    )
+def measure(
+    timer: LabProcess,
+    node_sha: str,
+    runs: int,
+    max_tokens: int,
+    prefer: str | None = None,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    cmd = {"time": node_sha, "runs": runs, "max_tokens": max_tokens, "prompt": PROMPT}
+    timer.send_line(json.dumps({**cmd, "prefer": prefer, "warmup": warmup}))
     answer = timer.wait_json(lambda e: e.get("event") == "timed", 120.0 + 60.0 * runs)
     return {
-        "served": runs + 1 - int(answer["failed"]),
+        "served": runs + int(warmup) - int(answer["failed"]),
         "ttft_ms": answer["ttft_ms"],
         "decode_tok_s": answer["decode_tok_s"],
+        "went": answer.get("path"),
     }
+
+
+def run_one_model(args: argparse.Namespace) -> dict[str, Any]:
+    """`--model`: one model on every node, requests by peer id, rounds alternating paths."""
+    import statistics
+
+    model = resolve_model(args.model)
+    from inference.model_file import inspect_gguf
+
+    sha = inspect_gguf(model).sha256
+    work = Path(tempfile.mkdtemp(prefix="bench-nat-model-"))
+    log(f"lab work folder (node logs): {work}; model {model.name}")
+    labels = ["internet", *args.nat]
+    samples: dict[str, dict[str, list[float]]] = {k: {"ttft": [], "rate": []} for k in labels}
+    results: dict[str, dict[str, Any]] = {"internet": {"first_served_s": None}}
+    with open_lab(work) as lab:
+        nodes = {"internet": start_bootstrap(lab, model, sha, work / "d-internet", args.node_flags)}
+        client = lab.add_internet_host()
+        timer = start_timer(lab, client.ns)
+        for label in args.nat:
+            ns = lab.add_home(label).host_ns
+            started = time.monotonic()
+            proc = start_node(
+                lab, ns, label, model, sha, work / f"d-{label}", extra=args.node_flags
+            )
+            nodes[label] = wait_ready(proc, ns, label, sha, started)
+            timer.send_line(
+                json.dumps(
+                    {"first": sha, "limit_s": FIRST_SERVED_LIMIT_S, "prefer": nodes[label].peer_id}
+                )
+            )
+            results[label] = {"first_served_s": first_served(timer, started)}
+        for label in labels:  # warm-up: the session (and its punch), the node's cache
+            results[label]["went"] = measure(
+                timer, sha, 2, args.max_tokens, nodes[label].peer_id, warmup=False
+            )["went"]
+        for n in range(args.runs):
+            for label in labels[n % len(labels) :] + labels[: n % len(labels)]:
+                got = measure(timer, sha, 1, args.max_tokens, nodes[label].peer_id, warmup=False)
+                if got["served"]:
+                    samples[label]["ttft"].append(got["ttft_ms"])
+                    samples[label]["rate"].append(got["decode_tok_s"])
+                    results[label]["went"] = got["went"]
+    direct = statistics.median(samples["internet"]["rate"] or [0.0])
+    for label in labels:
+        rate, ttft = samples[label]["rate"], samples[label]["ttft"]
+        results[label].update(
+            served=len(rate),
+            ttft_ms=round(statistics.median(ttft), 1) if ttft else None,
+            decode_tok_s=round(statistics.median(rate), 1) if rate else None,
+            vs_direct=round(statistics.median(rate) / direct, 3) if rate and direct else None,
+        )
+        log(f"{label}: {results[label]}")
+    return {
+        "model": model.name,
+        "max_tokens": args.max_tokens,
+        "runs": args.runs,
+        "volunteers": results,
+    }
+
+
+def resolve_model(name: str) -> Path:
+    if name == "default":
+        from inference.default_model import ensure_default_model
+
+        return ensure_default_model()
+    return Path(name)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,6 +235,20 @@ def _cell(value: Any, width: int) -> str:
     return f"{'-' if value is None else value:>{width}}"
 
 
+def print_model_table(report: dict[str, Any]) -> None:
+    print(f"{report['model']}, {report['max_tokens']} tokens, {report['runs']} alternated rounds")
+    print(
+        f"{'volunteer behind':<18} {'went':<13} {'first served s':>14} {'TTFT ms':>8} "
+        f"{'decode tok/s':>12} {'vs direct':>9} served"
+    )
+    for label, r in report["volunteers"].items():
+        print(
+            f"{label:<18} {r.get('went')!s:<13} {_cell(r.get('first_served_s'), 14)} "
+            f"{_cell(r.get('ttft_ms'), 8)} {_cell(r.get('decode_tok_s'), 12)} "
+            f"{_cell(r.get('vs_direct'), 9)} {r.get('served', 0)}/{report['runs']}"
+        )
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(
         f"{'volunteer behind':<20} {'path':<11} {'ready s':>7} {'first served s':>14} "
@@ -178,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=5, help="measured asks per volunteer")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens per measured ask")
+    parser.add_argument(
+        "--model",
+        help="'default' (the real default model) or a GGUF path: every node serves it and the "
+        "paths (direct / hole-punched / relayed) are timed in alternated rounds",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--verbose-nodes",
@@ -186,14 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.node_flags = ("-v",) if args.verbose_nodes else ()
-    args.nat = args.nat or list(NAT_KINDS)
+    args.nat = args.nat or (["port-restricted", "symmetric"] if args.model else list(NAT_KINDS))
     reason = unavailable_reason(args.nat)
     if reason is not None:
         print(f"bench_nat: cannot build the lab: {reason}", file=sys.stderr)
         return 2
-    report = run(args)
+    if args.model and args.model != "default" and not Path(args.model).is_file():
+        print(f"bench_nat: no model file at {args.model}", file=sys.stderr)
+        return 2
+    report = run_one_model(args) if args.model else run(args)
     if args.json:
         print(json.dumps(report, indent=2))
+    elif args.model:
+        print_model_table(report)
     else:
         print_table(report)
     return 0

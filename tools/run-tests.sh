@@ -26,8 +26,10 @@ if [ "$(id -u)" -eq 0 ]; then
   command -v iptables-legacy >/dev/null 2>&1 || missing="$missing iptables"
   command -v nft >/dev/null 2>&1 || missing="$missing nftables"
   [ -x /usr/sbin/miniupnpd ] || missing="$missing miniupnpd-iptables"
+  # the service unit test (tests/p2p/cli/test_service.py) runs systemd-analyze verify
+  command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
   if [ -n "$missing" ]; then
-    echo "==> installing$missing for the network-namespace (NAT) tests"
+    echo "==> installing$missing for the network-namespace (NAT) and service tests"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
       >/dev/null

@@ -27,7 +27,10 @@ generation request is routed into the network through p2p/client/ (lookup, ranki
 - `health_cors.py`: `GET /health` and the `--cors` middleware.
 - `responses.py`: the JSON of whole and chunked completions, usage, SSE framing.
 - `network_view.py`: what the network offers (the model table of /v1/models, the dashboard's
-  JSON), from the signed records in the DHT behind a short cache.
+  JSON), from the signed records in the DHT behind a short cache; the nodes seen lately, so a
+  withdrawn or lapsed one shows offline.
+- `recent_history.py`: the gateway's last requests (provider, tokens, TTFT, tok/s, outcome), for
+  the dashboard's charts and tokens per node.
 - `dashboard.py`: the self-contained HTML page of the dashboard.
 
 Pure (tested with plain calls): `openai_errors.py`, `json_body.py`, `request_parsing.py`,

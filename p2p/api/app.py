@@ -178,7 +178,8 @@ class Gateway:
         return HTMLResponse(render_page(), headers={"cache-control": "no-cache"})
 
     async def network_state(self, _request: Request) -> Response:
-        body = network_json(await self.network.nodes(), time.time())
+        nodes, gone = await self.network.nodes(), await self.network.offline()
+        body = network_json(nodes, time.time(), gone, self.queue.history)
         body["gateway"] = {"software_version": SOFTWARE_VERSION}
         return JSONResponse(body, headers={"cache-control": "no-store"})
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from p2p.api.recent_history import RecentHistory
 from p2p.client.background_checks import BackgroundChecks
 from p2p.client.failover import generate
 from p2p.client.network import AskError, Client
@@ -60,6 +61,8 @@ class GatewayQueue:
     generation_deadline_s: float = GENERATION_DEADLINE_S
     # Spot checks of a fraction of the finished requests (None: none).
     checks: BackgroundChecks | None = None
+    # What the dashboard charts: each request as it ended (p2p/api/generation_response.py).
+    history: RecentHistory = attrs.field(factory=RecentHistory)
     _finished: trio.Event = attrs.field(factory=trio.Event)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from p2p.api.gateway_queue import GatewayQueue
 from p2p.api.logprob_shape import LogprobShapes, prompt_only_done
 from p2p.api.openai_errors import ApiError, error_from_ask, internal_error
+from p2p.api.recent_history import request_sample
 from p2p.api.request_parsing import GenerationCall
 from p2p.api.responses import SSE_HEADERS, ResponseShape, openai_finish_reason, sse
 from p2p.api.tool_params import ToolCallStream, calls_json, parsed_names
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 class _Progress:
     provider: Provider | None = None
     chunks: int = 0
+    first_at: float | None = None  # trio time of the first text (the dashboard's TTFT)
     done: wire.Done | None = None
     # Set just before the last body message: Hypercorn reports http.disconnect as soon as the
     # response is complete, which is no cancellation.
@@ -91,6 +93,11 @@ class GenerationResponse(Response):
         tokens = p.done.completion_tokens if p.done else p.chunks
         if tokens and p.provider:
             metrics.tokens.labels(metrics.model_label(label)).inc(tokens)
+        peer = p.provider.record.peer_id if p.provider else ""
+        ended = trio.current_time()
+        self.queue.history.add(  # the dashboard's charts (p2p/api/recent_history.py)
+            request_sample(peer, label, tokens, outcome.value, (started, p.first_at, ended))
+        )
         log.info(
             "%s %s -> %s (%d chunks, %.3f s)",
             self.call.kind,
@@ -143,6 +150,7 @@ class GenerationResponse(Response):
                 label = metrics.model_label(p.provider.model.name if p.provider else NO_MODEL)
                 inter_token = metrics.inter_token.labels(label)
                 metrics.ttft.labels(label).observe(now - started)
+                p.first_at = now
             else:
                 inter_token.observe(now - last)
             last = now

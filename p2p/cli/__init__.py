@@ -8,6 +8,11 @@
 - `peers.py`: `gpunet peers`, the nodes of the network and their models, with filters.
 - `gateway.py`: `gpunet gateway`, the OpenAI-compatible API as a light client; the warning
   about an API exposed without a key.
+- `pull.py`: `gpunet pull NAME_OR_SHA256`, a model file fetched from the peers that serve it
+  (progress bar, `--json`); also what `gpunet node --model NAME` uses.
+- `status.py`: `gpunet status`, `pause`, `resume` (like `ollama ps`); `node_control.py` finds
+  the data dir's running node and sends it one control op with the node's own key.
+- `service.py`: `gpunet service install|uninstall`, a systemd user unit running the node.
 - `verify.py`: `gpunet verify FILE`, an evidence file re-checked with the model held locally.
 - `identity.py`: `gpunet identity ...`, the identity key file, its passphrase rules (shared with
   the node) and private-network keys.

@@ -19,6 +19,9 @@ from p2p.cli.gateway import gateway_command
 from p2p.cli.identity import identity_group
 from p2p.cli.node import node_command
 from p2p.cli.peers import peers_command
+from p2p.cli.pull import pull_command
+from p2p.cli.service import service_group
+from p2p.cli.status import pause_command, resume_command, status_command
 from p2p.cli.verify import verify_command
 from p2p.version import version_lines
 
@@ -74,10 +77,15 @@ def main() -> None:
 for command in (
     node_command,
     ask_command,
+    pull_command,
     peers_command,
     gateway_command,
     identity_group,
     config_command,
     verify_command,
+    status_command,
+    pause_command,
+    resume_command,
+    service_group,
 ):
     main.add_command(command)

@@ -26,6 +26,7 @@ import trio
 from crypto.identity import Identity, KeyFileError
 from inference.default_model import ensure_default_model
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
+from p2p import metrics
 from p2p.api.app import serve_gateway
 from p2p.cli.common import (
     fail,
@@ -38,11 +39,15 @@ from p2p.cli.common import (
 from p2p.cli.gateway import warn_if_exposed
 from p2p.cli.identity import identity_path, load_node_identity
 from p2p.cli.options import command_settings, setting_options
+from p2p.cli.pull import models_or_pulled
 from p2p.cli.ready_hints import command_name, join_lines
 from p2p.cli.running_node import check_ports_free, lock_data_dir, write_node_file
 from p2p.client.background_checks import BackgroundChecks
 from p2p.client.network import Client
+from p2p.dht.records import MAX_NODE_NAME, is_node_name
 from p2p.node.config import NodeConfig, NodeError, NodeReady
+from p2p.node.node_metrics import NodeWorkCollector
+from p2p.node.node_stats import NodeStats
 from p2p.node.runtime import ApiStarter, run_node
 from p2p.reach.node_tasks import REACH_LOGGER
 from p2p.settings import NODE, Settings
@@ -95,7 +100,8 @@ def prepare(settings: Settings) -> Prepared:
         data_dir.mkdir(parents=True, exist_ok=True)
         identity = load_node_identity(identity_path(data_dir))
         psk = read_network_key(settings["network_key"])
-        infos = load_model_infos(collect_model_paths(settings["models"]))
+        # a model name or sha256 that is no file: from the cache, else pulled (p2p/cli/pull.py)
+        infos = load_model_infos(collect_model_paths(models_or_pulled(settings)))
     except (KeyFileError, ModelFileError, OSError) as exc:
         fail(str(exc))
     return Prepared(data_dir, identity, psk, infos)
@@ -132,18 +138,24 @@ def node_config(
         join_timeout_s=settings["join_timeout"],
         grace_s=settings["grace"],
         psk=prepared.psk,
+        name=settings["name"] or "",
         max_queue=settings["max_queue"],
         max_requests=settings["max_requests"],
         slots=settings["slots"],
         gpu_layers=settings["gpu_layers"],
+        max_vram=settings["max_vram"],
+        serve_hours=settings["serve_hours"],
         benchmark=settings["benchmark"],
         prompt_cache=settings["prompt_cache"],
         speculate=settings["speculate"],
         port_mapping=settings["port_mapping"],
+        hole_punch=settings["hole_punch"],
         relay=settings["relay"],
         relay_max_reservations=settings["relay_max_reservations"],
         relay_max_circuits=settings["relay_max_circuits"],
         relay_bytes_per_s=settings["relay_bytes_per_s"],
+        share=settings["share"],
+        share_rate=float(settings["share_rate"]),
         cheat=cheat_from_environment(),
     )
 
@@ -224,6 +236,9 @@ async def serve_until_stopped(
 ) -> None:
     config = node_config(settings, prepared, await resolve_all(settings["bootstrap"]))
     shutdown = trio.Event()
+    stats = NodeStats()
+    if api is not None:  # the work it serves for others on its /metrics too
+        metrics.DEFAULT.registry.register(NodeWorkCollector(stats))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signals, shutdown, nursery.cancel_scope, config.grace_s)
         async with trio.open_nursery() as node_nursery:
@@ -235,6 +250,7 @@ async def serve_until_stopped(
                     shutdown=shutdown,
                     on_progress=lambda line: click.echo(line, err=True),
                     api=api,
+                    stats=stats,
                 )
             )
             print_ready(ready, prepared.data_dir, settings["host"], as_json)
@@ -259,6 +275,8 @@ def node_command(as_json: bool, **_flags: Any) -> None:
     """
     settings = command_settings(NODE)
     setup_logging(settings["verbose"], settings["log_file"])
+    if not is_node_name(settings["name"] or ""):
+        fail(f"--name: at most {MAX_NODE_NAME} printable characters, no line breaks or tabs")
     # Reachability verdicts and relays held are what a volunteer behind a router wants to see.
     reach_log = logging.getLogger(REACH_LOGGER)
     reach_log.setLevel(min(reach_log.getEffectiveLevel(), logging.INFO))

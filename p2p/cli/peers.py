@@ -42,8 +42,9 @@ def describe(r: CapabilityRecord) -> list[str]:
         )
         or f"CPU, {r.cpu.cores} cores"
     )
+    named = f"  {r.name!r}" if r.name else ""  # a stranger's text: quoted, printable only
     lines = [
-        f"{r.peer_id[:16]}  {','.join(r.addresses)}  {reach_text(r)}  {hw}  "
+        f"{r.peer_id[:16]}{named}  {','.join(r.addresses)}  {reach_text(r)}  {hw}  "
         f"load {r.load.active_requests}"
     ]
     if r.build or r.hardware_class:

@@ -29,8 +29,11 @@ tools), and nothing a provider needs.
   at most two at a time.
 - `reputation.py`: the local standing of each (peer id, model), earned by verified work and lost
   by evidence; the ranking reads it (a caught node is excluded for that model).
+- `check_ledger.py`: every checked request's mismatches summed per (peer id, model) in one
+  sequential test (a CUSUM with a stated false-positive bound), for cheats no single check sees.
 - `evidence.py`: the self-proving evidence file a failed check writes (`gpunet verify FILE`).
 
-Sans-IO: `ranking.py` and `provider_query.py`. The rest runs in trio; the DHT behind
-`Client.dht` hosts kademlia's asyncio loop (p2p/dht/), so nothing here imports asyncio.
+Sans-IO: `ranking.py`, `provider_query.py` and `check_ledger.py`. The rest runs in trio; the
+DHT behind `Client.dht` hosts kademlia's asyncio loop (p2p/dht/), so nothing here imports
+asyncio.
 """

@@ -32,7 +32,9 @@ from p2p.errors import ErrorCode, GpunetError
 from p2p.host_port import format_host_port
 from p2p.session.pool import SessionPool
 
-# How long a provider lookup is reused (records live 300 s; load figures in them are older).
+# How long a provider lookup is reused. It is what a stopped node's withdrawal may wait before a
+# long-lived client (the gateway) stops picking it, and part of how old the load it ranks by is
+# (records live 60 s, their load is republished within ~5 s of a change: p2p/dht/records.py).
 LOOKUP_CACHE_S = 5.0
 
 
@@ -121,8 +123,13 @@ def lookup_key(model: str, net: bytes | None = None) -> str:
     return model_name_key(model, net)
 
 
-async def list_nodes(client: Client) -> list[CapabilityRecord]:
-    records = await client.dht.find_records(directory_key(client.network_id))
+async def list_nodes(client: Client, *, withdrawn: bool = False) -> list[CapabilityRecord]:
+    """The directory's nodes by peer id; with *withdrawn*, also the nodes whose newest record
+    is a signed withdrawal (they stopped: the dashboard shows them offline), else not."""
+    key = directory_key(client.network_id)
+    records = await (
+        client.dht.find_records(key, withdrawn=True) if withdrawn else client.dht.find_records(key)
+    )
     return sorted(records, key=lambda r: r.peer_id)
 
 

@@ -118,12 +118,13 @@ class ProviderRanker:
         return f is not None and f.until > self.clock()
 
     def rank(self, providers: Sequence[tuple[CapabilityRecord, ModelEntry]]) -> list[Candidate]:
-        """Best first. Stale records (expired by now) are skipped; nodes in backoff go last."""
+        """Best first. Stale records (expired by now) and withdrawn ones (the node stopped) are
+        skipped; nodes in backoff go last."""
         now = self.clock()
         live = [
             (r, m)
             for r, m in providers
-            if r.expires_at > now and self.standing(r.peer_id, m.sha256) > 0
+            if r.expires_at > now and not r.withdrawn and self.standing(r.peer_id, m.sha256) > 0
         ]
         speeds = [s for r, _m in live if (s := self._measured_speed(r.peer_id)) is not None]
         cap = CLAIM_CAP_FACTOR * max(speeds) if speeds else None

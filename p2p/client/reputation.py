@@ -7,6 +7,12 @@ a caught node is excluded for that model (`standing` 0: the ranking drops it), a
 model, since the claim that was false is "I serve this file". One failed check without a second
 opinion lowers its standing but does not exclude it (the verifier may be the liar).
 
+Checks also add up: every checked request's judged positions and mismatches go into the pair's
+`CheckLedger` (p2p/client/check_ledger.py), a sequential test that catches a node whose output
+is a little off at many positions (a close quantization) where no single check can. When it
+flags the node, the node is excluded if the mismatches came from two verifiers or more, and
+otherwise its standing drops as for one failed check.
+
 Local and unshared: nothing here is an accusation others act on; the evidence files are what
 anyone can re-check (`gpunet verify FILE`). The file is JSON with a version, bounded
 (`MAX_ENTRIES` pairs, the least recently updated dropped first; `MAX_EVIDENCE` paths each),
@@ -26,13 +32,16 @@ from pathlib import Path
 
 import attrs
 
+from p2p.client.check_ledger import CheckLedger, ledger_from_json
+
 log = logging.getLogger(__name__)
 
 REPUTATION_FILE = "reputation.json"
 FORMAT_VERSION = 1
 MAX_ENTRIES = 4096
 MAX_EVIDENCE = 8
-MAX_FILE_BYTES = 4 * 2**20
+# 4096 entries of up to ~1.5 KB each (8 evidence paths, a ledger): well under this.
+MAX_FILE_BYTES = 16 * 2**20
 # A failed check without a second opinion multiplies the standing by this (two: 1/16).
 FAILURE_FACTOR = 0.25
 # Verified work raises the standing by up to this fraction (reached after VERIFIED_FULL checks).
@@ -47,6 +56,7 @@ class Standing:
     caught: bool = False
     evidence: list[str] = attrs.field(factory=list)
     updated: float = 0.0
+    ledger: CheckLedger = attrs.field(factory=CheckLedger)  # every checked position, summed
 
     def weight(self) -> float:
         """What the ranking multiplies a provider's score by; 0.0 = excluded."""
@@ -98,6 +108,24 @@ class Reputation:
         if evidence is not None:
             entry.evidence = [*entry.evidence, str(evidence)][-MAX_EVIDENCE:]
         self._save()
+
+    def record_positions(
+        self, peer_id: str, sha256: str, n: int, mismatches: int, *, sampled: bool, verifier: str
+    ) -> str:
+        """Add one checked request's judged positions to the pair's ledger. "excluded" or
+        "lowered" when the ledger flagged the node now (see the module docstring), else ""."""
+        if n <= 0:
+            return ""
+        entry = self._entry(peer_id, sha256)
+        outcome = ""
+        if entry.ledger.add(n, mismatches, sampled=sampled, verifier=verifier):
+            if len(set(entry.ledger.verifiers)) >= 2:
+                entry.caught, outcome = True, "excluded"
+            else:
+                entry.failed, outcome = entry.failed + 1, "lowered"
+            entry.ledger.restart()
+        self._save()
+        return outcome
 
     def _entry(self, peer_id: str, sha256: str) -> Standing:
         key = _key(peer_id, sha256)
@@ -164,4 +192,5 @@ def _standing(raw: object) -> Standing:
         and isinstance(updated, int | float)
     ):
         raise ValueError("an entry's fields have the wrong types")
-    return Standing(verified, failed, caught, evidence[-MAX_EVIDENCE:], float(updated))
+    ledger = ledger_from_json(raw.get("ledger"))
+    return Standing(verified, failed, caught, evidence[-MAX_EVIDENCE:], float(updated), ledger)

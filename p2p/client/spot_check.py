@@ -19,6 +19,11 @@ verdict:
   anyone to re-check with `gpunet verify`).
 - "inconclusive": said as such, with the reason: no other provider of the file, too few tokens,
   a sampled request without a seed (not replayable), no verifier answered.
+
+Whatever the verdict, the judged positions and mismatches also go into the (node, model) ledger
+(p2p/client/check_ledger.py via the reputation), which sums them over every checked request;
+when two verifiers scored one request, the one that saw fewer mismatches counts, so a verifier
+that lies cannot add mismatches the other did not see.
 """
 
 from __future__ import annotations
@@ -221,12 +226,13 @@ async def _spot_check(
         return result("inconclusive", "no verifier answered: " + "; ".join(first))
     provider, scores, stat = first
     told: tuple[VerifierScore, ...] = (_told(provider, scores, stat),)
-    if stat.verdict == "consistent":
-        if reputation is not None:
-            reputation.record_verified(peer, sha)
-        return result("consistent", _summary(provider, stat, scores, segment), verifiers=told)
     if stat.verdict != "inconsistent":
-        return result("inconclusive", _summary(provider, stat, scores, segment), verifiers=told)
+        summary = _summary(provider, stat, scores, segment)
+        flagged = _add_up(reputation, segment, [(provider, stat)])
+        if stat.verdict == "consistent" and reputation is not None:
+            reputation.record_verified(peer, sha)
+        reason, caught = f"{summary}{flagged}", flagged.endswith("excluded")
+        return result(stat.verdict, reason, verifiers=told, caught=caught)
     first_peer = provider.record.peer_id
     again = independent(candidates, {first_peer}, avoid_nets | networks(provider.record.addresses))
     second = await _opinion(client, again, score, segment) if again else ["no third provider"]
@@ -251,7 +257,37 @@ async def _spot_check(
         evidence = write_evidence(data_dir, _evidence(segment, told))
     if reputation is not None and verdict == "inconsistent":
         reputation.record_failure(peer, sha, evidence, caught=caught)
-    return result(verdict, reason, verifiers=told, caught=caught, evidence=evidence)
+    opinions = [(provider, stat)]
+    if isinstance(second, tuple):
+        opinions.append((second[0], second[2]))
+    flagged = _add_up(reputation, segment, opinions)
+    caught = caught or flagged.endswith("excluded")
+    return result(verdict, reason + flagged, verifiers=told, caught=caught, evidence=evidence)
+
+
+def _add_up(
+    reputation: Reputation | None, segment: Segment, opinions: list[tuple[Provider, CheckStat]]
+) -> str:
+    """Feed the ledger the opinion with the fewest mismatches; what it concluded, if anything,
+    as a clause for the check's reason."""
+    if reputation is None:
+        return ""
+    provider, stat = min(opinions, key=lambda o: o[1].score)
+    outcome = reputation.record_positions(
+        segment.peer_id,
+        segment.model_sha256,
+        stat.n,
+        stat.mismatches,
+        sampled=segment.request.temperature > 0,
+        verifier=provider.record.peer_id,
+    )
+    if not outcome:
+        return ""
+    ledger = reputation.get(segment.peer_id, segment.model_sha256).ledger
+    return (
+        f"; over {ledger.checks} checked requests {ledger.mismatches}/{ledger.positions} "
+        f"tokens off, more than honest noise: {outcome}"
+    )
 
 
 def _summary(provider: Provider, stat: CheckStat, scores: Scores, segment: Segment) -> str:

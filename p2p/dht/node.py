@@ -39,6 +39,7 @@ from p2p.dht.records import (
     RecordError,
     SignedRecord,
     dht_digest,
+    live,
     newest_per_peer,
     open_record,
 )
@@ -51,6 +52,10 @@ RPC_TIMEOUT_S = 3.0
 # Buckets without a lookup for this long are refreshed (upstream: 1 h, first cycle only). Records
 # live minutes, so the table must follow churn on the same scale.
 REFRESH_INTERVAL_S = 600.0
+# The closest nodes a publish found, per key, kept for a republish that may reuse them (a load
+# change, p2p/node/load_refresh.py: stores without a crawl, half the datagrams). Our own keys
+# only (a record is bound to at most 66), so a small bound suffices.
+MAX_REMEMBERED_CLOSEST = 128
 
 
 class DhtServer(Server):  # type: ignore[misc]
@@ -81,6 +86,7 @@ class DhtServer(Server):  # type: ignore[misc]
         self.require_proofs = require_proofs
         self.refresh_interval = REFRESH_INTERVAL_S
         self._refreshing: set[asyncio.Future[Any]] = set()
+        self._closest: dict[bytes, tuple[float, list[Node]]] = {}
 
     protocol_class: type[GpunetProtocol] = GpunetProtocol
 
@@ -182,15 +188,28 @@ class DhtServer(Server):  # type: ignore[misc]
         ).find()
         return found
 
-    async def store_everywhere(self, dkey: bytes, blob: bytes) -> int:
-        """Store at the k closest nodes that prove their id; returns how many accepted."""
-        nodes = await self.closest_nodes(dkey)
+    async def store_everywhere(self, dkey: bytes, blob: bytes, reuse_closest_s: float = 0.0) -> int:
+        """Store at the k closest nodes that prove their id; returns how many accepted.
+
+        With *reuse_closest_s*, the closest nodes an earlier store found at most that long ago
+        are stored at again without a new crawl (a republish soon after a full one)."""
+        now = time.monotonic()
+        hit = self._closest.get(dkey)
+        if reuse_closest_s > 0 and hit is not None and hit[1] and now - hit[0] <= reuse_closest_s:
+            nodes = hit[1]
+        else:
+            nodes = await self.closest_nodes(dkey)
+            if len(self._closest) >= MAX_REMEMBERED_CLOSEST and dkey not in self._closest:
+                del self._closest[min(self._closest, key=lambda k: self._closest[k][0])]
+            self._closest[dkey] = (now, nodes)
         results = await asyncio.gather(*(self.protocol.call_store(n, dkey, blob) for n in nodes))
         return sum(1 for ok, accepted in results if ok and accepted)
 
-    async def store_all(self, dkeys: list[bytes], blob: bytes) -> int:
+    async def store_all(self, dkeys: list[bytes], blob: bytes, reuse_closest_s: float = 0.0) -> int:
         """`store_everywhere` for every key at once: one publish costs one crawl's latency."""
-        counts = await asyncio.gather(*(self.store_everywhere(k, blob) for k in dkeys))
+        counts = await asyncio.gather(
+            *(self.store_everywhere(k, blob, reuse_closest_s) for k in dkeys)
+        )
         return sum(counts)
 
     def record_crawl(self, dkey: bytes, accept: Callable[[bytes], bool]) -> RecordCrawl | None:
@@ -232,12 +251,13 @@ def record_acceptor(key: str, *, now: float) -> Callable[[bytes], bool]:
 
 
 def record_of_node(blob: object, node_id: bytes, *, now: float) -> CapabilityRecord | None:
-    """A node's own record (`rpc_record`), accepted only if its key is the one behind the id."""
+    """A node's own record (`rpc_record`), accepted only if its key is the one behind the id;
+    None for a withdrawn one too (the node is shutting down)."""
     try:
         signed = open_record(blob, now=now)
     except RecordError:
         return None
-    if hashlib.sha1(signed.record.public_key).digest() != node_id:
+    if hashlib.sha1(signed.record.public_key).digest() != node_id or signed.record.withdrawn:
         return None
     return signed.record
 
@@ -248,6 +268,7 @@ class Dht:
     def __init__(self, server: DhtServer, loop: asyncio.AbstractEventLoop) -> None:
         self._server = server
         self._loop = loop
+        self._withdrawn = False  # our withdrawal went out: no live record may follow it
 
     @property
     def server(self) -> DhtServer:
@@ -308,17 +329,30 @@ class Dht:
         node_id = await run_aio(self._loop, self._server.protocol.ping_address, (host, port))
         return node_id is not None
 
-    async def publish(self, signed: SignedRecord) -> int:
-        """Store our record under every key it is bound to; returns accepted remote stores."""
+    async def publish(self, signed: SignedRecord, *, reuse_closest_s: float = 0.0) -> int:
+        """Store our record under every key it is bound to; returns accepted remote stores.
+        *reuse_closest_s*: see `DhtServer.store_everywhere` (a republish of a load change).
+
+        Once a withdrawal (`record.withdrawn`) is published, live records are not: a publish
+        still under way when the node began to stop (a pause, a load change) must not bring the
+        stopping node back with its higher seq."""
+        if self._withdrawn and not signed.record.withdrawn:
+            log.debug("not publishing seq %d: this node withdrew its record", signed.record.seq)
+            return 0
+        self._withdrawn = self._withdrawn or signed.record.withdrawn
         self.protocol.own_record = signed
         dkeys = [dht_digest(key) for key in signed.record.dht_keys()]
         for dkey in dkeys:
             self.store.put_own(dkey, signed)
-        accepted: int = await run_aio(self._loop, self._server.store_all, dkeys, signed.blob)
+        accepted: int = await run_aio(
+            self._loop, self._server.store_all, dkeys, signed.blob, reuse_closest_s
+        )
         return accepted
 
-    async def find_records(self, key: str) -> list[CapabilityRecord]:
-        """Verified, unexpired records under *key*, newest per signer (local copy included).
+    async def find_records(self, key: str, *, withdrawn: bool = False) -> list[CapabilityRecord]:
+        """Verified, unexpired records under *key*, newest per signer (local copy included);
+        a signer whose newest record is a withdrawal (it stopped) is left out unless *withdrawn*
+        (the dashboard shows such a node as offline).
 
         The union of the answers of every one of the k nodes closest to the key (`RecordCrawl`),
         not the first holder's: each holder's answer is a bounded, fair share of what it holds,
@@ -334,7 +368,8 @@ class Dht:
         for blob in dict.fromkeys(blobs):
             if accept(blob):
                 verified.append(open_record(blob, now=now))
-        return newest_per_peer(verified)
+        newest = newest_per_peer(verified)
+        return newest if withdrawn else live(newest)
 
 
 @asynccontextmanager

@@ -26,6 +26,16 @@ network (the newcomer itself, when that is it: the store then refuses it as `FUL
 Our own records (`put_own`) never give way. Honest nodes republish every TTL/3, so a slot an
 honest node held comes back at the next round, and it keeps its seniority while we remember it.
 
+Updates: an honest node republishes every 20 s and on load changes (at most every 5 s, issue
+#18), each a higher seq replacing its own slot under each key. Nothing bounds how often a signer
+may update: a replacement changes no bound and evicts nobody (`_make_room` returns at once), so
+frequent updates by a stranger churn only its own slots, as before; what each costs us (one
+signature check) is bounded per source by the intake's rate limit. An older record never comes
+back over a newer one (`STALE`), a withdrawal included: the withdrawal outlives the live record
+it replaced (signed later with the same lifetime), so by the time it is culled, the record it
+superseded has expired everywhere and can no longer be stored. Expired records are culled only
+when the soonest expiry has passed (`_soonest`), not by a walk over the store on every offer.
+
 Answers (`answer`) share the datagram's byte budget across source networks by deficit round
 robin (`p2p.dht.fair_share`), networks and signers oldest-seen first, instead of "latest expiry
 first"; readers merge the answers of the k closest nodes (`p2p.dht.lookup`).
@@ -79,6 +89,7 @@ class RecordStore:
     _by_signer: dict[str, set[bytes]] = attrs.field(factory=dict)
     _per_network: Counter[str] = attrs.field(factory=Counter)  # records per source network
     _total: int = 0
+    _soonest: float = float("inf")  # no record stored expires before this (a lower bound)
 
     def __attrs_post_init__(self) -> None:
         self.history = SignerHistory(keep=lambda peer: peer in self._by_signer)
@@ -155,6 +166,8 @@ class RecordStore:
         return None if seen is None else seen.network
 
     def cull(self, *, now: float) -> None:
+        if now < self._soonest:
+            return  # nothing has expired yet
         expired = [
             (dkey, pid)
             for dkey, slot in self.slots.items()
@@ -163,6 +176,10 @@ class RecordStore:
         ]
         for dkey, pid in expired:
             self._remove(dkey, pid)
+        self._soonest = min(
+            (s.record.expires_at for slot in self.slots.values() for s in slot.values()),
+            default=float("inf"),
+        )
 
     # --- internals -----------------------------------------------------------------------
 
@@ -238,6 +255,7 @@ class RecordStore:
             self._per_network[self._seen(peer).network] += 1
             self._total += 1
         slot[peer] = signed
+        self._soonest = min(self._soonest, signed.record.expires_at)
 
     def _remove(self, dkey: bytes, peer: str) -> None:
         slot = self.slots.get(dkey)

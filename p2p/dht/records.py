@@ -85,17 +85,33 @@ RECORD_DOMAIN = "capability-record/1"
 # rpcudp refuses outgoing requests over 8192 bytes, and a store request carries the record plus
 # the sender's id, the key and msgpack framing (~100 bytes). 7 KiB leaves room for all of that.
 MAX_RECORD_BYTES = 7 * 1024
-# Records live minutes. TTL 5 min, republished every TTL/3 = 100 s:
-# - a killed node is gone from every lookup at most 5 min after its last publish (the store drops
-#   expired records, and readers check expiry again); meanwhile a client that picks it loses one
-#   connect attempt and fails over, so staleness costs seconds, not failures;
+# Records live one minute. TTL 60 s, republished every TTL/3 = 20 s (issue #18, "live state"):
+# - a killed node is gone from every lookup at most 60 s after its last publish (the store drops
+#   expired records, and readers check expiry again); a stopped one (Ctrl-C, SIGTERM) at once: its
+#   last publish is a signed withdrawal (`withdrawn`, p2p/node/withdrawal.py), which supersedes
+#   the live record under every key by its higher seq and which readers drop;
 # - republishing at TTL/3 lets two consecutive rounds be lost (a slow lookup, a burst of packet
 #   loss) before the record lapses while its node lives;
-# - the price: per node and round, one lookup and k = 20 stores per key (4 keys for one model),
-#   ~100 datagrams per 100 s, under 1 datagram/s and a few KiB/s even with 7 KiB records.
-# Shorter would multiply that traffic on every node for little gain (failover already hides
-# stale records); longer keeps dead nodes listed by `gpunet peers` for many minutes.
-DEFAULT_TTL_S = 300.0
+# - the load a client ranks by is republished when it changes, at most every
+#   `LOAD_REPUBLISH_MIN_S` (p2p/node/load_refresh.py), so what a lookup finds is at most that
+#   plus a publish (~1 s) plus the client's lookup cache (5 s) old: ~10 s;
+# - the price, measured (`tools/bench_publish.py --nodes 40` and `--nodes 100`, alike within 3 %;
+#   a 665-byte record of one model, 4 keys): a publish is one closest-nodes crawl per key and
+#   k = 20 stores per key, ~86 find_node + 80 store + a few proof requests = ~170 requests,
+#   ~340 datagrams with their answers, ~67 KB sent (59 KB of it the stores, so it grows with
+#   the record). Every 20 s: ~17 datagrams/s and ~3.4 KB/s sent per node (a fifth of that at
+#   100 s, the figure before issue 18). A busy node whose load changes all the time republishes
+#   every 5 s instead (the 20 s period restarts after each publish), and a load republish reuses
+#   the closest nodes found by the last crawl (`Dht.publish(..., reuse_closest_s=...)`): 80
+#   stores, ~160 datagrams, ~59 KB. Measured on the node's real republisher with its load
+#   changing every 0.2 s for 60 s (`--busy 60`): 11 publishes, ~35 datagrams/s, ~12 KB/s sent
+#   (the answers to stores are a few bytes). Each of a key's 20 closest nodes receives
+#   one store per busy provider per 5 s (one Ed25519 check each, ~0.1 ms): 64 busy providers
+#   of one model (the per-key bound) cost it ~13 checks/s per key. An idle node sends nothing
+#   extra. Rejected: a load query over the session (`Pong` carrying load) helps only a client
+#   that holds a session to the node, and needs a ping loop in every client; the DHT path
+#   reaches every lookup, `gpunet peers` and the dashboard alike.
+DEFAULT_TTL_S = 60.0
 REPUBLISH_INTERVAL_S = DEFAULT_TTL_S / 3
 MAX_NODE_NAME = 64
 
@@ -105,10 +121,13 @@ def is_node_name(value: object) -> bool:
     return isinstance(value, str) and len(value) <= MAX_NODE_NAME and value.isprintable()
 
 
-# Records are republished, never long-lived: twice the default lifetime leaves a node room to pick
-# a longer TTL of its own, and no more. A longer cap gave a stranger's record a longer stay than
-# an honest one's (issue #14: 1 h against 300 s), so "latest expiry" was the attacker's to win.
-MAX_TTL_S = 2 * DEFAULT_TTL_S
+# Records are republished, never long-lived. A longer cap gave a stranger's record a longer stay
+# than an honest one's (issue #14: 1 h against 300 s), so "latest expiry" was the attacker's to
+# win; since then nothing in a store or an answer is decided by expiry (record_store.py). The cap
+# stayed at 600 s when the default TTL fell from 300 s to 60 s (issue #18): nodes of the versions
+# before publish 300 s records, which must still verify, and a stranger gains nothing it did not
+# have before (it may republish as often as it likes anyway; see record_store.py on updates).
+MAX_TTL_S = 600.0
 # Clocks of volunteers drift; refuse records from further in the future than this.
 MAX_CLOCK_SKEW_S = 120.0
 
@@ -375,13 +394,20 @@ def check_lifetime(record: CapabilityRecord, *, now: float) -> None:
 
 
 def newest_per_peer(records: list[SignedRecord]) -> list[CapabilityRecord]:
-    """One record per signer, the highest sequence number winning."""
+    """One record per signer, the highest sequence number winning (withdrawals included: a
+    withdrawal must win over the older live record some holder still has; `live` drops it)."""
     best: dict[str, CapabilityRecord] = {}
     for s in records:
         r = s.record
         if r.peer_id not in best or r.seq > best[r.peer_id].seq:
             best[r.peer_id] = r
     return list(best.values())
+
+
+def live(records: list[CapabilityRecord]) -> list[CapabilityRecord]:
+    """*records* without the withdrawn ones (a node that said it stopped). Apply it after
+    `newest_per_peer`, never before: filtered first, an older live record would win again."""
+    return [r for r in records if not r.withdrawn]
 
 
 def record_to_json(record: CapabilityRecord) -> dict[str, Any]:

@@ -15,4 +15,16 @@ CLI hands `run_node` an API starter instead.
 - `models.py` — `ServedModel`, `load_models` (offload plan, self-benchmark), `find_model`.
 - `capability.py` — the capability record as a pure function of what the node knows.
 - `record_seq.py` — the record sequence number, persisted so it never goes backwards.
+- `load_refresh.py` — when the record is republished: every TTL/3, on a reach change, and within
+  5 s of a load change (debounced, without a crawl), so clients rank by load ≤ ~10 s old.
+- `control.py` — the owner's control ops (`gpunet status`, `pause`, `resume`), answered only to a
+  session with the node's own identity; the state JSON.
+- `node_stats.py` — counters of the work served for others (outcomes, tokens, refusals, TTFT),
+  sans-IO and bounded; `node_metrics.py` — the same as Prometheus series for `node --api`.
+- `pause.py` — the pause state (the owner's and the serve hours'), and the tasks following it;
+  `serve_hours.py` — `--serve-hours` ranges, sans-IO.
+- `join.py` — joining through the bootstrap peers, retried with growing waits.
+- `request_log.py` — the volunteer's one line per request, and the connection wrapper feeding it.
+- `withdrawal.py` — the signed withdrawal a stopping node publishes before it drains, so lookups
+  drop it at once.
 """

@@ -61,8 +61,10 @@ def capability_record(
     network_id: bytes | None,
     reach: str = "unknown",
     relays: Sequence[RelayHint] = (),
+    name: str = "",
 ) -> CapabilityRecord:
-    """*reach* and *relays*: how others reach the node (p2p/reach/state.py decides both)."""
+    """*reach* and *relays*: how others reach the node (p2p/reach/state.py decides both);
+    *name*: the owner's `--name` ("" none)."""
     on_gpu = host.gpu_offload and any(m.n_gpu_layers > 0 for m in models)
     return CapabilityRecord(
         peer_id=identity.peer_id,
@@ -88,6 +90,7 @@ def capability_record(
         load=load,
         reach=reach,
         relays=tuple(relays),
+        name=name,
     )
 
 

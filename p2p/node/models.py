@@ -9,11 +9,12 @@ from pathlib import Path
 
 import attrs
 
-from inference.batching import BatchingWorker
+from inference.batching import DEFAULT_SLOTS, BatchingWorker
 from inference.chat import chat_format, supports_tools
 from inference.embedding_worker import EmbeddingWorker
 from inference.gpu import GpuInfo, supports_gpu_offload
 from inference.llama_lowlevel import LoadFailed
+from inference.memory_plan import cap_vram, default_context, format_size
 from inference.model_file import ModelFileError, ModelInfo
 from inference.offload import OffloadPlan, plan_offload, vram_needed
 from p2p.model_match import model_matches
@@ -85,6 +86,29 @@ def served_context(wanted: int, info: ModelInfo) -> int:
     return min(wanted, info.context_length) if info.context_length > 0 else wanted
 
 
+def _context(
+    config: NodeConfig,
+    info: ModelInfo,
+    gpus: Sequence[GpuInfo],
+    offload_ok: bool,
+    on_progress: Callable[[str], None],
+) -> int:
+    """--ctx-size capped by the trained context, or without it the memory plan's default."""
+    if config.n_ctx is None:
+        # --slots auto: planned for the default count; auto then takes more slots only while
+        # their KV cache fits beside this context (inference/slot_planner.py memory_cap)
+        slots = config.slots if isinstance(config.slots, int) else DEFAULT_SLOTS
+        n_ctx, why = default_context(
+            info, gpus, n_seq=slots, gpu_layers=config.gpu_layers, offload_supported=offload_ok
+        )
+        on_progress(f"{info.name}: context {n_ctx} tokens ({why})")
+        return n_ctx
+    n_ctx = served_context(config.n_ctx, info)
+    if n_ctx < config.n_ctx:
+        on_progress(f"{info.name}: context {n_ctx} tokens, the most it was trained for")
+    return n_ctx
+
+
 def _memory_estimate(info: ModelInfo, n_ctx: int, n_seq: int) -> str:
     if info.layout is None:
         return ""
@@ -112,10 +136,11 @@ async def load_models(
     served: list[ServedModel] = []
     problems: list[str] = []
     offload_ok = supports_gpu_offload()
+    if config.max_vram is not None and gpus:  # --max-vram: the planner sees no more than this
+        gpus = cap_vram(gpus, config.max_vram)
+        on_progress(f"planning with at most {format_size(config.max_vram)} of VRAM (--max-vram)")
     for info in config.models:
-        n_ctx = served_context(config.n_ctx, info)
-        if n_ctx < config.n_ctx:
-            on_progress(f"{info.name}: context {n_ctx} tokens, the most it was trained for")
+        n_ctx = _context(config, info, gpus, offload_ok, on_progress)
         n_threads = config.n_threads or default_threads()
         slots, costs = await slots_for(  # --slots auto measures here (auto_slots.py)
             config,

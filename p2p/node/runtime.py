@@ -20,21 +20,27 @@ from crypto.network_key import network_id
 from inference.gpu import GpuInfo, HostFacts, probe_gpus, probe_host
 from p2p.client.network import Client
 from p2p.dht.node import Dht, open_dht
-from p2p.dht.records import CapabilityRecord, SignedRecord, sign_record
+from p2p.dht.records import CapabilityRecord, LoadEntry, sign_record
 from p2p.errors import ErrorCode
 from p2p.host_port import format_host_port
 from p2p.node.capability import ModelOffer, capability_record, load_entry
 from p2p.node.config import NodeConfig, NodeError, NodeReady
 from p2p.node.connection import Reply, serve_connection
+from p2p.node.control import start_control
 from p2p.node.embedding_serving import serve_embed
 from p2p.node.join import join
+from p2p.node.load_refresh import LoadChanges, publish_forever
 from p2p.node.models import ServedModel, find_model, load_models
+from p2p.node.node_stats import NodeStats
+from p2p.node.pause import PauseState
 from p2p.node.record_seq import RecordSequence
 from p2p.node.request_log import FinalMessages, log_request, short_name
 from p2p.node.serving import BUSY_TEXT, serve_on_worker, serve_score
+from p2p.node.withdrawal import withdraw
 from p2p.protocol import wire
 from p2p.protocol.admission import AdmissionControl
 from p2p.protocol.session_table import SessionTable
+from p2p.reach.mapping_race import hold_port_mappings
 from p2p.reach.node_tasks import (
     inbound_observer,
     keep_reachability,
@@ -44,7 +50,7 @@ from p2p.reach.node_tasks import (
     relayed_session_handler,
     usable_host,
 )
-from p2p.reach.port_mapping import PortMapping, hold_port_mappings
+from p2p.reach.port_mapping import PortMapping
 from p2p.reach.relay_service import ProbeInbox
 from p2p.reach.state import ReachState
 from p2p.reach.strangers import ContactedHosts
@@ -52,6 +58,7 @@ from p2p.session.local import Connection
 from p2p.session.pool import SessionPool
 from p2p.session.secure import serve_sessions
 from p2p.share.counters import ShareCounters
+from p2p.share.share_service import node_share_service
 
 __all__ = ["ApiStarter", "Node", "NodeConfig", "NodeError", "NodeReady", "join", "run_node"]
 
@@ -105,6 +112,9 @@ class Node:
         self.serve_share: Callable[[wire.FetchManifest | wire.FetchChunk, Reply], Awaitable[None]]
         self.serve_share = _no_share
         self.share_counters = ShareCounters()  # p2p/share/: what the node has shared
+        self.load_changes = LoadChanges()  # bumped as requests come and go (load_refresh.py)
+        self.stats = NodeStats()  # the work served, for `gpunet status` and /metrics
+        self.pause = PauseState(config.serve_hours)  # `gpunet pause`, --serve-hours
 
     def on_port_mapping(self, mapping: PortMapping | None) -> None:
         """p2p/reach/port_mapping.py's report (each grant and renewal; None once lost)."""
@@ -115,7 +125,9 @@ class Node:
             self.reach.set_mapped(mapping.external_ip, mapping.tcp_port)
 
     def total_slots(self) -> int:
-        return sum(m.worker.slots for m in self.served)
+        cap = self.config.max_requests  # beyond it the node answers busy: no slot is free then
+        slots = sum(m.worker.slots for m in self.served)
+        return slots if cap is None else min(slots, cap)
 
     def find_model(self, wanted: str) -> ServedModel | None:
         return find_model(self.served, wanted)
@@ -145,11 +157,16 @@ class Node:
             ],
             gpus=self.gpus,
             host=self._host,
-            load=load_entry(self.active_requests, self.total_slots(), draining=self.draining),
+            load=self.current_load(),
             network_id=self.network_id,
             reach=self.reach.reach,
             relays=self.reach.published_relays(),
+            name=self.config.name,
         )
+
+    def current_load(self) -> LoadEntry:
+        # a paused node (p2p/node/pause.py) announces no free slot, as a draining one
+        return load_entry(self.active_requests, self.total_slots(), draining=self.refusing())
 
     async def handle_connection(self, conn: Connection) -> None:
         observed = FinalMessages(conn)
@@ -160,10 +177,15 @@ class Node:
         while self.active_requests:
             await self._request_ended.wait()
 
+    def refusing(self) -> bool:
+        return self.draining or self.pause.paused
+
     def _refusal(self, peer_id: str) -> tuple[ErrorCode, str] | None:
         """Why the node will not start a request from *peer_id* now, if it will not."""
         if self.draining:
             return ErrorCode.SHUTTING_DOWN, "node is shutting down"
+        if self.pause.paused:  # p2p/node/pause.py: in-flight requests finish
+            return ErrorCode.PAUSED, self.pause.refusal_text()
         limit = self.config.max_requests
         if limit is not None and self.active_requests >= limit:
             return ErrorCode.BUSY, BUSY_TEXT
@@ -192,6 +214,7 @@ class Node:
         refusal = self._refusal(reply.peer_id)
         if refusal is not None:
             await reply.fail(*refusal)
+            self.stats.refused(refusal[0])
             if finals is not None:
                 finals.pop(msg.id, None)
             # Not in the request log: refusals cost a requester nothing, and a flood of them
@@ -199,6 +222,7 @@ class Node:
             log.debug("refused %s from %s: %s", short_name(wanted), reply.peer_id, refusal[0].value)
             return
         self.active_requests += 1
+        self.load_changes.bump()
         started = time.monotonic()
         try:
             with trio.move_on_after(REQUEST_DEADLINE_S) as deadline:
@@ -210,7 +234,9 @@ class Node:
             served = self.find_model(wanted)
             model = served.info.name if served is not None else short_name(wanted)
             log_request(model, reply.peer_id, final, time.monotonic() - started)
+            self.stats.finished(final, time.monotonic() - started, model if served else None)
             self.active_requests -= 1
+            self.load_changes.bump()
             self.admission.release(reply.peer_id)
             self._request_ended.set()
             self._request_ended = trio.Event()
@@ -235,31 +261,8 @@ class Node:
             await serve_on_worker(served, msg, reply, self.identity)
 
     async def publish_forever(self, dht: Dht, session_address: str) -> None:
-        """Republish well before expiry, so a record never lapses while the node lives. Two
-        publishes may run at once: one that waits on contacts that never answer does not hold
-        back the record of a change (a newer seq supersedes an older one wherever both land)."""
-        slots = trio.Semaphore(2)
-
-        async def publish(signed: SignedRecord) -> None:
-            try:
-                accepted = await dht.publish(signed)
-                log.info(
-                    "published record seq %d (%d remote stores accepted)",
-                    signed.record.seq,
-                    accepted,
-                )
-            finally:
-                slots.release()
-
-        async with trio.open_nursery() as nursery:
-            while True:
-                seen = self.reach.version
-                await slots.acquire()
-                nursery.start_soon(
-                    publish, sign_record(self.build_record(session_address), self.identity)
-                )
-                with trio.move_on_after(self.config.ttl_s / 3):
-                    await self.reach.wait_changed(seen)  # new address or relay: tell the DHT now
+        """Republish until cancelled: TTL/3, reach and load changes (p2p/node/load_refresh.py)."""
+        await publish_forever(self, dht, session_address, published=self.current_load())
 
 
 async def run_node(
@@ -270,8 +273,9 @@ async def run_node(
     task_status: trio.TaskStatus[NodeReady] = trio.TASK_STATUS_IGNORED,
     on_progress: Callable[[str], None] = lambda _line: None,
     api: ApiStarter | None = None,
+    stats: NodeStats | None = None,
 ) -> None:
-    """Serve until cancelled, or until *shutdown* is set: then stop announcing, refuse new
+    """Serve until cancelled, or until *shutdown* is set: then withdraw the record, refuse new
     requests, give in-flight ones `config.grace_s` to finish, cut the rest, and return.
 
     *api*, when given, is started with the node's in-process client once the node serves
@@ -279,6 +283,7 @@ async def run_node(
     if identity is None:
         identity = load_or_create_identity(config.data_dir / "identity.pem")
     node = Node(config, identity)
+    node.stats = stats or node.stats  # the CLI's, when its API serves the node's /metrics
     node.gpus = await trio.to_thread.run_sync(probe_gpus)
     node.served = await load_models(
         config, node.gpus, benchmark=config.benchmark, on_progress=on_progress
@@ -325,6 +330,7 @@ async def _serve(
     )
     host = published_host(config)
     session_address = format_host_port(host, listeners[0].socket.getsockname()[1])
+    start_control(node, nursery, dht, session_address)  # owner's ops, serve hours (control.py)
     # Reachability and the republisher before the first publish: a relay reserved meanwhile is
     # published at once, alongside the first publish (which may wait seconds on contacts that
     # do not answer), not after it.
@@ -340,10 +346,19 @@ async def _serve(
             hold_port_mappings, on_change=node.on_port_mapping, internal_host=config.host
         )
         nursery.start_soon(_map_ports, node, nursery, partial(holder, dht.port, tcp_port))
+    share = node_share_service(node)  # its model files, for peers that fetch them (p2p/share/)
+    await nursery.start(share.run)
+    node.serve_share = share.serve
     await dht.publish(sign_record(node.build_record(session_address), identity))
     api_url = None
     if api is not None:
-        pool = SessionPool(identity, nursery, psk=config.psk, local=node.handle_connection)
+        pool = SessionPool(
+            identity,
+            nursery,
+            psk=config.psk,
+            local=node.handle_connection,
+            hole_punch=config.hole_punch,
+        )
         client = Client(dht, identity, pool, network_id=node.network_id)
         api_url = await nursery.start(api(client))
     task_status.started(
@@ -372,17 +387,15 @@ async def _republish_later(
     node: Node, dht: Dht, session_address: str, scope: trio.CancelScope
 ) -> None:
     with scope:
-        with trio.move_on_after(node.config.ttl_s / 3):
-            await node.reach.wait_changed(0)  # the first publish was of version 0
         await node.publish_forever(dht, session_address)
 
 
 async def _drain(node: Node, dht: Dht, session_address: str, publishing: trio.CancelScope) -> None:
     node.draining = True
     publishing.cancel()
-    # A last record with no free slot, so clients that still find it rank this node last.
-    with trio.move_on_after(2):
-        await dht.publish(sign_record(node.build_record(session_address), node.identity))
+    # A signed withdrawal before in-flight requests drain: lookups drop the node at once.
+    build = partial(node.build_record, session_address)
+    await withdraw(dht, node.identity, build, reuse_closest_s=node.config.ttl_s / 3)
     with trio.move_on_after(node.config.grace_s):
         await node.wait_idle()
 

@@ -56,6 +56,16 @@ class AdmissionControl:
         self._active[peer_id] = active + 1
         return None
 
+    def try_hold(self, peer_id: str) -> ErrorCode | None:
+        """Like `try_admit` for work paced by bytes rather than by requests (the model-file
+        shares of p2p/share/, hundreds of chunk requests a second): one of the peer's
+        concurrent places, no request-rate token. None when held (call `release` later)."""
+        active = self._active.get(peer_id, 0)
+        if active >= self.per_peer_concurrency:
+            return ErrorCode.BUSY
+        self._active[peer_id] = active + 1
+        return None
+
     def release(self, peer_id: str) -> None:
         active = self._active.get(peer_id, 0)
         if active > 1:

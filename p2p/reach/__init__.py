@@ -15,7 +15,14 @@ docs/reachability.md describes the design; the files:
   that strangers reach it (a dial-back from a contacted helper is only weak proof).
 - `state.py`: what the node knows of its reachability; changes trigger a republish.
 - `node_tasks.py` (trio): the node's reach tasks (check, keep relays) and their wiring.
-- `port_mapping.py` (trio): UPnP-IGD port mappings on the home router.
+- `port_mapping.py` (trio): UPnP-IGD port mappings on the home router, and the mapping record
+  and claim both protocols share.
+- `natpmp.py` (sans-IO): NAT-PMP (RFC 6886) requests, strict readers of the gateway's answers,
+  the retransmission schedule, the epoch rule, the default gateway from the route table.
+- `pcp.py` (sans-IO): PCP (RFC 6887) MAP and ANNOUNCE requests and strict readers of answers.
+- `natpmp_client.py` (trio): NAT-PMP and PCP port mappings through the default gateway.
+- `mapping_race.py` (trio): the node's port mapping: UPnP and NAT-PMP at once (PCP where
+  NAT-PMP is not spoken), the first that is ready holds the router.
 - `punch_rules.py` (sans-IO): when each side of a hole punch tries, a volunteer's punch budget,
   and the names of the paths a session takes (direct / mapped / hole-punched / relayed).
 - `hole_punch.py` (trio): upgrading a relayed session to a direct one by a TCP simultaneous

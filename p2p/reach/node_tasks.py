@@ -475,4 +475,5 @@ def reach_context(
         client_only=relayed_mode(dht, service),
         await_mapping=config.port_mapping,
         peers_known=dht.routing_table_size,
+        punch=PunchResponder() if config.hole_punch else None,
     )

@@ -1,7 +1,9 @@
 """Port mapping on the home router (UPnP-IGD through the `miniupnpc` library): a volunteer
-behind a router that speaks UPnP becomes dialable without configuring anything.
+behind a router that speaks UPnP becomes dialable without configuring anything. The mapping
+record (`PortMapping`) and `MappingClaim` are shared with NAT-PMP (`natpmp_client.py`);
+`mapping_race.py` runs both and takes whichever grants first.
 
-`hold_port_mappings` discovers the router, reads its external address, maps the node's UDP
+`hold_upnp_mappings` discovers the router, reads its external address, maps the node's UDP
 (DHT) and TCP (session) ports for a lease, renews the lease well before it ends, and removes
 both mappings when it stops — also when it is cancelled, in a shielded cleanup with a deadline.
 What it holds is reported through a callback (`on_change`), so the reachability state publishes
@@ -12,10 +14,6 @@ a deadline; an abandoned call finishes on its own thread while the next one wait
 the client's lock. The router is a network input like any other: its answers are checked
 (an external address that is no IPv4 address, a port out of range) and a failing or slow
 router costs a log line, never the node.
-
-NAT-PMP/PCP: no maintained Python library fits (`py-natpmp` 0.2.5 and `nat-pmp` 1.3.2 are old
-single-file clients, blocking, NAT-PMP v0 only); miniupnpd answers both, so a client can be added
-here later behind the same callback.
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ RENEW_FRACTION = 0.5  # renew when this much of the lease has passed
 MIN_RENEW_S = 1.0
 ALTERNATIVE_PORTS = 4  # random external ports tried when the node's own is taken
 DESCRIPTION = "gpunet node"
+UPNP = "UPnP"  # the protocol's name in logs and `MappingClaim`
 # UPnP error texts miniupnpc raises with (strupnperror), and what they make us do.
 CONFLICT = "ConflictInMappingEntry"
 PERMANENT_ONLY = "OnlyPermanentLeasesSupported"
@@ -69,6 +68,25 @@ class PortMapping:
     @property
     def dht_address(self) -> str:
         return f"{self.external_ip}:{self.udp_port}"
+
+
+@attrs.define
+class MappingClaim:
+    """Which protocol maps the node's ports: the first to take the claim, right before its
+    first request to map. The other keeps off the router: on many routers (miniupnpd) both
+    protocols' mappings of one port are one rule, and removing one would remove the other."""
+
+    holder: str | None = None
+
+    def take(self, name: str) -> bool:
+        if self.holder in (None, name):
+            self.holder = name
+            return True
+        return False
+
+    def release(self, name: str) -> None:
+        if self.holder == name:
+            self.holder = None
 
 
 def renew_after(lease_s: int, permanent_check_s: float = REDISCOVER_S) -> float:
@@ -261,7 +279,7 @@ async def _remove(igd: Igd, mapping: PortMapping) -> None:
         )
 
 
-async def hold_port_mappings(
+async def hold_upnp_mappings(
     udp_port: int,
     tcp_port: int,
     *,
@@ -270,6 +288,7 @@ async def hold_port_mappings(
     lease_s: int = DEFAULT_LEASE_S,
     discover: Discover = MiniupnpcIgd.discover,
     rediscover_s: float = REDISCOVER_S,
+    claim: MappingClaim | None = None,
     task_status: trio.TaskStatus[PortMapping | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Map *udp_port* and *tcp_port* on the home router and hold the mappings until cancelled.
@@ -277,7 +296,8 @@ async def hold_port_mappings(
     *internal_host*: the node's bind address when it is a specific one (otherwise the address
     the router is reached from). *on_change* gets the mapping at each grant and renewal, and
     None when it is lost; `task_status.started` reports the first outcome (a mapping, or None:
-    no router, or it refused) so that a caller may wait for it."""
+    no router, or it refused) so that a caller may wait for it. With *claim*, the router is
+    asked only while no other protocol holds it (looked at again after *rediscover_s*)."""
     if is_loopback(internal_host):
         log.debug("port mapping: off, the node listens on loopback only")
         task_status.started(None)
@@ -291,15 +311,23 @@ async def hold_port_mappings(
                 if not told_no_router:
                     log.info(
                         "port mapping: no UPnP-IGD router answered on the LAN in %.0f s; "
-                        "nothing mapped (looking again every %.0f min)",
+                        "nothing mapped by UPnP (looking again every %.0f min)",
                         DISCOVER_MS / 1000,
                         rediscover_s / 60,
                     )
                     told_no_router = True
+            elif claim is not None and not claim.take(UPNP):
+                log.info(
+                    "port mapping: the router maps by %s already; UPnP stays off", claim.holder
+                )
             else:
                 wildcard = internal_host in (None, "", "0.0.0.0")
                 host = igd.lan_address if wildcard or internal_host is None else internal_host
-                await _hold(igd, host, udp_port, tcp_port, lease_s, on_change, report)
+                try:
+                    await _hold(igd, host, udp_port, tcp_port, lease_s, on_change, report)
+                finally:
+                    if claim is not None:
+                        claim.release(UPNP)
                 report = None  # _hold reported the first outcome
         except (PortMappingError, trio.TooSlowError) as exc:
             log.warning("port mapping: %s; nothing mapped", exc or "the router did not answer")

@@ -215,9 +215,12 @@ class SessionPool:
         *,
         psk: bytes | None = None,
         local: Callable[[Connection], Awaitable[None]] | None = None,
+        hole_punch: bool = True,
     ) -> None:
         """`local`: the node's own connection handler, when this pool belongs to a node (its
-        `--api` gateway); requests the ranking sends to the node itself then stay in-process."""
+        `--api` gateway); requests the ranking sends to the node itself then stay in-process.
+        `hole_punch` False: relayed dials ask for no punch (a plain CONNECT)."""
+        self._hole_punch = hole_punch
         self._identity = identity
         self._local = local
         self._psk = psk
@@ -319,7 +322,11 @@ class SessionPool:
         self, relay: RelayHint, peer_id: str, punches: dict[int, PunchAttempt]
     ) -> Connection:
         conn, attempt = await dial_relayed(
-            relay, peer_id, self._identity, psk=self._psk, punch_in=self._nursery
+            relay,
+            peer_id,
+            self._identity,
+            psk=self._psk,
+            punch_in=self._nursery if self._hole_punch else None,
         )
         if attempt is not None:
             punches[id(conn)] = attempt

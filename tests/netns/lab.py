@@ -22,7 +22,9 @@ namespace and removing the namespaces removes every link. NAT behaviours (`NAT_K
     port-restricted     MASQUERADE: Linux keeps the port, conntrack filters by address+port
     symmetric           MASQUERADE --random-fully: a new port per destination
     upnp                port-restricted (iptables-legacy, which miniupnpd's libiptc edits) plus
-                        Debian's miniupnpd on the LAN side: a real UPnP-IGD for the host
+                        Debian's miniupnpd on the LAN side: a real UPnP-IGD (and NAT-PMP/PCP)
+    natpmp              the same with miniupnpd's UPnP off: NAT-PMP/PCP only (not in NAT_KINDS,
+                        the matrix's list: tests/netns/test_natpmp.py builds it)
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -47,6 +50,7 @@ INTERNET_IP = "198.18.0.1"
 # out of the lab, and nothing outside it can reach or be reached at these addresses.
 IGD_SUBNET = "100.128.0"
 NAT_KINDS = ("full-cone", "address-restricted", "port-restricted", "symmetric", "upnp")
+IGD_KINDS = ("upnp", "natpmp")  # routers running miniupnpd
 MINIUPNPD = "/usr/sbin/miniupnpd"
 COMMAND_TIMEOUT_S = 20.0
 MINIUPNPD_START_S = 15.0
@@ -102,7 +106,7 @@ def unavailable_reason(nat_kinds: Sequence[str] = ()) -> str | None:
     needs = {"iptables": "iptables", "iptables-legacy": "iptables"}
     if "address-restricted" in nat_kinds:
         needs["nft"] = "nftables"
-    if "upnp" in nat_kinds:
+    if set(IGD_KINDS) & set(nat_kinds):
         needs[MINIUPNPD] = "miniupnpd-iptables"
     for tool, package in needs.items():
         if shutil.which(tool) is None:
@@ -241,10 +245,10 @@ class Lab:
 
     def add_home(self, nat: str) -> Home:
         """A router doing *nat* (one of NAT_KINDS) and a host behind it."""
-        if nat not in NAT_KINDS:
-            raise ValueError(f"unknown NAT kind {nat!r}; one of {', '.join(NAT_KINDS)}")
+        if nat not in _NAT_SETUP:
+            raise ValueError(f"unknown NAT kind {nat!r}; one of {', '.join(_NAT_SETUP)}")
         n = len(self.homes) + 1
-        subnet = IGD_SUBNET if nat == "upnp" else INTERNET_IP.rsplit(".", 1)[0]
+        subnet = IGD_SUBNET if nat in IGD_KINDS else INTERNET_IP.rsplit(".", 1)[0]
         wan_ip = f"{subnet}.{10 + n}"
         home = Home(n, nat, f"{self.name}-r{n}", f"{self.name}-h{n}", wan_ip)
         r, h = home.router_ns, home.host_ns
@@ -274,9 +278,10 @@ class Lab:
         cmd += ["peer", "name", name_b, "netns", ns_b]
         subprocess.run(cmd, check=True, capture_output=True, timeout=10)
 
-    def start_miniupnpd(self, home: Home) -> LabProcess:
+    def start_miniupnpd(self, home: Home, *, upnp: bool = True) -> LabProcess:
         """miniupnpd on *home*'s router, listening on its LAN, editing its iptables-legacy
-        chains (created by the `upnp` NAT setup)."""
+        chains (created by the `upnp` NAT setup); NAT-PMP and PCP (port 5351) always, UPnP
+        (SSDP, SOAP) when *upnp*. Its lease file lists the mappings it holds."""
         conf = self.work_dir / f"miniupnpd-{home.index}.conf"
         conf.write_text(
             "\n".join(
@@ -285,7 +290,8 @@ class Lab:
                     f"ext_ip={home.wan_ip}",
                     "listening_ip=lan",
                     "port=0",
-                    "enable_upnp=yes",
+                    f"enable_upnp={'yes' if upnp else 'no'}",
+                    f"lease_file={self.work_dir / f'miniupnpd-{home.index}.leases'}",
                     "enable_natpmp=yes",
                     "secure_mode=yes",
                     "system_uptime=no",
@@ -444,7 +450,7 @@ def _symmetric(lab: Lab, home: Home) -> None:
     _masquerade(lab, home, "iptables", "--random-fully")
 
 
-def _upnp(lab: Lab, home: Home) -> None:
+def _upnp(lab: Lab, home: Home, *, upnp: bool = True) -> None:
     # miniupnpd-iptables edits the legacy tables through libiptc: the whole router uses them.
     ipt, r = "iptables-legacy", home.router_ns
     _masquerade(lab, home, ipt)
@@ -455,13 +461,14 @@ def _upnp(lab: Lab, home: Home) -> None:
     lab.run(r, ipt, "-t", "nat", "-I", "POSTROUTING", "-o", "wan", "-j", "MINIUPNPD-POSTROUTING")
     lab.run(r, ipt, "-t", "mangle", "-I", "PREROUTING", "-i", "wan", "-j", "MINIUPNPD")
     lab.run(r, ipt, "-I", "FORWARD", "-i", "wan", "!", "-o", "wan", "-j", "MINIUPNPD")
-    lab.start_miniupnpd(home)
+    lab.start_miniupnpd(home, upnp=upnp)
 
 
-_NAT_SETUP = {
+_NAT_SETUP: dict[str, Callable[[Lab, Home], None]] = {
     "full-cone": _full_cone,
     "address-restricted": _address_restricted,
     "port-restricted": _port_restricted,
     "symmetric": _symmetric,
     "upnp": _upnp,
+    "natpmp": partial(_upnp, upnp=False),
 }

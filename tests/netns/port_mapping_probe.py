@@ -1,6 +1,10 @@
-"""Runs `hold_port_mappings` inside a lab host namespace, for tests/netns/test_port_mapping.py.
+"""Runs a port mapping holder inside a lab host namespace, for tests/netns/test_port_mapping.py
+and test_natpmp.py.
 
-``python -m tests.netns.port_mapping_probe UDP_PORT TCP_PORT LEASE_S``: listens on both ports
+``python -m tests.netns.port_mapping_probe UDP_PORT TCP_PORT LEASE_S [PROTOCOL]``: PROTOCOL is
+``upnp`` (the default: `hold_upnp_mappings`), ``natpmp`` (`hold_natpmp_mappings`), ``pcp``
+(`hold_pcp_mappings`) or ``both``
+(the node's race, `hold_port_mappings`). It listens on both ports
 (TCP answers each connection with ``probe\\n``, so a test can tell that a connection from the
 internet reached this host), holds the mappings, and prints one JSON line per event:
 ``{"event": "mapped", ...}`` at each grant and renewal, ``{"event": "lost"}``, ``{"event":
@@ -14,10 +18,20 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 import trio
 
-from p2p.reach.port_mapping import PortMapping, hold_port_mappings
+from p2p.reach.mapping_race import hold_port_mappings
+from p2p.reach.natpmp_client import hold_natpmp_mappings, hold_pcp_mappings
+from p2p.reach.port_mapping import PortMapping, hold_upnp_mappings
+
+HOLDERS: dict[str, Callable[..., Awaitable[None]]] = {
+    "upnp": hold_upnp_mappings,
+    "natpmp": hold_natpmp_mappings,
+    "pcp": hold_pcp_mappings,
+    "both": hold_port_mappings,
+}
 
 
 def emit(**fields: object) -> None:
@@ -45,7 +59,9 @@ async def answer(listener: trio.SocketListener) -> None:
         await stream.aclose()
 
 
-async def main(udp_port: int, tcp_port: int, lease_s: int) -> None:
+async def main(udp_port: int, tcp_port: int, lease_s: int, protocol: str) -> None:
+    holder = HOLDERS[protocol]
+    more = {} if protocol == "both" else {"rediscover_s": 3600}
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("0.0.0.0", udp_port))
     listeners = await trio.open_tcp_listeners(tcp_port, host="0.0.0.0")
@@ -53,13 +69,13 @@ async def main(udp_port: int, tcp_port: int, lease_s: int) -> None:
         nursery.start_soon(answer, listeners[0])
         async with trio.open_nursery() as holding:
             first = await holding.start(
-                lambda task_status: hold_port_mappings(
+                lambda task_status: holder(
                     udp_port,
                     tcp_port,
                     on_change=on_change,
                     lease_s=lease_s,
-                    rediscover_s=3600,
                     task_status=task_status,
+                    **more,
                 )
             )
             emit(event="first", mapped=first is not None)
@@ -72,4 +88,5 @@ async def main(udp_port: int, tcp_port: int, lease_s: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s: %(message)s")
-    trio.run(main, int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    protocol = sys.argv[4] if len(sys.argv) > 4 else "upnp"
+    trio.run(main, int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), protocol)

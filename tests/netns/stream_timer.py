@@ -12,6 +12,10 @@ with one JSON line:
   {"time": SHA, "runs": N, "max_tokens": M, "prompt": P}
                                    one warm-up, then N streamed requests; answers with the
                                    medians of the client's TTFT and decode tok/s and the failures
+
+Both take an optional "prefer": PEER_ID (the request goes to that node alone: volunteers that
+serve the same model), and "time" an optional "warmup": false; with "prefer" the answer also
+says the path the pool's session to it took (direct / hole-punched / relayed).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ def request(sha: str, prompt: str, max_tokens: int) -> wire.Generate:
     return wire.Generate(id=1, model=sha, prompt=prompt, max_tokens=max_tokens, temperature=0.0)
 
 
-async def timed(client: Client, sha: str, prompt: str, max_tokens: int) -> tuple[float, float]:
+async def timed(
+    client: Client, sha: str, prompt: str, max_tokens: int, prefer: str | None = None
+) -> tuple[float, float]:
     """(TTFT s, decode tok/s) of one streamed request, as this client sees them."""
     started = time.monotonic()
     stamps: list[float] = []
@@ -49,6 +55,7 @@ async def timed(client: Client, sha: str, prompt: str, max_tokens: int) -> tuple
         sha,
         request(sha, prompt, max_tokens),
         lambda _text: stamps.append(time.monotonic()),
+        prefer=prefer,
         deadline_s=60.0,
     )
     if not stamps:
@@ -58,14 +65,17 @@ async def timed(client: Client, sha: str, prompt: str, max_tokens: int) -> tuple
     return stamps[0] - started, rate
 
 
-async def first(client: Client, sha: str, limit_s: float) -> None:
+async def first(client: Client, sha: str, limit_s: float, prefer: str | None = None) -> None:
     deadline = time.monotonic() + limit_s
     for _ in range(10_000):  # bounded by the deadline long before this
         if time.monotonic() > deadline:
             break
         try:
-            await generate(client, sha, request(sha, "Hi", 1), lambda _t: None, deadline_s=10.0)
-        except Exception:  # not findable or not reachable yet: the benchmark's point
+            hi = request(sha, "Hi", 1)
+            await generate(client, sha, hi, lambda _t: None, prefer=prefer, deadline_s=10.0)
+        except Exception as exc:  # not findable or not reachable yet: the benchmark's point
+            # (its log says what each try met: where a volunteer's first seconds go)
+            print(f"{time.monotonic():.2f} try failed: {exc!r:.300}", file=sys.stderr, flush=True)
             await trio.sleep(RETRY_PAUSE_S)
             continue
         emit(event="served", at=time.monotonic())
@@ -73,16 +83,19 @@ async def first(client: Client, sha: str, limit_s: float) -> None:
     emit(event="never")
 
 
-async def time_runs(client: Client, sha: str, runs: int, max_tokens: int, prompt: str) -> None:
+async def time_runs(client: Client, sha: str, cmd: dict[str, Any]) -> None:
+    runs, max_tokens, prompt = int(cmd["runs"]), int(cmd["max_tokens"]), str(cmd["prompt"])
+    prefer = cmd.get("prefer")
+    warmup = 1 if cmd.get("warmup", True) else 0  # warms the session and the node's cache
     ttft, rate, failed = [], [], 0
-    for run in range(runs + 1):  # the first one warms the session and the node's cache
+    for run in range(runs + warmup):
         try:
-            t, r = await timed(client, sha, prompt, max_tokens)
+            t, r = await timed(client, sha, prompt, max_tokens, prefer)
         except Exception as exc:
             failed += 1
             print(f"run {run}: {exc}", file=sys.stderr, flush=True)
             continue
-        if run:
+        if run >= warmup:
             ttft.append(t)
             rate.append(r)
     emit(
@@ -90,6 +103,7 @@ async def time_runs(client: Client, sha: str, runs: int, max_tokens: int, prompt
         failed=failed,
         ttft_ms=round(statistics.median(ttft) * 1000, 2) if ttft else None,
         decode_tok_s=round(statistics.median(rate), 1) if rate else None,
+        path=client.pool.served_path(prefer) if prefer else None,
     )
 
 
@@ -103,11 +117,9 @@ async def main(bootstrap: str) -> None:
                 return
             cmd = json.loads(line)
             if "first" in cmd:
-                await first(client, cmd["first"], float(cmd["limit_s"]))
+                await first(client, cmd["first"], float(cmd["limit_s"]), cmd.get("prefer"))
             else:
-                await time_runs(
-                    client, cmd["time"], int(cmd["runs"]), int(cmd["max_tokens"]), cmd["prompt"]
-                )
+                await time_runs(client, cmd["time"], cmd)
 
 
 if __name__ == "__main__":

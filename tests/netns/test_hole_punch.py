@@ -39,10 +39,15 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _punch_between(
-    lab: Lab, work: Path, make_tiny_gguf: Callable[..., Path], nat: str
+    lab: Lab,
+    work: Path,
+    make_tiny_gguf: Callable[..., Path],
+    nat: str,
+    volunteer_flags: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], str, str]:
-    """Relay, volunteer and client behind two *nat* homes; the client's result, the volunteer's
-    router's WAN address, and the path `gpunet ask --json` from the client's home reports."""
+    """Relay, volunteer (started with *volunteer_flags*) and client behind two *nat* homes; the
+    client's result, the volunteer's router's WAN address, and the path `gpunet ask --json`
+    from the client's home reports."""
     relay_model = make_tiny_gguf(work / "tiny-relay.gguf", seed=301)
     model = make_tiny_gguf(work / "tiny-volunteer.gguf", seed=302)
     relay_sha, sha = inspect_gguf(relay_model).sha256, inspect_gguf(model).sha256
@@ -62,7 +67,13 @@ def _punch_between(
     wait_ready(proc, lab.internet_ns, "relay", relay_sha, started)
     started = time.monotonic()
     proc = start_node(
-        lab, volunteer_home.host_ns, "volunteer", model, sha, work / "d-v", extra=("-v",)
+        lab,
+        volunteer_home.host_ns,
+        "volunteer",
+        model,
+        sha,
+        work / "d-v",
+        extra=("-v", *volunteer_flags),
     )
     volunteer = wait_ready(proc, volunteer_home.host_ns, "volunteer", sha, started)
     result = run_client(lab, client_home.host_ns, BOOTSTRAP, volunteer.peer_id, sha)
@@ -98,4 +109,18 @@ def test_behind_symmetric_nats_the_punch_fails_and_the_relay_serves(
     assert result["second"] == "relayed" and result["punched"] == 0, result
     assert result["remote"] == [INTERNET_IP, SESSION_PORT]  # still the relay
     assert all(n >= 1 for n in result["tokens"])
+    assert asked == "relayed"
+
+
+def test_a_volunteer_with_no_hole_punch_stays_relayed_where_a_punch_would_work(
+    lab: Lab, tmp_path: Path, make_tiny_gguf: Callable[..., Path]
+) -> None:
+    # the NATs of the first test, where the punch goes direct; `--no-hole-punch` on the
+    # volunteer: the client still tries (its SYNs are dropped by the volunteer's router), the
+    # volunteer never dials back, and every request is served through the relay
+    result, _, asked = _punch_between(
+        lab, tmp_path, make_tiny_gguf, "port-restricted", ("--no-hole-punch",)
+    )
+    assert result["second"] == "relayed" and result["punched"] == 0, result
+    assert result["remote"] == [INTERNET_IP, SESSION_PORT]
     assert asked == "relayed"

@@ -19,10 +19,11 @@ LEASE_S = 3  # short, so that a renewal comes within the test (renewed at half t
 EVENT_TIMEOUT_S = 30.0
 
 
-def start_probe(lab: Lab, home: Home, lease_s: int = LEASE_S) -> LabProcess:
+def start_probe(lab: Lab, home: Home, lease_s: int = LEASE_S, protocol: str = "upnp") -> LabProcess:
+    args = [*map(str, (UDP_PORT, TCP_PORT, lease_s)), protocol]
     return lab.start(
         home.host_ns,
-        [PYTHON, "-m", "tests.netns.port_mapping_probe", *map(str, (UDP_PORT, TCP_PORT, lease_s))],
+        [PYTHON, "-m", "tests.netns.port_mapping_probe", *args],
         name=f"probe-{home.index}",
         env=child_env(),
         merge_stderr=True,

@@ -1,4 +1,4 @@
-"""Port mapping's rules, without root: what `hold_port_mappings` does with each answer a router
+"""Port mapping's rules, without root: what `hold_upnp_mappings` does with each answer a router
 may give (UPnP's error texts as miniupnpc raises them), against a scripted router in this
 process. The real router (miniupnpd in a namespace) is tests/netns/test_port_mapping.py's.
 """
@@ -13,7 +13,7 @@ from p2p.reach.port_mapping import (
     PortMapping,
     PortMappingError,
     checked_external_ip,
-    hold_port_mappings,
+    hold_upnp_mappings,
     renew_after,
 )
 
@@ -62,7 +62,7 @@ async def hold(
 ) -> object:
     async with trio.open_nursery() as nursery:
         first = await nursery.start(
-            lambda task_status: hold_port_mappings(
+            lambda task_status: hold_upnp_mappings(
                 8468,
                 8469,
                 on_change=seen.append,
@@ -137,7 +137,7 @@ async def test_no_router_reports_none_and_keeps_looking() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             first = await nursery.start(
-                lambda task_status: hold_port_mappings(
+                lambda task_status: hold_upnp_mappings(
                     1,
                     2,
                     on_change=seen,
@@ -156,7 +156,7 @@ async def test_renewed_before_the_lease_ends_then_lost() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(
-                lambda task_status: hold_port_mappings(
+                lambda task_status: hold_upnp_mappings(
                     8468,
                     8469,
                     on_change=seen,

@@ -52,6 +52,7 @@ def test_retryable_codes_are_those_another_provider_may_answer_differently() -> 
         ErrorCode.UNKNOWN_MODEL,  # one node's catalogue may lag the DHT's
         ErrorCode.RELAY_FULL,  # another relay of the node may have room
         ErrorCode.NO_RESERVATION,
+        ErrorCode.PAUSED,  # its owner paused it; others serve
     }
     assert retryable == RETRYABLE
     # every honest provider refuses these alike; `unavailable` is the client's own verdict
@@ -59,6 +60,7 @@ def test_retryable_codes_are_those_another_provider_may_answer_differently() -> 
         ErrorCode.BAD_REQUEST,
         ErrorCode.TOO_LONG,
         ErrorCode.UNAVAILABLE,
+        ErrorCode.FORBIDDEN,  # an owner-only operation: no other node would answer it for us
     }
 
 
@@ -115,6 +117,8 @@ def test_client_failures_map_to_http_statuses_by_code() -> None:
         ErrorCode.INTERNAL: (502, "provider_error", Outcome.ERROR),
         ErrorCode.RELAY_FULL: (503, "providers_busy", Outcome.BUSY),
         ErrorCode.NO_RESERVATION: (502, "provider_error", Outcome.ERROR),
+        ErrorCode.PAUSED: (503, "providers_busy", Outcome.BUSY),
+        ErrorCode.FORBIDDEN: (403, "forbidden", Outcome.UNAUTHORIZED),
     }
     assert set(cases) == set(ErrorCode)
     for code, (status, openai_code, outcome) in cases.items():

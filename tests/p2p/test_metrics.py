@@ -77,6 +77,8 @@ def test_every_code_has_an_outcome_and_the_labels_stay_as_they_were() -> None:
         ErrorCode.INTERNAL: Outcome.ERROR,
         ErrorCode.RELAY_FULL: Outcome.BUSY,
         ErrorCode.NO_RESERVATION: Outcome.ERROR,
+        ErrorCode.PAUSED: Outcome.BUSY,
+        ErrorCode.FORBIDDEN: Outcome.UNAUTHORIZED,
     }
 
 

@@ -1,0 +1,152 @@
+"""Spot checks summed across requests: one sequential test per (node, model).
+
+One checked request is judged alone (inference/verification.py `judge`): its bound must hold at
+1e-6 per request, so 64 tokens of a close quantization (Q3_K_M: 3.2 % of greedy positions
+mismatch, 9.9 % of sampled ones; honest nodes at most 0.5 % / 1 %) are mostly "consistent". The
+mismatches of every checked request of one node for one model, added up, separate the two
+within a few requests. This file is the test that adds them up. Sans-IO: counts in, a verdict
+out; p2p/client/reputation.py keeps a `CheckLedger` per (peer id, model sha256) in its JSON.
+
+The statistic is a CUSUM of log-likelihood ratios, reset at request boundaries:
+
+    S <- max(0, S + k log(p1/p0) + (n - k) log((1 - p1)/(1 - p0)))      per checked request
+
+for a request with k mismatches in n judged positions; p0 is the honest rate the verification
+calibration allows (`HONEST_RATE_GREEDY` 0.5 %, `HONEST_RATE_SAMPLED` 1 %, each several times
+what honest nodes showed), p1 the cheat's rate the test is tuned for (`CHEAT_RATE_GREEDY` 3 %,
+`CHEAT_RATE_SAMPLED` 5 %). The node is flagged when S reaches `THRESHOLD`.
+
+False positives. For an honest node (mismatches independent, at rate <= p0 per position), the
+likelihood ratio from any one request on is a nonnegative supermartingale of mean <= 1, so by
+Ville's inequality the sum started at that request ever reaches h with probability <= e^-h.
+The CUSUM flags only when one of those sums does, so over N checked requests the probability
+is <= N e^-h (a union bound over the N starts; no bound is needed over the looks within one).
+h = ln(1,000 / 1e-4) = 16.1: an honest node is flagged with probability <= 1e-4 over 1,000
+checked requests (1e-7 per request). And p2p/client/reputation.py excludes it only when the
+mismatches came from two verifiers, so one lying verifier cannot get an honest node excluded.
+
+Detection: the mean number of checked requests until a node is flagged, for a node mismatching
+at rate q at every position, 64 (128) judged positions a check, simulated over 2,000 runs each
+(tests/p2p/client/test_check_ledger.py asserts them with room); beside it, the chance that one
+check alone (`judge`) calls the node inconsistent:
+
+| q | greedy: ledger | greedy: one check | sampled: ledger | sampled: one check |
+|---|---|---|---|---|
+| 3.2 % / 9.9 % (Q3_K_M, as measured) | 8.8 (4.7) | 1.7 % (5.4 %) | 2.6 (1.5) | 30 % (83 %) |
+| 5 % | 4.7 (2.6) | 10 % (31 %) | 7.0 (3.8) | 1.4 % (11 %) |
+| 10 % | 2.2 (1.3) | 63 % (95 %) | 2.7 (1.5) | 31 % (83 %) |
+
+At the default check fraction (0.13) a node serving Q3_K_M greedy for 64-token answers is thus
+flagged after ~70 of its requests, where the per-check test alone needed ~450. Honest mismatch
+rates as measured (0 greedy, <= 0.77 % sampled) drive the statistic down: a simulated honest
+node at each of those rates (and one at the allowed greedy rate) is not flagged in 1,000 checks.
+The bound assumes honest mismatches independent between positions; the calibration saw at most
+2 in one honest request, and a cluster of them costs one request's step, not a flag.
+
+The reset at zero makes a node that turns to cheating after a long honest record as easy to
+catch as a new one: its past does not bank credit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from inference.verification import HONEST_RATE_GREEDY, HONEST_RATE_SAMPLED
+
+CHEAT_RATE_GREEDY = 0.03
+CHEAT_RATE_SAMPLED = 0.05
+# The false-positive budget: at most ALPHA_TOTAL over LOOKS checked requests of one honest node.
+ALPHA_TOTAL = 1e-4
+LOOKS = 1000
+THRESHOLD = math.log(LOOKS / ALPHA_TOTAL)
+MAX_VERIFIERS = 4  # verifiers remembered per ledger (two are what an exclusion needs)
+VERIFIER_ID_CHARS = 16  # of a peer id: distinct prefixes are distinct verifiers
+MAX_COUNT = 1 << 40  # bounds for counts read back from a file
+
+
+def _weights(p0: float, p1: float) -> tuple[float, float]:
+    """(LLR of a mismatch, LLR of a match)."""
+    return math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+
+
+_GREEDY = _weights(HONEST_RATE_GREEDY, CHEAT_RATE_GREEDY)
+_SAMPLED = _weights(HONEST_RATE_SAMPLED, CHEAT_RATE_SAMPLED)
+
+
+def request_llr(n: int, mismatches: int, *, sampled: bool) -> float:
+    """The log-likelihood ratio (cheat over honest) of one checked request's counts."""
+    hit, miss = _SAMPLED if sampled else _GREEDY
+    return mismatches * hit + (n - mismatches) * miss
+
+
+@attrs.define
+class CheckLedger:
+    """The checked positions of one node for one model, and the running statistic."""
+
+    cusum: float = 0.0
+    checks: int = 0  # checked requests added
+    positions: int = 0
+    mismatches: int = 0
+    flagged: int = 0  # times the statistic reached THRESHOLD (it restarts at 0 each time)
+    # Verifiers (peer id prefixes) whose scores moved the statistic up since it was last at 0.
+    verifiers: list[str] = attrs.field(factory=list)
+
+    def add(self, n: int, mismatches: int, *, sampled: bool, verifier: str) -> bool:
+        """Add one checked request's counts; True when the statistic reaches `THRESHOLD` (it is
+        then reset, and `verifiers` says whose scores it rested on)."""
+        if n <= 0:
+            return False
+        mismatches = min(max(mismatches, 0), n)
+        self.checks += 1
+        self.positions += n
+        self.mismatches += mismatches
+        step = request_llr(n, mismatches, sampled=sampled)
+        self.cusum = max(0.0, self.cusum + step)
+        if self.cusum == 0.0:
+            self.verifiers = []
+        elif step > 0:
+            verifier = verifier[:VERIFIER_ID_CHARS]
+            self.verifiers = [*(v for v in self.verifiers if v != verifier), verifier]
+            self.verifiers = self.verifiers[-MAX_VERIFIERS:]
+        if self.cusum < THRESHOLD:
+            return False
+        self.flagged += 1
+        return True
+
+    def restart(self) -> None:
+        self.cusum = 0.0
+        self.verifiers = []
+
+    @property
+    def rate(self) -> float:
+        return self.mismatches / self.positions if self.positions else 0.0
+
+
+def ledger_from_json(raw: Any) -> CheckLedger:
+    """A ledger as read back from the reputation file (ValueError on anything off)."""
+    if raw is None:
+        return CheckLedger()
+    if not isinstance(raw, dict):
+        raise ValueError("a ledger must be a map")
+    cusum = raw.get("cusum", 0.0)
+    counts = [raw.get(k, 0) for k in ("checks", "positions", "mismatches", "flagged")]
+    verifiers = raw.get("verifiers", [])
+    if not (
+        isinstance(cusum, int | float)
+        and not isinstance(cusum, bool)
+        and 0.0 <= cusum < THRESHOLD
+        and all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < MAX_COUNT for c in counts
+        )
+        and counts[2] <= counts[1]
+        and isinstance(verifiers, list)
+        and all(isinstance(v, str) and len(v) <= VERIFIER_ID_CHARS for v in verifiers)
+    ):
+        raise ValueError("a ledger's fields have the wrong types or ranges")
+    checks, positions, mismatches, flagged = counts
+    return CheckLedger(
+        float(cusum), checks, positions, mismatches, flagged, verifiers[-MAX_VERIFIERS:]
+    )
