@@ -129,10 +129,22 @@ class CipherState:
         self.nonce += 1
         return ciphertext
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
-        """Decrypt and advance the nonce; on failure raise NoiseError and leave the nonce."""
+    def encrypt_into_with_ad(self, ad: bytes, plaintext: bytes, out: memoryview) -> int:
+        """`encrypt_with_ad` written into *out* (len(plaintext) + TAGLEN bytes, keyed only),
+        for a caller that frames the ciphertext without copying it again."""
         if self._aead is None:
-            return ciphertext
+            raise NoiseError("encrypt_into needs a key")
+        if self.nonce >= _MAX_NONCE:
+            raise NoiseError("nonce exhausted; the session must be re-established")
+        written = self._aead.encrypt_into(_nonce(self.nonce), plaintext, ad, out)
+        self.nonce += 1
+        return int(written)
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
+        """Decrypt and advance the nonce; on failure raise NoiseError and leave the nonce.
+        *ciphertext* may be a view (the frame channel's buffer), decrypted without a copy."""
+        if self._aead is None:
+            return bytes(ciphertext)
         if self.nonce >= _MAX_NONCE:
             raise NoiseError("nonce exhausted; the session must be re-established")
         if len(ciphertext) < TAGLEN:

@@ -12,12 +12,23 @@ the signature; `encode` appends it. Everything a receipt carries is bounded (`de
 rest with `ReceiptError`), because a receipt arrives from the network and is stored in evidence
 files that other people re-check: it is data, never trusted before `verify`.
 
+Logprob commitments (issue #16): a node may also sign, per output token, its own log-probability
+of that token (the raw log-softmax, as OpenAI's `logprobs`), quantized to int16 in 1/1024 nats
+(`LOGPROB_SCALE`; -32 nats and below read as -32; `UNCOMMITTED` where it has none, e.g. tokens of
+a stop string). A verifier compares them with its own at the positions it scores
+(inference/verification.py): another model, a coarser quantization or another prompt moves them
+far beyond honest numerical noise, and made-up values do not match the verifier's. Two bytes a
+token, so the vector fits the receipt itself (`MAX_RECEIPT_BYTES` counts it). It is the 11th
+array element only when present, so receipts without it encode, sign and verify as before.
+
 No I/O, no p2p imports: the encoding of requests is the caller's business (only its hash is here).
 """
 
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -40,8 +51,14 @@ MAX_TOKEN_ID = 2**31 - 1
 MAX_SEED = 2**64 - 1
 MAX_SAMPLER_ENTRIES = 32
 MAX_SAMPLER_NAME = 32
-# 32768 token ids of up to 5 msgpack bytes each, plus the fixed fields: the largest valid receipt.
-MAX_RECEIPT_BYTES = MAX_RECEIPT_TOKENS * 5 + 4096
+# Logprob commitments: int16 per token in 1/LOGPROB_SCALE nats, from MIN_COMMITTED_LOGPROB to 0;
+# UNCOMMITTED (positive, so never a log-probability) marks a token without one.
+LOGPROB_SCALE = 1024
+MIN_COMMITTED_LOGPROB = -32768 / LOGPROB_SCALE
+UNCOMMITTED = 1
+# 32768 token ids of up to 5 msgpack bytes each, their 2-byte commitments, plus the fixed fields:
+# the largest valid receipt.
+MAX_RECEIPT_BYTES = MAX_RECEIPT_TOKENS * (5 + 2) + 4096
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -94,6 +111,21 @@ def _peer_ok(_: object, __: object, value: str) -> None:
         raise ValueError(f"peer_id: {exc}") from exc
 
 
+def pack_logprobs(values: Sequence[float | None]) -> bytes:
+    """The commitment bytes of *values* (natural-log probabilities; None: not committed)."""
+    quantized = [
+        UNCOMMITTED if v is None or math.isnan(v) else max(-32768, min(0, round(v * LOGPROB_SCALE)))
+        for v in values
+    ]
+    return struct.pack(f"<{len(quantized)}h", *quantized)
+
+
+def unpack_logprobs(data: bytes) -> tuple[float | None, ...]:
+    """The committed log-probabilities in *data* (None where a token has none)."""
+    values = struct.unpack(f"<{len(data) // 2}h", data)
+    return tuple(None if v > 0 else v / LOGPROB_SCALE for v in values)
+
+
 def _as_sampler(value: object) -> tuple[tuple[str, float], ...]:
     if isinstance(value, dict):
         value = value.items()
@@ -126,6 +158,18 @@ class Receipt:
     )
     output_tokens: tuple[int, ...] = attrs.field(converter=_as_tokens, validator=_tokens_ok)
     issued_at: float = attrs.field(validator=attrs.validators.instance_of(float))
+    # int16 little-endian per output token (`pack_logprobs`), or empty: the node commits none.
+    logprobs: bytes = attrs.field(default=b"", validator=attrs.validators.instance_of(bytes))
+
+    @logprobs.validator
+    def _logprobs_ok(self, _: object, value: bytes) -> None:
+        if value and len(value) != 2 * len(self.output_tokens):
+            raise ValueError("logprobs: two bytes per output token, or none")
+
+    def committed(self) -> tuple[float | None, ...]:
+        """Per output token, the node's committed log-probability (None: none); () when the
+        receipt carries no commitments."""
+        return unpack_logprobs(self.logprobs)
 
     def signed_bytes(self) -> bytes:
         """The canonical encoding the signature covers."""
@@ -144,6 +188,7 @@ class Receipt:
             self.prompt_tokens,
             list(self.output_tokens),
             self.issued_at,
+            *([self.logprobs] if self.logprobs else []),
         ]
 
     def sampler_value(self, name: str, default: float) -> float:
@@ -187,9 +232,12 @@ def decode(data: bytes) -> SignedReceipt:
         )
     except Exception as exc:
         raise ReceiptError("receipt is not valid msgpack") from exc
-    if not isinstance(fields, list) or len(fields) != 11:
-        raise ReceiptError("receipt: an array of 11 fields")
-    version, peer, sha, rhash, sampler, seed, replayed, prompt, tokens, issued, sig = fields
+    if not isinstance(fields, list) or len(fields) not in (11, 12):
+        raise ReceiptError("receipt: an array of 11 fields (12 with logprob commitments)")
+    version, peer, sha, rhash, sampler, seed, replayed, prompt, tokens, issued = fields[:10]
+    logprobs, sig = (fields[10], fields[11]) if len(fields) == 12 else (b"", fields[10])
+    if not isinstance(logprobs, bytes):
+        raise ReceiptError("receipt logprobs: bytes")
     if version != RECEIPT_VERSION:
         raise ReceiptError(f"receipt version {version!r:.20} is not supported")
     if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
@@ -213,10 +261,11 @@ def decode(data: bytes) -> SignedReceipt:
             prompt_tokens=prompt,
             output_tokens=tuple(tokens),
             issued_at=issued,
+            logprobs=logprobs,
         )
     except (ValueError, TypeError) as exc:
         raise ReceiptError(f"receipt: {exc}") from exc
-    if receipt.signed_bytes() != msgpack.packb(fields[:10], use_bin_type=True):
+    if receipt.signed_bytes() != msgpack.packb(fields[:-1], use_bin_type=True):
         # One receipt, one encoding: re-encoding must give the same bytes the signer signed.
         raise ReceiptError("receipt is not in canonical form")
     return SignedReceipt(receipt, sig)

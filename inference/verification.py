@@ -42,6 +42,17 @@ per request, greedy / sampled: tiny model 100 % / 100 %, random tokens 100 % / 1
 33 % / 100 %, Q3_K_M 8 % / 58 %, dropped prefix 0 % / 42 %. Greedy output of a close
 quantization, or of a prompt whose dropped half hardly changes the answer, mostly *is* the
 model's choice; those cheats are caught over many checks (reputation), not in one.
+
+Logprob commitments (crypto/receipts.py): a node may sign its own log-probability of each token
+it generated. A position is then also a mismatch when that commitment is more than
+LOGPROB_TOLERANCE nats from the verifier's (the same counts, the same binomial test and ledger).
+Calibration (tools/bench_verification.py --max-tokens 128 --prompts 6, 2026-12-01, same setup
+as above; 60 honest requests, ~7,300 committed positions): honest |delta| median 0.002-0.013,
+p99 0.20-0.46, largest 0.76 (1 and 2 threads alike; prefill against one-token decodes is most
+of it), none above 1.0, so the honest mismatch rates above are unchanged; at 0.5 it would be
+0.9 % of honest greedy positions (speculation, 1-2 threads), over the 0.5 % allowed. Cheats'
+positions above 1.0 nats, greedy / sampled: Q3_K_M 2.6 % / 8.6 %, dropped prefix 2.6 % / 5.1 %,
+made-up values (uniform in [-5, 0]) 74 % / 72 %, random tokens 0 % (their margins catch them).
 """
 
 from __future__ import annotations
@@ -66,6 +77,12 @@ HONEST_RATE_SAMPLED = 0.01
 ALPHA = 1e-6
 # Fewer judged positions say nothing either way.
 MIN_POSITIONS = 16
+# A committed log-probability (crypto/receipts.py) further than this many nats from the
+# verifier's own is a mismatch too (see the module docstring's calibration: honest at most 0.76).
+LOGPROB_TOLERANCE = 1.0
+# Commitments are int16 in 1/1024 nats down to -32 (crypto/receipts.py); the verifier's value is
+# clamped alike, and the quantization step is well inside the tolerance.
+_MIN_COMMITTED = -32.0
 
 
 @attrs.frozen
@@ -96,17 +113,35 @@ def mismatch_threshold(n: int, rate: float, alpha: float = ALPHA) -> int:
     return 0
 
 
+def off_commitment(position: PositionScore, committed: float | None, tolerance: float) -> bool:
+    """Whether the node's committed log-probability of this token is not the verifier's."""
+    if committed is None or math.isnan(position.logprob):
+        return False
+    mine = max(_MIN_COMMITTED, position.logprob)
+    return not abs(mine - committed) <= tolerance
+
+
 def judge(
     positions: Sequence[PositionScore],
     *,
     sampled: bool,
     mismatch_margin: float = MISMATCH_MARGIN,
+    committed: Sequence[float | None] | None = None,
+    logprob_tolerance: float = LOGPROB_TOLERANCE,
 ) -> CheckStat:
     """The verdict on one checked run from the verifier's scores of its tokens (see the module
-    docstring); `sampled`: the run's temperature was above 0."""
-    margins = [p.choice_margin for p in positions if not math.isnan(p.choice_margin)]
-    n = len(margins)
-    mismatches = sum(1 for m in margins if m > mismatch_margin)
+    docstring); `sampled`: the run's temperature was above 0. `committed`: the node's signed
+    log-probability of each of these positions' tokens (None where it committed none; no
+    sequence: the node commits nothing). A position is a mismatch when its choice margin or its
+    commitment is off; a position without a replayable margin counts when it has a commitment."""
+    if committed is None:
+        committed = [None] * len(positions)
+    n = mismatches = 0
+    for p, c in zip(positions, committed, strict=True):
+        if math.isnan(p.choice_margin) and c is None:
+            continue
+        n += 1
+        mismatches += p.choice_margin > mismatch_margin or off_commitment(p, c, logprob_tolerance)
     score = mismatches / n if n else 0.0
     rate = HONEST_RATE_SAMPLED if sampled else HONEST_RATE_GREEDY
     threshold = mismatch_threshold(n, rate)

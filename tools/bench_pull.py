@@ -11,7 +11,9 @@ link into the cache), deleting the result between runs. Three scenarios:
 
 Each scenario gets one unmeasured warm-up pull (the seeders hash the file for their manifest at
 start) and then --runs measured ones; the median MB/s is printed (the whole pull, lookup and the
-final sha256 included), with `--json` for scripts.
+final sha256 included), with the CPU time per MB of each end (the fetcher: this process's
+`time.process_time()`; the seeders: their utime + stime from /proc, summed), `--json` for scripts.
+CPU ms per MB is the figure to compare between versions: wall time is noisy on a busy machine.
 
     python tools/bench_pull.py [--runs 3] [--cap 40] [--json] [--only one|capped]
 """
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,15 @@ def start_node(
     return proc, ready
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (all its threads), from /proc/PID/stat; 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_node(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -102,7 +114,8 @@ def scenario(
             procs.append(proc)
             bootstrap = bootstrap or ready["dht"]
         assert bootstrap is not None
-        results = trio.run(_pulls, parse_host_port(bootstrap), sha, base / "cache", runs + 1)
+        pids = [p.pid for p in procs]
+        results = trio.run(_pulls, parse_host_port(bootstrap), sha, base / "cache", runs + 1, pids)
     finally:
         for proc in procs:
             stop_node(proc)
@@ -113,22 +126,35 @@ def scenario(
         "share_rate_mb_s": share_rate,
         "runs": measured,
         "median_mb_s": round(statistics.median(rates), 1),
+        "fetcher_cpu_ms_per_mb": round(
+            statistics.median(r["fetcher_cpu_ms_per_mb"] for r in measured), 2
+        ),
+        "seeders_cpu_ms_per_mb": round(
+            statistics.median(r["seeders_cpu_ms_per_mb"] for r in measured), 2
+        ),
     }
 
 
 async def _pulls(
-    bootstrap: tuple[str, int], sha: str, cache: Path, count: int
+    bootstrap: tuple[str, int], sha: str, cache: Path, count: int, seeders: list[int]
 ) -> list[dict[str, Any]]:
     out = []
     async with open_client([bootstrap]) as client:
         for i in range(count):
             shutil.rmtree(cache, ignore_errors=True)
+            cpu_here = time.process_time()
+            cpu_there = sum(cpu_seconds(pid) for pid in seeders)
             result = await pull(client, sha, cache, use_cache=False)
+            cpu_here = time.process_time() - cpu_here
+            cpu_there = sum(cpu_seconds(pid) for pid in seeders) - cpu_there
+            mb = result.size / 1e6
             peers = {p.peer_id[:8]: p.chunks for p in result.peers}
             out.append(
                 {
                     "seconds": round(result.seconds, 3),
                     "mb_s": round(result.size / 1e6 / result.seconds, 1),
+                    "fetcher_cpu_ms_per_mb": round(cpu_here * 1000 / mb, 2),
+                    "seeders_cpu_ms_per_mb": round(cpu_there * 1000 / mb, 2),
                     "chunks_by_peer": peers,
                 }
             )
@@ -169,7 +195,8 @@ def main() -> int:
                 r = report[key]
                 print(
                     f"{key:9s} {r['seeders']} seeder(s), cap {r['share_rate_mb_s']:g} MB/s: "
-                    f"median {r['median_mb_s']} MB/s over {len(r['runs'])} pulls"
+                    f"median {r['median_mb_s']} MB/s over {len(r['runs'])} pulls, CPU ms/MB "
+                    f"fetcher {r['fetcher_cpu_ms_per_mb']} seeders {r['seeders_cpu_ms_per_mb']}"
                 )
         if "speedup_3_vs_1" in report:
             print(f"three capped seeders vs one: {report['speedup_3_vs_1']}x")

@@ -11,7 +11,11 @@ No network: a "node" here is a BatchingWorker in this process. Modes:
 - cheating, each claiming the default model and the request's own settings: `cheat-tiny` (the
   random-weight tiny test GGUF), `cheat-q3` / `cheat-q2` (the default model requantized to
   Q3_K_M / Q2_K), `cheat-random` (sampled at temperature 10 with every filter off),
-  `cheat-prefix` (the first half of the prompt dropped).
+  `cheat-prefix` (the first half of the prompt dropped), `cheat-lying` (honest tokens, made-up
+  logprob commitments).
+
+Every node commits to its chosen tokens' logprobs as p2p/node/serving.py signs them in receipts;
+`judge` compares them with the verifier's (inference/verification.py).
 
 Requests are user-like prompts (code, prose, chat), each greedy and at temperature 0.8 with a
 seed. The verifier (2 threads, 1 slot, no cache, no speculation) scores every position; the
@@ -27,8 +31,9 @@ and f = 10 %.
     python tools/bench_verification.py --raw margins.json # per-position data, to recalibrate
     python tools/bench_verification.py --from-raw margins.json --plot stat.png  # judge again
 
-The cost figures are ratios of wall times taken minutes apart: on a machine shared with other
-work they move by 2-5× from run to run; compare runs on a quiet machine.
+The cost figures are ratios of this process's CPU time (all its threads; one worker runs at a
+time): generating a request on `honest-t2` against scoring it, so other work on a shared
+machine moves them less than wall times (which moved 2-5× from run to run).
 """
 
 from __future__ import annotations
@@ -50,11 +55,15 @@ import trio
 import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from verification_prompts import PROMPTS
+
+from crypto.receipts import pack_logprobs, unpack_logprobs
 from inference.batching import BatchingWorker
 from inference.default_model import ensure_default_model
 from inference.generation import GenerationDone, GenerationRequest, TokenChunk
-from inference.scoring import PositionScore, ScoreRequest, ScoreResult
+from inference.scoring import PositionScore, ScoreRequest
 from inference.verification import (
     HONEST_RATE_GREEDY,
     HONEST_RATE_SAMPLED,
@@ -63,36 +72,8 @@ from inference.verification import (
     mismatch_threshold,
 )
 
-CODE = [
-    'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n',
-    "// A C function that reverses a string in place\nvoid reverse(char *s) {\n",
-    "SELECT customers.name, COUNT(orders.id) AS n_orders\nFROM customers\n",
-    "import json\n\ndef load_config(path):\n    # Read the JSON config file and validate it\n",
-]
-PROSE = [
-    "The history of the printing press begins in the fifteenth century, when",
-    "Photosynthesis is the process by which plants",
-    "In the small village at the foot of the mountains, the winter of that year",
-    "Here are five tips for getting better sleep:\n1.",
-]
-CHAT = [
-    "<start_of_turn>user\nHow do I bake a simple loaf of bread at home?<end_of_turn>\n"
-    "<start_of_turn>model\n",
-    "<start_of_turn>user\nExplain what a hash table is to a beginner.<end_of_turn>\n"
-    "<start_of_turn>model\n",
-    "<start_of_turn>user\nWrite a short, polite email asking my landlord to fix the heating."
-    "<end_of_turn>\n<start_of_turn>model\n",
-    "<start_of_turn>user\nWhat are the main causes of inflation?<end_of_turn>\n"
-    "<start_of_turn>model\n",
-]
-# Interleaved, so that the first N prompts (--prompts, --quick) mix the three kinds.
-PROMPTS = [
-    (kind, prompt)
-    for trio_ in zip(CODE, PROSE, CHAT, strict=True)
-    for kind, prompt in zip(("code", "prose", "chat"), trio_, strict=True)
-]
 HONEST = ("honest-t1", "honest-t2", "honest-slots4", "honest-spec", "honest-cache")
-CHEATS = ("cheat-tiny", "cheat-q3", "cheat-q2", "cheat-random", "cheat-prefix")
+CHEATS = ("cheat-tiny", "cheat-q3", "cheat-q2", "cheat-random", "cheat-prefix", "cheat-lying")
 
 
 @attrs.define
@@ -104,9 +85,13 @@ class Claim:
     request: GenerationRequest
     tokens: tuple[int, ...]
     gen_s: float
+    # The node's logprob commitment per token (None: none), as a receipt carries it.
+    committed: tuple[float | None, ...] = ()
     stat: CheckStat | None = None
     score_s: float = 0.0
     margins: list[float] = attrs.field(factory=list)
+    # Per scored position: the verifier's logprob (clamped as a commitment is), then |delta|.
+    logprobs: list[float] = attrs.field(factory=list)
 
 
 def requests(max_tokens: int, rounds: int, kinds: int) -> list[tuple[str, GenerationRequest]]:
@@ -122,14 +107,28 @@ def requests(max_tokens: int, rounds: int, kinds: int) -> list[tuple[str, Genera
     return out
 
 
-async def generate(worker: BatchingWorker, request: GenerationRequest) -> tuple[list[int], float]:
-    started = time.perf_counter()
+Generated = tuple[list[int], float, tuple[float | None, ...]]
+
+
+async def generate(
+    worker: BatchingWorker, request: GenerationRequest, lie: bool = False
+) -> Generated:
+    """Token ids, seconds, and the logprob commitments a node signs (p2p/node/serving.py:
+    the chosen tokens' logprobs; made up when *lie*)."""
+    started = time.process_time()
     ids: list[int] = []
-    async with worker.generate(request) as stream:
+    entries: list[float | None] = []
+    async with worker.generate(attrs.evolve(request, logprobs=0)) as stream:
         async for item in stream:
-            if isinstance(item, TokenChunk | GenerationDone):
-                ids += item.token_ids
-    return ids, time.perf_counter() - started
+            if isinstance(item, TokenChunk):
+                entries += [e.logprob for e in item.logprobs]
+            elif isinstance(item, GenerationDone):
+                entries += [None] * len(item.token_ids)
+            ids += item.token_ids
+    if lie:
+        entries = [-random.uniform(0.0, 5.0) for _ in entries]
+    committed = unpack_logprobs(pack_logprobs(entries))
+    return ids, time.process_time() - started, committed
 
 
 def worker_for(mode: str, models: dict[str, Path]) -> BatchingWorker:
@@ -173,11 +172,9 @@ async def run_mode(
         if mode == "honest-slots4":
             for start in range(0, len(asked), 4):
                 group = asked[start : start + 4]
-                results: list[tuple[list[int], float]] = [([], 0.0)] * len(group)
+                results: list[Generated] = [([], 0.0, ())] * len(group)
 
-                async def one(
-                    i: int, request: GenerationRequest, results: list[tuple[list[int], float]]
-                ) -> None:
+                async def one(i: int, request: GenerationRequest, results: list[Generated]) -> None:
                     results[i] = await generate(worker, request)
 
                 async with trio.open_nursery() as nursery:
@@ -185,14 +182,15 @@ async def run_mode(
                         for i, (_, request) in enumerate(group):
                             nursery.start_soon(one, i, request, results)
                         await trio.testing.wait_all_tasks_blocked()
-                for (kind, request), (ids, seconds) in zip(group, results, strict=True):
-                    claims.append(Claim(mode, kind, request, tuple(ids), seconds))
+                for (kind, request), (ids, seconds, lps) in zip(group, results, strict=True):
+                    claims.append(Claim(mode, kind, request, tuple(ids), seconds, lps))
             return claims
         for kind, request in asked:
             if mode == "honest-cache":  # the first answer fills the cache; the second is checked
                 await generate(worker, request)
-            ids, seconds = await generate(worker, served(mode, request))
-            claims.append(Claim(mode, kind, request, tuple(ids), seconds))
+            lie = mode == "cheat-lying"
+            ids, seconds, lps = await generate(worker, served(mode, request), lie)
+            claims.append(Claim(mode, kind, request, tuple(ids), seconds, lps))
     return claims
 
 
@@ -201,10 +199,15 @@ async def verify(verifier: BatchingWorker, claims: list[Claim]) -> None:
         if not claim.tokens:
             claim.stat = judge((), sampled=claim.request.temperature > 0)
             continue
+        started = time.process_time()
         result = await verifier.score(ScoreRequest(claim.request, claim.tokens, top_logprobs=0))
-        claim.score_s = result.seconds
+        claim.score_s = time.process_time() - started
         claim.margins = [p.choice_margin for p in result.positions]
-        claim.stat = judge(result.positions, sampled=claim.request.temperature > 0)
+        claim.logprobs = [p.logprob for p in result.positions]
+        committed = [claim.committed[p.index] for p in result.positions]
+        claim.stat = judge(
+            result.positions, sampled=claim.request.temperature > 0, committed=committed
+        )
 
 
 async def subset_cost(verifier: BatchingWorker, claims: list[Claim], k: int) -> float:
@@ -216,10 +219,9 @@ async def subset_cost(verifier: BatchingWorker, claims: list[Claim], k: int) -> 
         if n == 0:
             continue
         only = tuple(sorted(rng.sample(range(n), min(k, n))))
-        result: ScoreResult = await verifier.score(
-            ScoreRequest(claim.request, claim.tokens, top_logprobs=0, only=only)
-        )
-        times.append(result.seconds)
+        started = time.process_time()
+        await verifier.score(ScoreRequest(claim.request, claim.tokens, top_logprobs=0, only=only))
+        times.append(time.process_time() - started)
     return statistics.median(times) if times else math.nan
 
 
@@ -365,6 +367,8 @@ async def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[st
                         "temperature": c.request.temperature,
                         "seed": c.request.seed,
                         "margins": c.margins,
+                        "logprobs": c.logprobs,
+                        "committed": c.committed,
                     }
                     for c in claims
                 ],
@@ -382,12 +386,14 @@ def from_raw(args: argparse.Namespace) -> dict[str, Any]:
     claims = []
     for row in json.loads(args.from_raw.read_text()):
         request = GenerationRequest("-", temperature=row["temperature"], seed=row["seed"])
+        logprobs = row.get("logprobs") or [0.0] * len(row["margins"])
+        committed = row.get("committed") or [None] * len(row["margins"])
         positions = [
-            PositionScore(token=0, logprob=0.0, rank=0, margin=0.0, choice_margin=m)
-            for m in row["margins"]
+            PositionScore(token=0, logprob=lp, rank=0, margin=0.0, choice_margin=m, index=i)
+            for i, (m, lp) in enumerate(zip(row["margins"], logprobs, strict=True))
         ]
         claim = Claim(row["mode"], row["kind"], request, (0,) * len(positions), 0.0)
-        claim.stat = judge(positions, sampled=row["temperature"] > 0)
+        claim.stat = judge(positions, sampled=row["temperature"] > 0, committed=committed)
         claims.append(claim)
     if args.plot:
         plot(claims, args.plot)

@@ -107,7 +107,7 @@ def prepare(settings: Settings) -> Prepared:
     return Prepared(data_dir, identity, psk, infos)
 
 
-TEST_CHEATS = ("random-tokens", "drop-prefix", "other-model:")
+TEST_CHEATS = ("random-tokens", "drop-prefix", "lying-logprobs", "other-model:")
 
 
 def cheat_from_environment() -> str:
@@ -116,7 +116,7 @@ def cheat_from_environment() -> str:
     cheat = os.environ.get("GPUNET_TEST_CHEAT", "")
     if not cheat:
         return ""
-    if cheat not in TEST_CHEATS[:2] and not (cheat.startswith(TEST_CHEATS[2]) and cheat[12:]):
+    if cheat not in TEST_CHEATS[:3] and not (cheat.startswith(TEST_CHEATS[3]) and cheat[12:]):
         fail(f"GPUNET_TEST_CHEAT must be one of {', '.join(TEST_CHEATS)}PATH, not {cheat!r:.80}")
     if cheat.startswith("other-model:") and not Path(cheat.split(":", 1)[1]).is_file():
         fail(f"GPUNET_TEST_CHEAT: no such model file {cheat.split(':', 1)[1]!r:.200}")

@@ -35,8 +35,12 @@ from p2p.settings import Settings
 from p2p.share.fetcher import present_result, pull
 from p2p.share.pull_files import find_in_cache
 from p2p.share.pull_progress import ProgressCallback, PullProgress, PullResult, result_json
+from p2p.share.suspects import SuspectPeers
 
 EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C; the pull resumes where it stopped
+
+
+SUSPECTS_FILE = "suspect-peers.json"
 
 
 def is_pullable(value: Path) -> bool:
@@ -100,12 +104,15 @@ async def _pull_all(
             "model (or start a node from this data dir first)"
         )
     results = []
+    # Peers whose manifest lied, remembered for a day in the data dir (p2p/share/suspects.py).
+    suspects = SuspectPeers(settings.data_dir / SUSPECTS_FILE)
     async with open_client(addrs, psk=read_network_key(settings["network_key"])) as client:
         for name in wanted:
             bar = _Bar(name[:16] if is_sha256(name.lower()) else name)
             on_progress: ProgressCallback = bar if progress else (lambda _p: None)
             try:
-                results.append(await pull(client, name, cache, on_progress=on_progress))
+                pulled = await pull(client, name, cache, on_progress=on_progress, suspects=suspects)
+                results.append(pulled)
             finally:
                 bar.close()
     return results

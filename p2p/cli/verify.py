@@ -116,7 +116,11 @@ async def recheck(ev: Evidence, info: ModelInfo, n_threads: int) -> Recheck:
         result = await worker.score(ScoreRequest(request, tokens, 0))
     finally:
         await worker.aclose()
-    stat = judge(result.positions[ev.judged_from :], sampled=ev.request.temperature > 0)
+    own = result.positions[ev.judged_from :]
+    # The node's signed logprob commitments, when its receipt vouches for this output.
+    committed = signed.receipt.committed() if signed is not None and not receipt_problem else ()
+    lps = list(committed[: len(own)]) if len(committed) >= len(own) else None
+    stat = judge(own, sampled=ev.request.temperature > 0, committed=lps)
     off = f"{stat.mismatches} of {stat.n} tokens are not the model's choice"
     verdict, reason = stat.verdict, f"{off} (score {stat.score:.3g})"
     if receipt_prompt and result.prompt_tokens != receipt_prompt:

@@ -43,6 +43,12 @@ node at each of those rates (and one at the allowed greedy rate) is not flagged 
 The bound assumes honest mismatches independent between positions; the calibration saw at most
 2 in one honest request, and a cluster of them costs one request's step, not a flag.
 
+Logprob commitments (inference/verification.py) add positions whose signed logprob is off by
+more than 1 nat to the same counts: honest nodes showed none (so p0 holds), cheats more. Spot
+checks now judge 32 positions (p2p/client/spot_check.py), so each step is smaller: measured on
+the default model, Q3_K_M is flagged after ~9 checked requests greedy, ~4 sampled
+(docs/benchmarks.md).
+
 The reset at zero makes a node that turns to cheating after a long honest record as easy to
 catch as a new one: its past does not bank credit.
 """

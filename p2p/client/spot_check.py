@@ -20,6 +20,13 @@ verdict:
 - "inconclusive": said as such, with the reason: no other provider of the file, too few tokens,
   a sampled request without a seed (not replayable), no verifier answered.
 
+Cost: a check feeds every token but asks for logits at only `CHECK_POSITIONS` of the node's own
+positions (the first `FIRST_POSITIONS` and a random rest, drawn here with the OS's randomness so
+the node cannot know which), since the output layer over the vocabulary is most of a check's
+work. The node's signed logprob commitments (crypto/receipts.py) are compared at those
+positions as well (inference/verification.py), which is what catches a dropped prompt prefix
+or a close quantization in one check even when its tokens are the model's choice.
+
 Whatever the verdict, the judged positions and mismatches also go into the (node, model) ledger
 (p2p/client/check_ledger.py via the reputation), which sums them over every checked request;
 when two verifiers scored one request, the one that saw fewer mismatches counts, so a verifier
@@ -56,6 +63,10 @@ SCORE_TIMEOUT_S = 60.0
 MAX_VERIFIER_TRIES = 3
 # A whole check (both opinions, every try): past it the check is inconclusive.
 CHECK_DEADLINE_S = 120.0
+# Positions judged per check (the rest are fed without logits), the first few always among them:
+# a dropped prefix shows most where the answer begins (measured: tools/bench_verification.py).
+CHECK_POSITIONS = 32
+FIRST_POSITIONS = 4
 
 
 @attrs.frozen
@@ -94,15 +105,26 @@ def score_request(
 ) -> wire.Score:
     """The Score that re-checks *segment*: its request with the effective seed, and every output
     token through it (the replayed ones give the context its own tokens were made in). With
-    *sample*, logits at only that many of its own positions, drawn at random (the output layer
-    is most of a check's cost; every token is still fed)."""
+    *sample*, logits at only that many of its own positions: its first `FIRST_POSITIONS` and
+    a random rest (the output layer is most of a check's cost; every token is still fed)."""
     request = attrs.evolve(segment.request, id=0, replay_tokens=(), seed=segment.seed)
     tokens = segment.output[:MAX_SCORE_TOKENS]
     own = range(len(segment.request.replay_tokens), len(tokens))
     only: tuple[int, ...] = ()
     if sample is not None and sample < len(own):
-        only = tuple(sorted((rng or random.Random()).sample(own, sample)))
+        first = min(FIRST_POSITIONS, sample)
+        rest = (rng or random.SystemRandom()).sample(own[first:], sample - first)
+        only = tuple(sorted([*own[:first], *rest]))
     return wire.Score(0, request, tokens, 0, only)
+
+
+def commitments(segment: Segment) -> tuple[float | None, ...]:
+    """The node's signed log-probability of each of its own tokens; () when its receipt has none
+    or does not vouch for this segment."""
+    if segment.receipt is None or segment.problem:
+        return ()
+    committed = segment.receipt.receipt.committed()
+    return committed if len(committed) == len(segment.tokens) else ()
 
 
 async def score_on(client: Client, provider: Provider, score: wire.Score) -> Scores | str:
@@ -135,7 +157,12 @@ def _judge(scores: Scores, segment: Segment) -> CheckStat:
     prompt it was sent, whatever its tokens look like."""
     replayed = len(segment.request.replay_tokens)
     own = [p for p in scores.positions() if p.index >= replayed]
-    stat = judge(own, sampled=segment.request.temperature > 0)
+    committed = commitments(segment)
+    stat = judge(
+        own,
+        sampled=segment.request.temperature > 0,
+        committed=[committed[p.index - replayed] for p in own] if committed else None,
+    )
     if segment.prompt_tokens and scores.prompt_tokens != segment.prompt_tokens:
         return attrs.evolve(stat, verdict="inconsistent")
     return stat
@@ -183,11 +210,11 @@ async def spot_check(
     reputation: Reputation | None = None,
     data_dir: Path | None = None,
     deadline_s: float = CHECK_DEADLINE_S,
-    sample: int | None = None,
+    sample: int | None = CHECK_POSITIONS,
 ) -> CheckResult:
     """Check *segment* on independent providers; record the outcome in *reputation* and write
     evidence of a failure into *data_dir* (when given). Inconclusive past *deadline_s*.
-    *sample*: judge that many of its positions, at random, instead of all (cheaper)."""
+    *sample*: judge that many of its positions (see `score_request`); None: all of them."""
     with trio.move_on_after(deadline_s):
         return await _spot_check(client, segment, reputation, data_dir, sample)
     reason = f"no verdict within {deadline_s:g} s"

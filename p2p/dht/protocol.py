@@ -26,6 +26,10 @@ What the handlers change against upstream kademlia 2.2.3:
 - Loss is not death: a contact leaves the table after 2 failed calls in a row (upstream: 1), and
   is then skipped for a minute when peers hand it out again; challenges and bootstrap pings are
   sent up to 3 times on silence.
+- Client-only members (`client_mode`: light clients, and a node nobody can dial, p2p/reach/)
+  answer lookups with `CLIENT_ONLY_ANSWER` instead of contacts, so a node that listed one from
+  before drops it at the next call, not after two timeouts; a listed contact seen sending with
+  the light client's id is pinged at once (rate-limited) and dropped if it answers as a client.
 - `find_neighbors` is exact (upstream's bucket traversal could return nothing; see
   `p2p.dht.routing.GpunetRoutingTable`).
 
@@ -62,6 +66,11 @@ log = logging.getLogger(__name__)
 MAX_HANDOFFS_IN_FLIGHT = 256
 
 Address = tuple[str, int]
+
+# What a client-only member answers find_node / find_value with. The reply comes from the
+# address asked (rpcudp matches it to our random message id), so only that node can say it of
+# itself; older nodes read it as no answer and evict it after their second call.
+CLIENT_ONLY_ANSWER = "client-only"
 
 
 class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
@@ -110,7 +119,20 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
     def _contact(self, sender: Address, nodeid: object) -> Node:
         if not valid_id(nodeid):
             raise ValueError("bad node id")
+        if nodeid == CLIENT_ID and not self.client_mode:
+            self._recheck_if_listed(sender)
         return Node(nodeid, sender[0], sender[1])
+
+    def _recheck_if_listed(self, sender: Address) -> None:
+        """A light client's datagram from the address of a contact we list: that contact may
+        have become client-only (its verdict: "relayed"). Ask it by a ping, never on this
+        datagram's word (its source address may be spoofed)."""
+        listed = next(
+            (n for b in self.router.buckets for n in b.nodes.values() if (n.ip, n.port) == sender),
+            None,
+        )
+        if listed is not None and self.health.may_recheck(sender, now=self._monotonic()):
+            self._spawn(self.call_ping(listed), self._background)
 
     def rpc_ping(self, sender: Address, nodeid: object) -> bytes:
         self.welcome_if_new(self._contact(sender, nodeid))
@@ -137,6 +159,8 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
         source = self._contact(sender, nodeid)
         if not valid_id(key):
             raise ValueError("bad key")
+        if self.client_mode:
+            return CLIENT_ONLY_ANSWER
         self.welcome_if_new(source)
         neighbors = self.router.find_neighbors(Node(key), exclude=source)
         contacts = [tuple(n) for n in neighbors]
@@ -150,6 +174,8 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
         source = self._contact(sender, nodeid)
         if not valid_id(key):
             raise ValueError("bad key")
+        if self.client_mode:
+            return CLIENT_ONLY_ANSWER
         assert isinstance(key, bytes)
         blobs = self.record_store.answer(key, now=self.clock())
         if not blobs:
@@ -189,18 +215,24 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
     async def call_find_node(self, node_to_ask: Node, node_to_find: Node) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
         result = await self.request(address, "find_node", self.wire_id, node_to_find.id)
+        if self._turned_client(result[0] and result[1] == CLIENT_ONLY_ANSWER, node_to_ask):
+            return False, None
         clean = self._drop_unresponsive(sanitize_nodes_answer(result, exclude=self._exclude))
         return self.handle_call_response(clean, node_to_ask)
 
     async def call_find_value(self, node_to_ask: Node, node_to_find: Node) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
         result = await self.request(address, "find_value", self.wire_id, node_to_find.id)
+        if self._turned_client(result[0] and result[1] == CLIENT_ONLY_ANSWER, node_to_ask):
+            return False, None
         clean = self._drop_unresponsive(sanitize_value_answer(result, exclude=self._exclude))
         return self.handle_call_response(clean, node_to_ask)
 
     async def call_ping(self, node_to_ask: Node) -> Any:
         address = (node_to_ask.ip, node_to_ask.port)
         ok, answer = await self.request(address, "ping", self.wire_id)
+        if self._turned_client(ok and answer == CLIENT_ID, node_to_ask):
+            return False, None
         result = (True, answer) if ok and answer == node_to_ask.id else (False, None)
         return self.handle_call_response(result, node_to_ask)
 
@@ -230,6 +262,17 @@ class GpunetProtocol(ProvenContacts, KademliaProtocol):  # type: ignore[misc]
         elif self.health.failed(node.id, (node.ip, node.port), now=self._monotonic()):
             self.router.remove_contact(node)
         return result
+
+    def _turned_client(self, said_so: bool, node: Node) -> bool:
+        """*said_so*: *node* answered as a client-only member (`CLIENT_ONLY_ANSWER`, or a ping
+        answered with the light client's id). Then it leaves the table now and is skipped for a
+        while when peers hand it out (`ContactHealth.left`)."""
+        if not said_so:
+            return False
+        self.router.remove_contact(node)
+        self.health.left(node.id, (node.ip, node.port), now=self._monotonic())
+        log.debug("%s:%d is a client-only member now: left the table", node.ip, node.port)
+        return True
 
     def is_unresponsive(self, addr: Address) -> bool:
         return self.health.is_unresponsive(addr, now=self._monotonic())

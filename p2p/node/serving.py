@@ -8,18 +8,24 @@ hash, the model sha256 the node claims, the sampler settings, the seed the run u
 token it generated, so that a client can have the output re-checked elsewhere and keep the proof.
 A `Score` request (a spot check of another node's output) is answered with `Scores`.
 
+The receipt also commits to the node's own log-probability of each token it generated (crypto/
+receipts.py `pack_logprobs`): the worker is asked for logprobs (no alternatives) on every request
+and the entries are sent on only when the client asked for them. Measured cost: one log-sum-exp
+over the vocabulary per token (tools/bench_verification.py --commit-cost).
+
 `ServedModel.cheat` (tests only, docs/security.md) makes the node lie on purpose.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import attrs
 
 from crypto.identity import Identity
-from crypto.receipts import Receipt, encode, sign_receipt
+from crypto.receipts import Receipt, encode, pack_logprobs, sign_receipt
 from inference.generation import GenerationDone, GenerationRequest, WorkerBusy
 from inference.scoring import ScoreRequest
 from p2p.errors import BadRequest, ErrorCode, code_of
@@ -77,14 +83,28 @@ def cheat_request(request: GenerationRequest, cheat: str) -> GenerationRequest:
     return request
 
 
+def committing(request: GenerationRequest) -> GenerationRequest:
+    """*request* with the chosen tokens' log-probabilities computed (for the commitments)."""
+    return request if request.logprobs >= 0 else attrs.evolve(request, logprobs=0)
+
+
+def commitments(entries: list[float | None], cheat: str) -> list[float | None]:
+    """What the receipt commits to: the worker's values, or made-up ones (tests only)."""
+    if cheat == "lying-logprobs":
+        return [-random.uniform(0.0, 5.0) for _ in entries]
+    return entries
+
+
 def signed_receipt(
     identity: Identity,
     served: ServedModel,
     msg: wire.Generate,
     item: GenerationDone,
     generated: list[int],
+    logprobs: list[float | None] | None = None,
 ) -> bytes:
-    """The receipt of one served segment: *generated* is every token this run produced."""
+    """The receipt of one served segment: *generated* is every token this run produced,
+    *logprobs* the node's log-probability of each (None where it has none)."""
     receipt = Receipt(
         peer_id=identity.peer_id,
         model_sha256=served.info.sha256,
@@ -95,6 +115,7 @@ def signed_receipt(
         prompt_tokens=item.prompt_tokens,
         output_tokens=tuple(generated),
         issued_at=time.time(),
+        logprobs=pack_logprobs(logprobs) if logprobs else b"",
     )
     return encode(sign_receipt(receipt, identity))
 
@@ -142,20 +163,28 @@ async def serve_on_worker(
     try:
         request = cheat_request(generation_request(msg, served), served.cheat)
         generated: list[int] = []
-        async with served.worker.generate(request) as stream:
+        entries: list[float | None] = []  # the committed log-probabilities, per generated token
+        async with served.worker.generate(committing(request)) as stream:
             async for item in stream:
                 if isinstance(item, GenerationDone):
                     generated.extend(item.token_ids)
+                    entries.extend([None] * len(item.token_ids))  # a stop string's: no entries
                     receipt = b""
                     if identity is not None:
                         try:
-                            receipt = signed_receipt(identity, served, msg, item, generated)
+                            lps = commitments(entries, served.cheat)
+                            receipt = signed_receipt(identity, served, msg, item, generated, lps)
                         except ValueError:  # a bug of ours: the answer still goes out, unsigned
                             log.exception("could not sign the receipt")
                     await reply.send(done_message(msg.id, item, receipt))
                 else:
                     generated.extend(item.token_ids)
-                    await reply.send(wire.Token(msg.id, item.text, item.token_ids, item.logprobs))
+                    if len(item.logprobs) == len(item.token_ids):
+                        entries.extend(e.logprob for e in item.logprobs)
+                    else:
+                        entries.extend([None] * len(item.token_ids))
+                    asked = item.logprobs if request.logprobs >= 0 else ()
+                    await reply.send(wire.Token(msg.id, item.text, item.token_ids, asked))
     except (SessionError, LocalProtocolError):
         raise
     except Exception as exc:

@@ -189,7 +189,8 @@ class SecureConnection:
             if self._channel.peer_closed:
                 return None
             try:
-                data = await self._stream.receive_some(RECEIVE_CHUNK)
+                # The rest of an announced frame in one read (the header check bounds it).
+                data = await self._stream.receive_some(max(RECEIVE_CHUNK, self._channel.missing))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise SessionTruncated("connection lost") from exc
             if not data:

@@ -11,8 +11,11 @@
   and the manifest most of them agree on.
 - `fetcher.py` — `pull`: chunks from several peers at once, each checked before it is written,
   the whole sha256 checked, the file moved into the model cache.
-- `pull_files.py` — the disk side: the partial file, the resume state, the atomic move.
+- `pull_files.py` — the disk side: the partial file (and the whole sha256 fed in order as its
+  chunks are written), the resume state, the atomic move.
 - `pull_progress.py` — what a pull reports (the CLI's progress bar, `--json`).
+- `suspects.py` — peers a pull caught lying (a manifest outvoted, or one that failed the
+  whole-file check), asked last by later pulls: for the process, and for a day in a file.
 
 The messages are p2p/protocol/share_wire.py's; docs/sharing.md says how a pull works.
 """

@@ -7,10 +7,12 @@
    the sans-IO plan (p2p/share/fetch_plan.py): faster peers take more chunks, a chunk that fails
    its hash is asked of another peer and costs its sender a strike, a peer whose session breaks
    is dropped and its chunks go back to the pool. Each chunk is hashed and written in a worker
-   thread (os.pwrite at its offset) only when it matches the manifest.
+   thread (os.pwrite at its offset) only when it matches the manifest; the same thread call
+   feeds the whole file's sha256 in order, read back from the disk.
 4. The whole file's sha256 is checked against the one the records name; then the file is linked
-   into the cache under its name (never over another file) and its sha256 remembered, so the
-   node that serves it does not hash it again.
+   into the cache under its name (never over another file) and its sha256 and manifest
+   remembered, so the node that serves it does not hash it again. Providers that lied about the
+   manifest are remembered too, and asked last next time (p2p/share/suspects.py).
 
 Every wait has a deadline: dialling, each manifest page, each chunk (`CHUNK_TIMEOUT_S`); the
 state file is saved about every second and when the pull ends in any way (Ctrl-C included).
@@ -19,7 +21,6 @@ state file is saved about every second and when the pull ends in any way (Ctrl-C
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import shutil
 import time
@@ -40,12 +41,13 @@ from p2p.session.secure import SessionError
 from p2p.share.fetch_plan import DEFAULT_DEPTH, FetchPlan
 from p2p.share.file_choice import (
     FileChoice,
-    Manifest,
     agreed_manifest,
     ask,
     choose_file,
     open_session,
 )
+from p2p.share.file_choice import Manifest as OfferedManifest
+from p2p.share.manifest import Manifest, ManifestCache
 from p2p.share.pull_files import (
     PartFile,
     PullError,
@@ -63,6 +65,7 @@ from p2p.share.pull_progress import (
     PullResult,
     no_progress,
 )
+from p2p.share.suspects import PROCESS_SUSPECTS, SuspectPeers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,7 +73,6 @@ T = TypeVar("T")
 CHUNK_TIMEOUT_S = 30.0  # one 512 KiB chunk: a peer this slow is dropped after MAX_FAILURES
 MAX_PEERS = 8
 SAVE_EVERY_S = 1.0
-SYNC_EVERY_CHUNKS = 128  # 64 MiB
 RETRY_BASE_S = 0.25  # after an error answer, times the peer's failures in a row
 RETRY_MAX_S = 2.0
 # Answers after which a peer is asked again (after a pause); any other error drops it.
@@ -88,17 +90,25 @@ async def pull(
     depth: int = DEFAULT_DEPTH,
     max_peers: int = MAX_PEERS,
     use_cache: bool = True,
+    suspects: SuspectPeers = PROCESS_SUSPECTS,
 ) -> PullResult:
     """Fetch the model *wanted* (a name or a sha256) into *cache_dir*; `PullError` with a code
     and a one-line message when it cannot (`UNKNOWN_MODEL`: nobody serves it; `UNAVAILABLE`:
-    every provider failed; `INTERNAL`: the assembled file is not the one named)."""
+    every provider failed; `INTERNAL`: the assembled file is not the one named). *suspects*:
+    the peers earlier pulls caught lying, asked last (p2p/share/suspects.py)."""
     if use_cache:
         present = await trio.to_thread.run_sync(find_in_cache, cache_dir, wanted)
         if present is not None:
             return present_result(present, wanted)
     choice = await choose_file(client, wanted)
     return await pull_file(
-        client, choice, cache_dir, on_progress=on_progress, depth=depth, max_peers=max_peers
+        client,
+        choice,
+        cache_dir,
+        on_progress=on_progress,
+        depth=depth,
+        max_peers=max_peers,
+        suspects=suspects,
     )
 
 
@@ -110,10 +120,11 @@ async def pull_file(
     on_progress: ProgressCallback = no_progress,
     depth: int = DEFAULT_DEPTH,
     max_peers: int = MAX_PEERS,
+    suspects: SuspectPeers = PROCESS_SUSPECTS,
 ) -> PullResult:
     """`pull` of the file *choice* names, from its providers."""
     started = trio.current_time()
-    manifest, usable, problems = await agreed_manifest(client, choice)
+    manifest, usable, problems = await agreed_manifest(client, choice, suspects)
     part_path, state_path = partial_paths(cache_dir, choice.sha256)
     transfer = _Transfer(client, choice, manifest, part_path, state_path, on_progress, depth)
     await transfer.run(usable[:max_peers], problems)
@@ -122,6 +133,8 @@ async def pull_file(
         if digest is None:  # hashed in order while fetching, unless that fell behind
             digest = str(await trio.to_thread.run_sync(sha256_file, part_path))
         if digest != choice.sha256:
+            for peer in manifest.senders:
+                suspects.note(peer, "its manifest made a pull fail at the whole-file check")
             part_path.unlink(missing_ok=True)
             state_path.unlink(missing_ok=True)
             raise PullError(
@@ -132,6 +145,9 @@ async def pull_file(
         path = await trio.to_thread.run_sync(
             place, part_path, cache_dir, choice.name, choice.sha256
         )
+        # Every chunk hash is known and checked: the node that serves the file need not hash it.
+        checked = Manifest(choice.sha256, manifest.size, b"".join(manifest.hashes))
+        await trio.to_thread.run_sync(ManifestCache(cache_dir).remember, path, checked)
     except OSError as exc:
         raise disk_error(exc, cache_dir) from None
     state_path.unlink(missing_ok=True)
@@ -173,7 +189,7 @@ class _Transfer:
         self,
         client: Client,
         choice: FileChoice,
-        manifest: Manifest,
+        manifest: OfferedManifest,
         part_path: Path,
         state_path: Path,
         on_progress: ProgressCallback,
@@ -191,11 +207,8 @@ class _Transfer:
         self.fetched_bytes = 0
         self.resumed_bytes = 0
         self._changed = trio.Event()
-        self._fetching = True
         self._fatal: PullError | None = None
         self._scope = trio.CancelScope()
-        self._whole = hashlib.sha256()
-        self.hashed_chunks = 0
         self._saved_at = 0.0
         self._problems: list[str] = []
 
@@ -218,12 +231,8 @@ class _Transfer:
                 )
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope  # a disk error ends the transfer
-                nursery.start_soon(self._hash_in_order)  # beside the transfer, not after it
-                async with trio.open_nursery() as peers:
-                    for r in providers if not plan.done else ():  # all resumed: no sessions
-                        peers.start_soon(self._peer, r)
-                self._fetching = False
-                self._notify()
+                for r in providers if not plan.done else ():  # all resumed: no sessions
+                    nursery.start_soon(self._peer, r)
             if self._fatal is not None:
                 raise self._fatal
             if not plan.done:
@@ -244,34 +253,11 @@ class _Transfer:
                 self._save()
                 self.part.close()
 
-    async def _hash_in_order(self) -> None:
-        """The whole file's sha256, fed chunk after chunk as the verified prefix grows (read
-        back from the page cache, so what is hashed is what is on disk)."""
-        plan, part = self.plan, self.part
-        assert plan is not None and part is not None
-        while self.hashed_chunks < plan.total:
-            end = self.hashed_chunks
-            while end < plan.total and end in plan.verified and end - self.hashed_chunks < 16:
-                end += 1
-            if end > self.hashed_chunks:
-                await self._disk(part.hash_into, self._whole, self.hashed_chunks, end)
-                if end // SYNC_EVERY_CHUNKS > self.hashed_chunks // SYNC_EVERY_CHUNKS:
-                    await self._disk(part.sync)  # flushed as it goes: the last fsync is short
-                if self._fatal is not None:
-                    return
-                self.hashed_chunks = end
-                continue
-            if not self._fetching:
-                return
-            changed = self._changed
-            with trio.move_on_after(SAVE_EVERY_S):
-                await changed.wait()
-
     @property
     def whole_sha256(self) -> str | None:
-        """The file's sha256 once every chunk was hashed in order; else None."""
-        assert self.plan is not None
-        return self._whole.hexdigest() if self.hashed_chunks == self.plan.total else None
+        """The file's sha256 once every chunk was hashed in order (PartFile.advance); else
+        None."""
+        return None if self.part is None else self.part.whole_sha256
 
     def _open(self) -> None:
         size = self.manifest.size
@@ -291,6 +277,7 @@ class _Transfer:
         plan = FetchPlan(size, self.manifest.hashes)
         self.plan = FetchPlan(size, self.manifest.hashes, self.part.recheck(plan, claimed))
         self.resumed_bytes = self.plan.verified_bytes
+        self.part.mark_written(self.plan.verified)
 
     async def _peer(self, record: CapabilityRecord) -> None:
         assert self.plan is not None

@@ -28,6 +28,7 @@ from p2p.session.pool import MultiplexedSession
 from p2p.session.secure import SessionError
 from p2p.share.manifest import manifest_root
 from p2p.share.pull_files import PullError
+from p2p.share.suspects import SuspectPeers
 
 MANIFEST_PEERS = 3
 MANIFEST_TIMEOUT_S = 15.0  # one page: at most 512 KiB of hashes
@@ -47,6 +48,7 @@ class Manifest:
     size: int
     hashes: tuple[bytes, ...]
     root: bytes
+    senders: tuple[str, ...] = ()  # the peers that sent it (set on the one agreed on)
 
 
 async def choose_file(client: Client, wanted: str) -> FileChoice:
@@ -117,14 +119,17 @@ async def fetch_manifest(session: MultiplexedSession, sha256: str) -> Manifest |
 
 
 async def agreed_manifest(
-    client: Client, choice: FileChoice
+    client: Client, choice: FileChoice, suspects: SuspectPeers | None = None
 ) -> tuple[Manifest, list[CapabilityRecord], list[str]]:
     """The manifest most of the first providers that answer agree on, the providers that may
     be asked for chunks (those whose manifest agreed, and those not asked), and the problems
-    met on the way."""
+    met on the way. *suspects*: peers that lied to an earlier pull are asked last, and a peer
+    whose manifest disagrees here is noted there."""
     answers: dict[str, Manifest] = {}
     problems: list[str] = []
     pending = list(choice.providers)
+    if suspects is not None:
+        pending = list(suspects.order(pending, lambda r: r.peer_id))
     asked: set[str] = set()
 
     async def one(record: CapabilityRecord) -> None:
@@ -157,9 +162,15 @@ async def agreed_manifest(
     for peer, m in answers.items():
         if (m.size, m.root) != (size, root):
             problems.append(f"{peer[:12]}: its manifest disagrees with the others'; not asked")
+            if suspects is not None:
+                suspects.note(peer, "its manifest disagreed with the majority's")
+    senders = tuple(p for p, m in answers.items() if (m.size, m.root) == (size, root))
+    manifest = attrs.evolve(manifest, senders=senders)
     usable = [
         r
         for r in choice.providers
         if (r.peer_id in answers and answers[r.peer_id].root == root) or r.peer_id not in asked
     ]
+    if suspects is not None:
+        usable = list(suspects.order(usable, lambda r: r.peer_id))
     return manifest, usable, problems

@@ -184,6 +184,18 @@ class ManifestCache:
                 self._store(path, manifest, _key(after))
         return manifest
 
+    def remember(self, path: Path, manifest: Manifest) -> None:
+        """Keep *manifest* as *path*'s without hashing the file: for a file whose every chunk
+        and whole sha256 were just checked (a finished pull). The caller vouches that the file
+        is whole and will not be written again; the size must match. Not stored when the cache
+        cannot be written (the manifest is then computed when it is needed)."""
+        path = Path(path).resolve()
+        st = path.stat()
+        if st.st_size != manifest.size:
+            raise ValueError(f"{path} has {st.st_size} bytes, its manifest says {manifest.size}")
+        with contextlib.suppress(OSError):
+            self._store(path, manifest, _key(st))
+
     def _store(self, path: Path, manifest: Manifest, key: dict[str, int]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         target = self.entry_path(path)

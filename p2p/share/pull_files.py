@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from typing import Any
 from inference.model_file import model_name_from
 from inference.sha256_cache import Sha256Cache, sha256_file
 from p2p.errors import GpunetError
-from p2p.protocol.share_wire import CHUNK_SIZE, chunk_digest
+from p2p.protocol.share_wire import CHUNK_SIZE, chunk_count, chunk_digest
 from p2p.share.fetch_plan import FetchPlan, PlanError
 
 PARTIAL_DIR = "partial"
+SYNC_EVERY_CHUNKS = 128  # 64 MiB
 _STATE_FORMAT = 1
 
 
@@ -60,6 +63,14 @@ class PartFile:
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
         self.size = size
+        # The whole file's sha256, fed in order by whichever worker thread wrote the chunk that
+        # extends the hashed prefix (`advance`): in the thread call that writes a chunk, since a
+        # separate hand-off per batch cost as much CPU as the hashing did.
+        self.whole = hashlib.sha256()
+        self.hashed = 0  # chunks fed to `whole` so far
+        self.total = chunk_count(size)
+        self._written: set[int] = set()
+        self._hash_lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -86,7 +97,40 @@ class PartFile:
         while view:  # pwrite may write less than asked (a signal, a full pipe of a FUSE disk)
             written = os.pwrite(self.fd, view, offset)
             view, offset = view[written:], offset + written
+        self.mark_written([index])
         return True
+
+    def mark_written(self, indices: Iterable[int]) -> None:
+        """Chunks now on disk with their manifest hash (resumed ones too): the in-order hash
+        moves on over them."""
+        self._written.update(indices)
+        self.advance()
+
+    def advance(self) -> None:
+        """Feed `whole` with the written chunks that extend its prefix, read back from the
+        page cache (what is hashed is what is on disk), fsync every SYNC_EVERY_CHUNKS. One
+        thread at a time; a thread that finds another at it leaves the work to it, which checks
+        again after letting go, so no written chunk is missed."""
+        while self.hashed in self._written:
+            if not self._hash_lock.acquire(blocking=False):
+                return
+            try:
+                start = end = self.hashed
+                while end in self._written:
+                    end += 1
+                for first in range(start, end, 16):
+                    last = min(end, first + 16)
+                    self.hash_into(self.whole, first, last)
+                    if last // SYNC_EVERY_CHUNKS > first // SYNC_EVERY_CHUNKS:
+                        self.sync()  # flushed as it goes: the last fsync is short
+                    self.hashed = last
+            finally:
+                self._hash_lock.release()
+
+    @property
+    def whole_sha256(self) -> str | None:
+        """The file's sha256 once every chunk was hashed in order; else None."""
+        return self.whole.hexdigest() if self.hashed >= self.total else None
 
     def recheck(self, plan: FetchPlan, claimed: Iterable[int]) -> set[int]:
         """The chunks of *claimed* whose bytes on disk still have their manifest hash."""

@@ -55,7 +55,11 @@ from p2p.share.manifest import Manifest, ManifestCache
 from p2p.token_bucket import TokenBucket
 
 log = logging.getLogger(__name__)
+# A whole file shared is served work: it goes in the volunteer's request log, shown by default.
+request_log = logging.getLogger("p2p.node.requests")
 
+# Reads that must not wait for the disk (Linux >= 4.14); 0 where the flag does not exist.
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 READ_THREADS = 4  # chunk reads at once; the node's other threads keep theirs
 MANIFEST_WAIT_S = 10.0
 DEFAULT_MAX_WAIT_S = 5.0
@@ -246,9 +250,11 @@ class ShareService:
             raise ShareRefused(ErrorCode.BAD_REQUEST, "index is past the file's last chunk")
         length = chunk_length(manifest.size, msg.index)
         await self._pace(reply.peer_id, length)
-        data = await trio.to_thread.run_sync(
-            _read_checked, shared, manifest, msg.index, length, limiter=self._reads
-        )
+        data = _read_cached(shared, msg.index, length)
+        if data is None:  # not checked yet, or not in the page cache: a worker thread
+            data = await trio.to_thread.run_sync(
+                _read_checked, shared, manifest, msg.index, length, limiter=self._reads
+            )
         if data is None:
             raise ShareRefused(ErrorCode.INTERNAL, "the file changed on disk or is unreadable here")
         if self._tamper is not None:
@@ -303,7 +309,7 @@ class ShareService:
         if t.chunks == total:
             self._transfers.pop(key)
             seconds = max(self._clock() - t.started, 1e-6)
-            log.info(
+            request_log.info(
                 "shared %s with %s: %.1f MB in %.1f s (%.1f MB/s)",
                 shared.info.name,
                 peer[:12],
@@ -321,6 +327,24 @@ def _refund(buckets: list[TokenBucket], cost: int) -> None:
 def _identity(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
     return st.st_size, st.st_mtime_ns
+
+
+def _read_cached(shared: SharedFile, index: int, length: int) -> bytes | None:
+    """A chunk checked before, read in the event loop only if the page cache holds all of it
+    (RWF_NOWAIT: the read fails rather than wait for the disk); else None. A thread hand-off
+    per chunk cost more CPU than the read itself (~0.1 ms per 512 KiB from the page cache)."""
+    if shared.fd is None or not _NOWAIT or index >= len(shared.verified):
+        return None
+    if not shared.verified[index]:
+        return None
+    buf = bytearray(length)
+    try:
+        if _identity(shared.fd) != shared.identity:
+            return None
+        got = os.preadv(shared.fd, [buf], index * CHUNK_SIZE, _NOWAIT)
+    except OSError:  # EAGAIN: on the disk, not in memory; or unsupported here
+        return None
+    return bytes(buf) if got == length else None
 
 
 def _read_checked(shared: SharedFile, manifest: Manifest, index: int, length: int) -> bytes | None:

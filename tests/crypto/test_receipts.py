@@ -13,11 +13,13 @@ from crypto.identity import Identity
 from crypto.receipts import (
     MAX_RECEIPT_BYTES,
     MAX_RECEIPT_TOKENS,
+    MIN_COMMITTED_LOGPROB,
     Receipt,
     ReceiptError,
     SignedReceipt,
     decode,
     encode,
+    pack_logprobs,
     sign_receipt,
 )
 
@@ -147,3 +149,50 @@ def test_the_longest_receipt_fits_the_bound() -> None:
     assert decode(data).verify()
     with pytest.raises(ValueError):
         _receipt(identity, output_tokens=(*tokens, 1))
+    committed = pack_logprobs([-40.0] * MAX_RECEIPT_TOKENS)
+    signed = sign_receipt(_receipt(identity, output_tokens=tokens, logprobs=committed), identity)
+    data = encode(signed)
+    assert len(data) <= MAX_RECEIPT_BYTES
+    assert decode(data).verify()
+
+
+def test_logprob_commitments_are_signed_and_round_trip() -> None:
+    identity = Identity.generate()
+    values = [-0.25, None, -40.0, 0.0]
+    committed = pack_logprobs(values)
+    signed = sign_receipt(_receipt(identity, logprobs=committed), identity)
+    again = decode(encode(signed))
+    assert again == signed and again.verify()
+    # 1/1024 nats; below -32 nats reads as -32; None stays "not committed".
+    assert again.receipt.committed() == (-0.25, None, MIN_COMMITTED_LOGPROB, 0.0)
+    forged = SignedReceipt(
+        attrs.evolve(signed.receipt, logprobs=pack_logprobs([-0.5, None, -40.0, 0.0])),
+        signed.signature,
+    )
+    assert not forged.verify()
+    # Stripping the commitments breaks the signature too.
+    assert not SignedReceipt(attrs.evolve(signed.receipt, logprobs=b""), signed.signature).verify()
+
+
+def test_a_receipt_without_commitments_encodes_as_before() -> None:
+    identity = Identity.generate()
+    signed = sign_receipt(_receipt(identity), identity)
+    fields = msgpack.unpackb(encode(signed), raw=False)
+    assert len(fields) == 11  # what nodes signed before commitments existed
+    assert decode(encode(signed)).receipt.committed() == ()
+
+
+@pytest.mark.parametrize("logprobs", [b"\x00", b"\x00\x00" * 3, b"\x00\x00" * 5])
+def test_commitments_of_another_length_are_refused(logprobs: bytes) -> None:
+    identity = Identity.generate()
+    with pytest.raises(ValueError, match="logprobs"):
+        _receipt(identity, logprobs=logprobs)
+    # and on decode: a 12-field array whose 11th is not one commitment per token
+    good = encode(sign_receipt(_receipt(identity), identity))
+    fields = msgpack.unpackb(good, raw=False)
+    bad = msgpack.packb([*fields[:10], logprobs, fields[10]], use_bin_type=True)
+    with pytest.raises(ReceiptError):
+        decode(bad)
+    empty = msgpack.packb([*fields[:10], b"", fields[10]], use_bin_type=True)
+    with pytest.raises(ReceiptError):  # one receipt, one encoding
+        decode(empty)

@@ -19,6 +19,7 @@ from inference.scoring import PositionScore, ScoreRequest
 from inference.verification import (
     HONEST_RATE_GREEDY,
     HONEST_RATE_SAMPLED,
+    LOGPROB_TOLERANCE,
     MIN_POSITIONS,
     MISMATCH_MARGIN,
     CheckStat,
@@ -58,6 +59,27 @@ def test_verdicts_from_choice_margins() -> None:
     # A run without its seed cannot be judged.
     nan = judge([position(math.nan)] * n, sampled=True)
     assert attrs.evolve(nan, threshold=0) == CheckStat(0, 0, 0.0, "inconclusive")
+
+
+def test_verdicts_from_logprob_commitments() -> None:
+    n = 64
+    honest = [position(0.0)] * n  # the verifier's logprob of each token is -1.0
+    near = [-1.0 + LOGPROB_TOLERANCE / 2] * n
+    assert judge(honest, sampled=False, committed=near).verdict == "consistent"
+    # The tokens are the model's choice, but the node's own logprobs were not these (another
+    # prompt, a coarser quantization, or made up): inconsistent on the commitments alone.
+    far = [-1.0 - 2 * LOGPROB_TOLERANCE] * n
+    stat = judge(honest, sampled=False, committed=far)
+    assert stat.verdict == "inconsistent" and stat.mismatches == n
+    # Positions without a commitment are judged on their margins only (as nodes that commit
+    # nothing are); a sampled run without its seed is judged on its commitments.
+    assert judge(honest, sampled=False, committed=[None] * n).verdict == "consistent"
+    unseeded = [position(math.nan)] * n
+    assert judge(unseeded, sampled=True, committed=far).verdict == "inconsistent"
+    assert judge(unseeded, sampled=True, committed=near).verdict == "consistent"
+    # A verifier logprob below the commitments' floor (-32 nats) compares as the floor.
+    deep = [attrs.evolve(position(0.0), logprob=-50.0)] * n
+    assert judge(deep, sampled=False, committed=[-32.0] * n).verdict == "consistent"
 
 
 def test_the_threshold_is_a_binomial_tail() -> None:

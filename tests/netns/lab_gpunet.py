@@ -159,6 +159,17 @@ def settled_records(lab: Lab, ns: str, data_dir: Path, wait_s: float) -> dict[st
     return by_peer
 
 
+def listed_ids(lab: Lab, ns: str, address: str, ids: list[bytes]) -> dict[str, Any]:
+    """Which of *ids* the DHT node at *address* (HOST:PORT, dialled from *ns*) lists in its
+    routing table (tests/netns/dht_table_probe.py): `{"answered": bool, "listed": [hex]}`."""
+    args = [sys.executable, "-m", "tests.netns.dht_table_probe", address, *(i.hex() for i in ids)]
+    done = _run_in(lab, ns, args, 60)
+    if done.returncode != 0:
+        raise LabError(f"dht_table_probe failed: {done.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def path_of(record: dict[str, Any] | None) -> str:
     """How a node says it is reached (its record's `reach`: direct / mapped / relayed), or
     "unknown" while no reachability check has said."""

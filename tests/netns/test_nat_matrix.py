@@ -28,14 +28,17 @@ from typing import Any
 import attrs
 import pytest
 
+from crypto.identity import dht_node_id, public_key_from_peer_id
 from inference.model_file import inspect_gguf
 from tests.netns.conftest import MATRIX_TABLE, skip_without_lab
-from tests.netns.lab import Lab, open_lab
+from tests.netns.lab import INTERNET_IP, Lab, open_lab
 from tests.netns.lab_gpunet import (
+    DHT_PORT,
     SESSION_PORT,
     Answer,
     LabNode,
     ask,
+    listed_ids,
     path_of,
     settled_records,
     start_bootstrap,
@@ -48,6 +51,7 @@ pytestmark = pytest.mark.slow
 VOLUNTEER_NATS = ("full-cone", "address-restricted", "port-restricted", "symmetric", "upnp")
 VOLUNTEERS = ("internet", *VOLUNTEER_NATS)
 CLIENTS = ("internet", "port-restricted")
+TABLES_WAIT_S = 30.0  # how long nodes may still list a relayed volunteer after the asks
 REACH_WAIT_S = 15.0  # how long records may say "unknown" before the asks go anyway
 ASK_TIMEOUT_S = 20.0
 
@@ -218,3 +222,37 @@ def test_the_table_says_which_path_each_pair_went(matrix: Matrix) -> None:
         went = matrix.went[("address-restricted", client)]
         assert went in ("relayed", "hole-punched") or (went == "direct" and "hole-punched" in log)
     assert any(line.startswith("address-restricted") for line in MATRIX_TABLE)
+
+
+def _dht_id(node: LabNode) -> bytes:
+    return dht_node_id(public_key_from_peer_id(node.peer_id))
+
+
+def test_a_relayed_volunteer_is_in_no_routing_table_and_a_direct_one_is(matrix: Matrix) -> None:
+    """Client-only membership (docs/reachability.md): every node is asked, from its own
+    namespace, whether its routing table lists the volunteers. A relayed one (served above
+    all the same) must be in none and answer as a client-only member; the full-cone one
+    (direct) must be in the bootstrap's."""
+    relayed = [v for v, r in matrix.records.items() if path_of(r) == "relayed"]
+    assert relayed, f"no volunteer says relayed: {matrix.records}"
+    ids = {v: _dht_id(matrix.volunteers[v]) for v in (*relayed, "full-cone")}
+    hexes = {i.hex(): v for v, i in ids.items()}
+    listing: dict[str, list[str]] = {}
+    client_only: dict[str, bool] = {}
+    deadline = time.monotonic() + TABLES_WAIT_S
+    for _ in range(30):  # each round is one probe process per node: seconds
+        listing = {}
+        for label, node in matrix.volunteers.items():
+            host = INTERNET_IP if label == "internet" else "127.0.0.1"
+            seen = listed_ids(matrix.lab, node.ns, f"{host}:{DHT_PORT}", list(ids.values()))
+            assert seen["answered"], f"{label}'s DHT did not answer the probe"
+            client_only[label] = seen["client_only"]
+            listing[label] = [hexes[h] for h in seen["listed"]]
+        stale = {label: [v for v in got if v in relayed] for label, got in listing.items()}
+        if not any(stale.values()) or time.monotonic() > deadline:
+            break
+    print(f"routing tables listing {sorted(ids)}: {listing}; client-only: {client_only}")
+    for label, got in listing.items():
+        assert not [v for v in got if v in relayed], f"{label} still lists relayed {got}"
+    assert "full-cone" in listing["internet"]
+    assert {v for v, on in client_only.items() if on} == set(relayed)

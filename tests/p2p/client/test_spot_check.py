@@ -74,6 +74,8 @@ async def test_with_no_other_provider_the_check_is_inconclusive(
     [
         "other-model",
         "random-tokens",
+        # the model's own tokens, with made-up logprob commitments in its signed receipts
+        "lying-logprobs",
         # The tiny random model's logits are too flat for a shortened prompt to move its greedy
         # choices by more than honest noise: a real model is needed to see it.
         pytest.param("drop-prefix", marks=pytest.mark.slow),
