@@ -41,8 +41,8 @@ DEFAULT_API_ADDRESS = ("127.0.0.1", 8470)
 DEFAULT_QUEUE_TIMEOUT_S = 60.0
 # Spot checks (p2p/client/spot_check.py): at 0.13 a node serving another model (caught on every
 # checked request) is caught within 50 requests with probability 1 - 0.87**50 > 99.9 %; one
-# check (32 scored positions) measured ~0.056 of the request's generation in CPU time on a CPU
-# verifier (all 128 positions: 0.17), so ~0.7 % extra compute (issue 16's bound: 2 %).
+# check (32 scored positions) measured ~0.21 of the request's generation in CPU time on a quiet
+# CPU verifier (all 128 positions: 0.41), so ~2.7 % extra compute (issue 16's bound: 2 %).
 DEFAULT_VERIFY_FRACTION = 0.13
 
 
