@@ -27,6 +27,8 @@ Requests and answers (pure data, no llama.cpp, no trio):
   with noise g(seed, step, token id), so a verifier can replay any sampled token.
 - `verification.py` — `judge`: the check statistic (mismatch rate of choice margins, a binomial
   bound for honest noise) and its verdict; the calibration figures are in its docstring.
+- `commitment_stat.py` — the statistic over a node's signed logprob commitments against the
+  verifier's own (a Chernoff bound per request, an e-value for the ledger).
 
 The workers (one thread owns each llama.cpp model; trio talks to it through queues):
 - `worker_thread.py` — what both share: `ThreadOwnedWorker`, jobs, the hand-off to trio.
@@ -40,6 +42,8 @@ The workers (one thread owns each llama.cpp model; trio talks to it through queu
 - `prompt_logprobs.py` — the prompt's own log-probabilities (`echo`), in bounded chunks.
 - `sibling_prefill.py` — same-prompt requests that arrive together prefill once (`n` choices).
 - `step_costs.py` — decode-step cost by batch rows, measured on the worker's thread.
+- `online_step_costs.py` — those costs corrected by the steps the worker really ran (a full
+  batch of long sequences costs more than the start-up measure says).
 - `slot_planner.py` — `plan_slots`: the slot count where aggregate decode stops growing,
   within memory (`--slots auto`).
 - `draft_policy.py` — how many draft tokens a sequence feeds this step: only when the expected

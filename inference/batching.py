@@ -52,6 +52,7 @@ from inference.generation import (
     WorkerLoad,
 )
 from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel
+from inference.online_step_costs import OnlineStepCosts
 from inference.prefix_cache import PrefixCache
 from inference.sibling_prefill import waits_for_sibling
 from inference.speculation import NgramDrafter
@@ -132,6 +133,7 @@ class BatchingWorker(ThreadOwnedWorker):
         self.max_step_drafts = MAX_STEP_DRAFTS
         # Feeds only the drafts that pay once step costs are measured (measure_step_costs).
         self.draft_policy: DraftPolicy | None = None
+        self.step_costs: OnlineStepCosts | None = None  # the policy's, corrected as served
         self._cache = PrefixCache()
 
     @property
@@ -177,7 +179,8 @@ class BatchingWorker(ThreadOwnedWorker):
 
     def use_step_costs(self, costs: StepCosts) -> None:
         """From now on drafts are weighed against these costs (inference/draft_policy.py)."""
-        self.draft_policy = DraftPolicy(costs)
+        self.step_costs = OnlineStepCosts(costs)
+        self.draft_policy = DraftPolicy(self.step_costs)
 
     def _reserve(self) -> None:
         with self._count_lock:
@@ -407,10 +410,13 @@ class BatchingWorker(ThreadOwnedWorker):
     def _step(self, model: LoadedModel, free: list[int], active: list[BatchSequence]) -> None:
         """One llama_decode: every generating sequence's next token, then prompt chunks, then
         draft tokens."""
+        started = time.perf_counter()  # the whole step is what rows cost: feeding, sampling too
         model.clear_batch()
         generating = [seq for seq in active if seq.feed_next(model)]
+        decoding_rows = model.n_tokens
         for seq in active:
             seq.feed_prompt(model)
+        timed = model.n_tokens == decoding_rows  # no prompt chunk: every row has logits
         budget, policy = self.max_step_drafts, self.draft_policy
         if policy is not None:
             policy.begin_step(model.n_tokens, sum(seq.out >= 0 for seq in active))
@@ -418,6 +424,7 @@ class BatchingWorker(ThreadOwnedWorker):
             if seq.drafter is not None:
                 budget -= seq.feed_draft(model, budget, policy)
         try:
+            rows = model.n_tokens
             status = model.decode()
             self._steps += 1
             if status != 0:
@@ -428,6 +435,8 @@ class BatchingWorker(ThreadOwnedWorker):
                     finish = seq.advance(model, now, self._to_trio)
                     if finish is not None:
                         self._retire(model, seq, finish, free, active)
+            if timed and self.step_costs is not None:  # the policy's costs follow the load
+                self.step_costs.observe(rows, time.perf_counter() - started)
         except Exception as e:  # the batch's requests fail; the worker serves on
             error = (
                 e

@@ -13,8 +13,10 @@ made per sequence and per step, from numbers rather than guesses:
   fades) with a prior from the drafter's evidence, the length of the repeat it matched
   (`prior`): a long-running repeat is likely to go on, an 8-token one less so;
 - what it costs: the step of b rows takes T(b) seconds (measured at start, inference/
-  step_costs.py) and yields P tokens (the batch's sequences that get a token, plus what earlier
-  drafts this step are expected to keep); d more rows make it T(b + d). The step's throughput
+  step_costs.py, and corrected by the steps served, inference/online_step_costs.py, so a
+  full batch of long sequences is weighed at what its rows cost now) and yields P tokens
+  (the batch's sequences that get a token, plus what earlier drafts this step are expected
+  to keep); d more rows make it T(b + d). The step's throughput
   rises only if the expected kept tokens exceed P x (T(b + d) - T(b)) / T(b).
 
 The policy feeds the d (among the drafter's length and a few shorter ones) with the largest
@@ -28,9 +30,9 @@ Sans-IO and pure arithmetic: the scheduler thread calls `begin_step` once per st
 
 from __future__ import annotations
 
-import attrs
+from typing import Protocol
 
-from inference.step_costs import StepCosts
+import attrs
 
 DECAY = 0.75  # weight of past outcomes per drafted step: the last few steps dominate
 PRIOR_WEIGHT = 2.0  # the prior counts as this many observed draft tokens
@@ -40,6 +42,12 @@ PRIOR_WEIGHT = 2.0  # the prior counts as this many observed draft tokens
 # 501 of 524 with 8 mixed requests; 0 of 4 on code), so 8 tokens earn 0.89, 16 earn 0.94.
 PRIOR_SCALE = 1.0
 _CANDIDATES = (1, 2, 4, 8, 16, 32, 64)  # draft lengths weighed besides the proposed one
+
+
+class CostCurve(Protocol):
+    """Seconds of a decode step by its rows: StepCosts, or OnlineStepCosts over one."""
+
+    def cost(self, rows: int) -> float: ...
 
 
 @attrs.define
@@ -79,7 +87,7 @@ class DraftPolicy:
     """Decides draft lengths against measured step costs; one per worker, scheduler thread
     only. Without costs (none measured) every proposed draft is fed, as before the policy."""
 
-    def __init__(self, costs: StepCosts | None) -> None:
+    def __init__(self, costs: CostCurve | None) -> None:
         self.costs = costs
         self._rows = 0
         self._producing = 0.0

@@ -53,6 +53,12 @@ of it), none above 1.0, so the honest mismatch rates above are unchanged; at 0.5
 0.9 % of honest greedy positions (speculation, 1-2 threads), over the 0.5 % allowed. Cheats'
 positions above 1.0 nats, greedy / sampled: Q3_K_M 2.6 % / 8.6 %, dropped prefix 2.6 % / 5.1 %,
 made-up values (uniform in [-5, 0]) 74 % / 72 %, random tokens 0 % (their margins catch them).
+
+The commitments' own test (inference/commitment_stat.py): each committed position's delta,
+normalized by the honest noise expected at the token's probability, scored in [0, 1] and summed;
+"inconsistent" when the sum's Chernoff bound under an honest mean score `HONEST_MEAN` is below
+alpha. With commitments, `judge` runs both tests at ALPHA / 2 each (a union bound keeps the
+request's false-verdict probability at ALPHA); without, the margins' test alone at ALPHA.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from inference import commitment_stat
 from inference.scoring import PositionScore
 
 VERDICTS = ("consistent", "inconsistent", "inconclusive")
@@ -92,6 +99,11 @@ class CheckStat:
     score: float  # mismatches / n (0.0 when n is 0)
     verdict: str  # "consistent" | "inconsistent" | "inconclusive"
     threshold: int = 0  # mismatches from which n positions are inconsistent
+    # The commitments' test (inference/commitment_stat.py): positions with a commitment, the sum
+    # of their scores, and the sum from which they are inconsistent (0.0: no commitments).
+    committed_n: int = 0
+    committed_score: float = 0.0
+    committed_threshold: float = 0.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -142,13 +154,27 @@ def judge(
             continue
         n += 1
         mismatches += p.choice_margin > mismatch_margin or off_commitment(p, c, logprob_tolerance)
+    scores = commitment_stat.scores([p.logprob for p in positions], committed)
+    # Two tests on one request: each at half the budget (a union bound), or the margins' alone.
+    alpha = ALPHA / 2 if scores else ALPHA
     score = mismatches / n if n else 0.0
     rate = HONEST_RATE_SAMPLED if sampled else HONEST_RATE_GREEDY
-    threshold = mismatch_threshold(n, rate)
+    threshold = mismatch_threshold(n, rate, alpha)
+    committed_score = math.fsum(scores)
+    committed_threshold = commitment_stat.score_threshold(len(scores), alpha) if scores else 0.0
     if n < MIN_POSITIONS:
         verdict = "inconclusive"
-    elif mismatches >= threshold:
+    elif mismatches >= threshold or (scores and committed_score >= committed_threshold):
         verdict = "inconsistent"
     else:
         verdict = "consistent"
-    return CheckStat(n=n, mismatches=mismatches, score=score, verdict=verdict, threshold=threshold)
+    return CheckStat(
+        n=n,
+        mismatches=mismatches,
+        score=score,
+        verdict=verdict,
+        threshold=threshold,
+        committed_n=len(scores),
+        committed_score=committed_score,
+        committed_threshold=committed_threshold,
+    )

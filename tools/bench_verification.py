@@ -31,6 +31,9 @@ and f = 10 %.
     python tools/bench_verification.py --raw margins.json # per-position data, to recalibrate
     python tools/bench_verification.py --from-raw margins.json --plot stat.png  # judge again
 
+Besides whole requests, every run (and --from-raw) re-judges each request as spot checks of
+32 positions (tools/_verification_stats.py) and simulates the ledger's checks until a flag.
+
 The cost figures are ratios of this process's CPU time (all its threads; one worker runs at a
 time): generating a request on `honest-t2` against scoring it, so other work on a shared
 machine moves them less than wall times (which moved 2-5× from run to run).
@@ -57,48 +60,36 @@ import trio.testing
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _verification_stats import (
+    CHEATS,
+    HONEST,
+    Claim,
+    from_raw,
+    plot,
+    print_report,
+    raw_row,
+    rejudge,
+    summarize,
+)
 from verification_prompts import PROMPTS
 
 from crypto.receipts import pack_logprobs, unpack_logprobs
 from inference.batching import BatchingWorker
 from inference.default_model import ensure_default_model
 from inference.generation import GenerationDone, GenerationRequest, TokenChunk
-from inference.scoring import PositionScore, ScoreRequest
-from inference.verification import (
-    HONEST_RATE_GREEDY,
-    HONEST_RATE_SAMPLED,
-    CheckStat,
-    judge,
-    mismatch_threshold,
-)
-
-HONEST = ("honest-t1", "honest-t2", "honest-slots4", "honest-spec", "honest-cache")
-CHEATS = ("cheat-tiny", "cheat-q3", "cheat-q2", "cheat-random", "cheat-prefix", "cheat-lying")
+from inference.scoring import ScoreRequest
+from inference.verification import judge
 
 
-@attrs.define
-class Claim:
-    """One answer as a node claims it: the request it was asked, and the tokens it returned."""
-
-    mode: str
-    kind: str
-    request: GenerationRequest
-    tokens: tuple[int, ...]
-    gen_s: float
-    # The node's logprob commitment per token (None: none), as a receipt carries it.
-    committed: tuple[float | None, ...] = ()
-    stat: CheckStat | None = None
-    score_s: float = 0.0
-    margins: list[float] = attrs.field(factory=list)
-    # Per scored position: the verifier's logprob (clamped as a commitment is), then |delta|.
-    logprobs: list[float] = attrs.field(factory=list)
-
-
-def requests(max_tokens: int, rounds: int, kinds: int) -> list[tuple[str, GenerationRequest]]:
-    """Every prompt greedy and at temperature 0.8 with a seed, `rounds` times (new seeds)."""
+def requests(
+    max_tokens: int, rounds: int, kinds: int, skip: int = 0
+) -> list[tuple[str, GenerationRequest]]:
+    """Every prompt (after the first *skip*) greedy and at temperature 0.8 with a seed, `rounds`
+    times (new seeds)."""
     out = []
+    chosen = PROMPTS[skip : skip + kinds] if kinds else PROMPTS[skip:]
     for r in range(rounds):
-        for i, (kind, prompt) in enumerate(PROMPTS[:kinds] if kinds else PROMPTS):
+        for i, (kind, prompt) in enumerate(chosen, start=skip):
             out.append((kind, GenerationRequest(prompt, max_tokens=max_tokens, seed=None)))
             seed = 1000 + 100 * r + i
             out.append(
@@ -225,84 +216,6 @@ async def subset_cost(verifier: BatchingWorker, claims: list[Claim], k: int) -> 
     return statistics.median(times) if times else math.nan
 
 
-def catch_probability(detection: float, fraction: float, requests_seen: int = 50) -> float:
-    if math.isnan(fraction):
-        return math.nan
-    return 1.0 - (1.0 - min(1.0, fraction) * detection) ** requests_seen
-
-
-def summarize(claims: list[Claim], cost: float) -> dict[str, Any]:
-    f_budget = 0.02 / cost if cost > 0 else math.nan
-    out: dict[str, Any] = {}
-    for mode in HONEST + CHEATS:
-        mine = [c for c in claims if c.mode == mode and c.stat is not None]
-        if not mine:
-            continue
-        verdicts = {
-            v: sum(c.stat.verdict == v for c in mine if c.stat)
-            for v in ("consistent", "inconsistent", "inconclusive")
-        }
-        detection = verdicts["inconsistent"] / len(mine)
-        scores = [c.stat.score for c in mine if c.stat]
-        row: dict[str, Any] = {
-            "requests": len(mine),
-            "verdicts": verdicts,
-            "score_median": round(statistics.median(scores), 4),
-            "score_max": round(max(scores), 4),
-            "score_min": round(min(scores), 4),
-        }
-        if mode.startswith("honest"):
-            row["false_verdicts"] = verdicts["inconsistent"]
-        else:
-            row["detection_per_request"] = round(detection, 4)
-            row["catch_within_50_at_f_2pct_budget"] = round(
-                catch_probability(detection, f_budget), 6
-            )
-            row["catch_within_50_at_f_10pct"] = round(catch_probability(detection, 0.10), 6)
-            by_setting = {}
-            for name, sampled in (("greedy", False), ("sampled", True)):
-                part = [c for c in mine if (c.request.temperature > 0) == sampled]
-                if part:
-                    by_setting[name] = sum(
-                        c.stat.verdict == "inconsistent" for c in part if c.stat
-                    ) / len(part)
-            row["detection_by_setting"] = by_setting
-        out[mode] = row
-    return out
-
-
-def plot(claims: list[Claim], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    floor = 1e-4  # a score of 0 drawn at the axis' left edge
-    bins = [10 ** (e / 4) for e in range(-16, 1)]
-    honest = [max(c.stat.score, floor) for c in claims if c.stat and c.mode in HONEST]
-    ax.hist(honest, bins=bins, alpha=0.6, label=f"honest (all {len(HONEST)} configs)")
-    for mode in CHEATS:
-        values = [max(c.stat.score, floor) for c in claims if c.stat and c.mode == mode]
-        if values:
-            ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=mode)
-    n = max((len(c.tokens) for c in claims), default=1)
-    for name, rate, style in (
-        ("greedy", HONEST_RATE_GREEDY, "--"),
-        ("sampled", HONEST_RATE_SAMPLED, ":"),
-    ):
-        threshold = mismatch_threshold(n, rate) / n
-        ax.axvline(
-            threshold, color="black", linestyle=style, label=f"inconsistent from ({name}, n={n})"
-        )
-    ax.set_xscale("log")
-    ax.set_xlabel("mismatch rate per request: positions with choice margin > 1 logit")
-    ax.set_ylabel("requests")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def make_models(tmp: Path, modes: list[str], say: Callable[[str], None]) -> dict[str, Path]:
     models = {"default": ensure_default_model()}
     if "cheat-tiny" in modes:
@@ -324,7 +237,7 @@ def make_models(tmp: Path, modes: list[str], say: Callable[[str], None]) -> dict
 
 async def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     modes = [m for m in HONEST + CHEATS if not args.modes or m in args.modes]
-    asked = requests(args.max_tokens, args.rounds, args.prompts)
+    asked = requests(args.max_tokens, args.rounds, args.prompts, args.skip_prompts)
     with tempfile.TemporaryDirectory() as tmp:
         models = make_models(Path(tmp), modes, say)
         claims: list[Claim] = []
@@ -357,77 +270,16 @@ async def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[st
         "cost_subset_check_vs_generation": round(subset / gen_median, 4),
         "modes": summarize(claims, cost),
     }
+    rows = [raw_row(c) for c in claims]
     if args.raw:
-        args.raw.write_text(
-            json.dumps(
-                [
-                    {
-                        "mode": c.mode,
-                        "kind": c.kind,
-                        "temperature": c.request.temperature,
-                        "seed": c.request.seed,
-                        "margins": c.margins,
-                        "logprobs": c.logprobs,
-                        "committed": c.committed,
-                    }
-                    for c in claims
-                ],
-                allow_nan=True,
-            )
-        )
-    if args.plot:
-        plot(claims, args.plot)
-    return report
-
-
-def from_raw(args: argparse.Namespace) -> dict[str, Any]:
-    """Judge (and plot) the margins of an earlier --raw file again: for recalibrating the
-    statistic without generating anything. No cost figures (nothing is timed)."""
-    claims = []
-    for row in json.loads(args.from_raw.read_text()):
-        request = GenerationRequest("-", temperature=row["temperature"], seed=row["seed"])
-        logprobs = row.get("logprobs") or [0.0] * len(row["margins"])
-        committed = row.get("committed") or [None] * len(row["margins"])
-        positions = [
-            PositionScore(token=0, logprob=lp, rank=0, margin=0.0, choice_margin=m, index=i)
-            for i, (m, lp) in enumerate(zip(row["margins"], logprobs, strict=True))
-        ]
-        claim = Claim(row["mode"], row["kind"], request, (0,) * len(positions), 0.0)
-        claim.stat = judge(positions, sampled=row["temperature"] > 0, committed=committed)
-        claims.append(claim)
-    if args.plot:
-        plot(claims, args.plot)
-    n = max((len(c.tokens) for c in claims), default=0)
-    return {
-        "max_tokens": n,
-        "requests_per_mode": max(sum(c.mode == m for c in claims) for m in HONEST + CHEATS),
-        "cost_full_check_vs_generation": math.nan,
-        "check_positions": 0,
-        "cost_subset_check_vs_generation": math.nan,
-        "modes": summarize(claims, math.nan),
+        args.raw.write_text(json.dumps(rows, allow_nan=True))
+    checks = rejudge(rows, draws=args.draws)
+    report["spot_checks"] = {
+        k: {f: x for f, x in v.items() if f != "commitment_means"} for k, v in checks.items()
     }
-
-
-def print_report(report: dict[str, Any]) -> None:
-    print(f"{report['requests_per_mode']} requests per mode, {report['max_tokens']} tokens each")
-    print(
-        f"cost of a check vs generating: full {report['cost_full_check_vs_generation']:.1%}, "
-        f"{report['check_positions']} positions {report['cost_subset_check_vs_generation']:.1%}"
-    )
-    for mode, row in report["modes"].items():
-        v = row["verdicts"]
-        line = (
-            f"{mode:14} consistent {v['consistent']:3} inconsistent {v['inconsistent']:3} "
-            f"inconclusive {v['inconclusive']:3}  score median {row['score_median']:.4f} "
-            f"max {row['score_max']:.4f}"
-        )
-        if "detection_per_request" in row:
-            line += (
-                f"  detect {row['detection_per_request']:.0%}  P(catch in 50) "
-                f"{row['catch_within_50_at_f_2pct_budget']:.4f} (2% budget) "
-                f"{row['catch_within_50_at_f_10pct']:.4f} (f=10%)"
-            )
-        print(line)
+    if args.plot:
+        plot(checks, args.plot)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"use the first N of the {len(PROMPTS)} prompts (0: all)",
     )
     parser.add_argument(
+        "--skip-prompts", type=int, default=0, help="start after the first N prompts"
+    )
+    parser.add_argument(
         "--modes",
         nargs="*",
         metavar="MODE",
@@ -468,8 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-raw",
         type=Path,
+        nargs="+",
         metavar="RAW",
-        help="judge and plot the margins of an earlier --raw file instead of running",
+        help="judge and plot the positions of earlier --raw files instead of running",
+    )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=20,
+        help="spot checks drawn per request when re-judging as spot checks (default 20)",
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -142,6 +142,10 @@ def render_state(state: dict[str, Any]) -> list[str]:
         f"  shared:     {_size(float(shared.get('bytes_sent', 0)))} of model files in "
         f"{shared.get('chunks_sent', 0)} chunks"
     )
+    for m in state.get("models") or []:  # how each model's slot count was chosen
+        if m.get("slots_how"):
+            how = printable(str(m["slots_how"]))[:300]
+            lines.append(f"  slots:      {printable(str(m.get('name', '?')))[:40]}: {how}")
     lines.append("")
     header = (
         "MODEL",

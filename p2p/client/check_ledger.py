@@ -46,8 +46,18 @@ The bound assumes honest mismatches independent between positions; the calibrati
 Logprob commitments (inference/verification.py) add positions whose signed logprob is off by
 more than 1 nat to the same counts: honest nodes showed none (so p0 holds), cheats more. Spot
 checks now judge 32 positions (p2p/client/spot_check.py), so each step is smaller: measured on
-the default model, Q3_K_M is flagged after ~9 checked requests greedy, ~4 sampled
-(docs/benchmarks.md).
+the default model, with these counts alone Q3_K_M was flagged after ~9 checked requests
+greedy, ~4 sampled (docs/benchmarks.md); the commitment scores below make it ~2.
+
+Commitment scores (inference/commitment_stat.py): a check whose node committed logprobs also
+gives the sum of its positions' scores in [0, 1]; their log e-value `commitment_stat.llr`
+(honest mean `HONEST_MEAN`, a cheat's `CHEAT_MEAN_COMMITTED`) has exp of mean <= 1 for an honest
+node, as the mismatch count's has. The step of such a check is the log of the two e-values'
+mean: a mean of e-values is an e-value whatever their dependence (both read the same positions),
+so Ville's bound and h above stand unchanged, at a cost of at most ln 2 a step to whichever
+statistic carries the evidence. Measured (32-position checks re-judged from the raw data of
+docs/benchmarks.md, requests resampled): Q3_K_M flagged after ~2 checked requests greedy and
+sampled (was ~9 / ~4), a dropped prefix after ~5 / ~4.
 
 The reset at zero makes a node that turns to cheating after a long honest record as easy to
 catch as a new one: its past does not bank credit.
@@ -60,10 +70,14 @@ from typing import Any
 
 import attrs
 
+from inference import commitment_stat
 from inference.verification import HONEST_RATE_GREEDY, HONEST_RATE_SAMPLED
 
 CHEAT_RATE_GREEDY = 0.03
 CHEAT_RATE_SAMPLED = 0.05
+# The mean commitment score per position the test is tuned for: between the highest honest
+# request (0.05) and a close quantization's (0.36-0.54).
+CHEAT_MEAN_COMMITTED = 0.25
 # The false-positive budget: at most ALPHA_TOTAL over LOOKS checked requests of one honest node.
 ALPHA_TOTAL = 1e-4
 LOOKS = 1000
@@ -88,6 +102,27 @@ def request_llr(n: int, mismatches: int, *, sampled: bool) -> float:
     return mismatches * hit + (n - mismatches) * miss
 
 
+def request_step(
+    n: int,
+    mismatches: int,
+    *,
+    sampled: bool,
+    committed_n: int = 0,
+    committed_score: float = 0.0,
+) -> float:
+    """One checked request's step: its counts' LLR, or with commitment scores the log of the
+    mean of both e-values (see the module docstring)."""
+    counts = request_llr(n, mismatches, sampled=sampled)
+    if committed_n <= 0:
+        return counts
+    committed_score = min(max(committed_score, 0.0), float(committed_n))
+    scores = commitment_stat.llr(
+        committed_n, committed_score, commitment_stat.HONEST_MEAN, CHEAT_MEAN_COMMITTED
+    )
+    top = max(counts, scores)
+    return top + math.log1p(math.exp(-abs(counts - scores))) - math.log(2.0)
+
+
 @attrs.define
 class CheckLedger:
     """The checked positions of one node for one model, and the running statistic."""
@@ -100,16 +135,34 @@ class CheckLedger:
     # Verifiers (peer id prefixes) whose scores moved the statistic up since it was last at 0.
     verifiers: list[str] = attrs.field(factory=list)
 
-    def add(self, n: int, mismatches: int, *, sampled: bool, verifier: str) -> bool:
-        """Add one checked request's counts; True when the statistic reaches `THRESHOLD` (it is
-        then reset, and `verifiers` says whose scores it rested on)."""
+    def add(
+        self,
+        n: int,
+        mismatches: int,
+        *,
+        sampled: bool,
+        verifier: str,
+        committed_n: int = 0,
+        committed_score: float = 0.0,
+    ) -> bool:
+        """Add one checked request's counts (and its commitment scores: how many positions, their
+        sum); True when the statistic reaches `THRESHOLD` (it is then reset, and `verifiers`
+        says whose scores it rested on)."""
         if n <= 0:
             return False
         mismatches = min(max(mismatches, 0), n)
+        if not math.isfinite(committed_score):
+            committed_n = 0
         self.checks += 1
         self.positions += n
         self.mismatches += mismatches
-        step = request_llr(n, mismatches, sampled=sampled)
+        step = request_step(
+            n,
+            mismatches,
+            sampled=sampled,
+            committed_n=min(max(committed_n, 0), n),
+            committed_score=committed_score,
+        )
         self.cusum = max(0.0, self.cusum + step)
         if self.cusum == 0.0:
             self.verifiers = []

@@ -110,15 +110,29 @@ class Reputation:
         self._save()
 
     def record_positions(
-        self, peer_id: str, sha256: str, n: int, mismatches: int, *, sampled: bool, verifier: str
+        self,
+        peer_id: str,
+        sha256: str,
+        n: int,
+        mismatches: int,
+        *,
+        sampled: bool,
+        verifier: str,
+        committed: tuple[int, float] = (0, 0.0),
     ) -> str:
-        """Add one checked request's judged positions to the pair's ledger. "excluded" or
-        "lowered" when the ledger flagged the node now (see the module docstring), else ""."""
+        """Add one checked request's judged positions (and *committed*: its commitment scores'
+        count and sum) to the pair's ledger. "excluded" or "lowered" when the ledger flagged
+        the node now (see the module docstring), else ""."""
         if n <= 0:
             return ""
         entry = self._entry(peer_id, sha256)
         outcome = ""
-        if entry.ledger.add(n, mismatches, sampled=sampled, verifier=verifier):
+        count, total = committed
+        added = entry.ledger.add(
+            n, mismatches, sampled=sampled, verifier=verifier, committed_n=count,
+            committed_score=total,
+        )  # fmt: skip
+        if added:
             if len(set(entry.ledger.verifiers)) >= 2:
                 entry.caught, outcome = True, "excluded"
             else:

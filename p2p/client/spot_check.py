@@ -29,8 +29,8 @@ or a close quantization in one check even when its tokens are the model's choice
 
 Whatever the verdict, the judged positions and mismatches also go into the (node, model) ledger
 (p2p/client/check_ledger.py via the reputation), which sums them over every checked request;
-when two verifiers scored one request, the one that saw fewer mismatches counts, so a verifier
-that lies cannot add mismatches the other did not see.
+when two verifiers scored one request, the one whose scores move the ledger less counts, so a
+verifier that lies cannot add evidence the other did not see.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import trio
 
 from crypto.receipts import encode
 from inference.verification import CheckStat, judge
+from p2p.client.check_ledger import request_step
 from p2p.client.evidence import Evidence, VerifierScore, write_evidence
 from p2p.client.network import Client, lookup_key
 from p2p.client.ranking import Provider, rank_providers
@@ -66,7 +67,7 @@ CHECK_DEADLINE_S = 120.0
 # Positions judged per check (the rest are fed without logits), the first few always among them:
 # a dropped prefix shows most where the answer begins (measured: tools/bench_verification.py).
 CHECK_POSITIONS = 32
-FIRST_POSITIONS = 4
+FIRST_POSITIONS = 8  # a dropped prefix's commitments are furthest off in the first 16 or so
 
 
 @attrs.frozen
@@ -295,18 +296,30 @@ async def _spot_check(
 def _add_up(
     reputation: Reputation | None, segment: Segment, opinions: list[tuple[Provider, CheckStat]]
 ) -> str:
-    """Feed the ledger the opinion with the fewest mismatches; what it concluded, if anything,
-    as a clause for the check's reason."""
+    """Feed the ledger the opinion that moves it least; what it concluded, if anything, as a
+    clause for the check's reason."""
     if reputation is None:
         return ""
-    provider, stat = min(opinions, key=lambda o: o[1].score)
+    sampled = segment.request.temperature > 0
+
+    def step(stat: CheckStat) -> float:
+        return request_step(
+            stat.n,
+            stat.mismatches,
+            sampled=sampled,
+            committed_n=stat.committed_n,
+            committed_score=stat.committed_score,
+        )
+
+    provider, stat = min(opinions, key=lambda o: step(o[1]))
     outcome = reputation.record_positions(
         segment.peer_id,
         segment.model_sha256,
         stat.n,
         stat.mismatches,
-        sampled=segment.request.temperature > 0,
+        sampled=sampled,
         verifier=provider.record.peer_id,
+        committed=(stat.committed_n, stat.committed_score),
     )
     if not outcome:
         return ""
@@ -322,6 +335,11 @@ def _summary(provider: Provider, stat: CheckStat, scores: Scores, segment: Segme
     prompt = ""
     if segment.prompt_tokens and scores.prompt_tokens != segment.prompt_tokens:
         prompt = f"; prompt of {scores.prompt_tokens} tokens, the node said {segment.prompt_tokens}"
+    if stat.committed_n:
+        prompt += (
+            f"; commitments {stat.committed_score:.1f} off of {stat.committed_n} positions, "
+            f"inconsistent from {stat.committed_threshold:.1f}"
+        )
     return (
         f"{provider.record.peer_id[:12]} says {stat.verdict} "
         f"({stat.mismatches}/{stat.n} tokens off, score {score}{prompt})"

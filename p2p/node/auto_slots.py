@@ -9,6 +9,10 @@ it times decode steps by row count (inference/step_costs.py), is closed, and the
 the knee. The costs it measured also feed the serving worker's drafting policy
 (inference/draft_policy.py); with an explicit --slots N the serving worker measures them itself.
 
+How the count was chosen is one line (`SlotChoice.how`), logged at start and shown by `gpunet
+status`: "auto: 8 slots; 16 add +3 % (aggregate decode ...)", "auto without --benchmark: 4
+slots" or "--slots 6".
+
 Start-up cost: a second load of the weights (mmap'd on the CPU: a fraction of a second) and
 STEP_COSTS_S of measurement at most (the tiny test model: well under a second in all).
 """
@@ -18,6 +22,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import attrs
 
 from inference.batching import DEFAULT_SLOTS, BatchingWorker
 from inference.generation import GenerationError
@@ -37,6 +43,16 @@ STEP_COSTS_S = 2.0
 # Cells per sequence of the measuring worker: the shared prefix, then up to 64 rows of one
 # sequence where there are fewer sequences than rows.
 _MEASURE_CTX = PREFIX_TOKENS + 64 + 16
+
+
+@attrs.frozen
+class SlotChoice:
+    """A model's slot count, how it was chosen (one line), and the step costs measured on the
+    way (None unless --slots auto measured them)."""
+
+    slots: int
+    how: str
+    costs: StepCosts | None = None
 
 
 def ram_available(meminfo: str) -> int:
@@ -104,7 +120,9 @@ async def choose_slots(
     finally:
         await worker.aclose()
     slot_plan = plan_slots(costs.decode_rates(), memory_cap=cap, short_curve=DEFAULT_SLOTS)
-    log.info("%s: step costs %s; %s", info.name, costs.describe(), slot_plan.reason)
+    if slot_plan.slots < cap:  # the cap's own reason says so already
+        slot_plan = SlotPlan(slot_plan.slots, f"{slot_plan.reason}; memory allows {cap}")
+    log.info("%s: step costs %s", info.name, costs.describe())
     on_progress(f"{info.name}: {slot_plan.reason}")
     return slot_plan, costs
 
@@ -118,14 +136,32 @@ async def slots_for(
     gpus: Sequence[GpuInfo],
     benchmark: bool,
     on_progress: Callable[[str], None],
-) -> tuple[int, StepCosts | None]:
+) -> SlotChoice:
     """The slots of `info`'s worker: --slots N as given, or for auto the measured knee with the
     costs measured on the way. Auto without the self-benchmark (or for an embedding model,
-    which does not decode) is DEFAULT_SLOTS."""
+    which does not decode) is DEFAULT_SLOTS. Says how, in the log and as progress."""
+    choice = await _choose(config, info, n_ctx, n_threads, gpus, benchmark, on_progress)
+    log.info("%s: %s", info.name, choice.how)
+    if choice.costs is None:  # a measured choice was shown as progress already
+        on_progress(f"{info.name}: {choice.how}")
+    return choice
+
+
+async def _choose(
+    config: NodeConfig,
+    info: ModelInfo,
+    n_ctx: int,
+    n_threads: int,
+    gpus: Sequence[GpuInfo],
+    benchmark: bool,
+    on_progress: Callable[[str], None],
+) -> SlotChoice:
     if config.slots != AUTO:
-        return int(config.slots), None
-    if not benchmark or info.pooling_type is not None:
-        return DEFAULT_SLOTS, None
+        return SlotChoice(int(config.slots), f"--slots {int(config.slots)}")
+    if info.pooling_type is not None:
+        return SlotChoice(DEFAULT_SLOTS, f"auto for an embedding model: {DEFAULT_SLOTS} slots")
+    if not benchmark:
+        return SlotChoice(DEFAULT_SLOTS, f"auto without --benchmark: {DEFAULT_SLOTS} slots")
     plan, costs = await choose_slots(
         info,
         Path(info.path),
@@ -136,4 +172,4 @@ async def slots_for(
         offload_supported=supports_gpu_offload(),
         on_progress=on_progress,
     )
-    return plan.slots, costs
+    return SlotChoice(plan.slots, f"auto: {plan.reason}", costs)

@@ -75,6 +75,7 @@ def model_state(m: ServedModel) -> dict[str, Any]:
         "sha256": m.info.sha256,
         "slots": worker.slots,
         "slots_in_use": in_use,
+        "slots_how": m.slots_how,
         "queue": queue,
         "context": m.n_ctx,
         "layers_on_gpu": m.plan.layers_offloaded if m.plan is not None else 0,

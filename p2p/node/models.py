@@ -42,6 +42,7 @@ class ServedModel:
     # MODEL_CAPABILITIES), set where the model is loaded.
     chat_format: str = ""
     capabilities: tuple[str, ...] = ()
+    slots_how: str = ""  # how the slot count was chosen (p2p/node/auto_slots.py SlotChoice)
 
 
 def find_model(served: Sequence[ServedModel], wanted: str) -> ServedModel | None:
@@ -142,7 +143,7 @@ async def load_models(
     for info in config.models:
         n_ctx = _context(config, info, gpus, offload_ok, on_progress)
         n_threads = config.n_threads or default_threads()
-        slots, costs = await slots_for(  # --slots auto measures here (auto_slots.py)
+        choice = await slots_for(  # --slots auto measures here (auto_slots.py)
             config,
             info,
             n_ctx=n_ctx,
@@ -151,6 +152,7 @@ async def load_models(
             benchmark=benchmark,
             on_progress=on_progress,
         )
+        slots, costs = choice.slots, choice.costs
         plan = plan_offload(
             info, gpus, n_ctx, config.gpu_layers, n_seq=slots, offload_supported=offload_ok
         )
@@ -203,6 +205,7 @@ async def load_models(
             # a template that renders tool definitions (inference/chat.py): tools are refused
             # for every other model rather than dropped
             capabilities=("tools",) if supports_tools(info.chat_template) else (),
+            slots_how=choice.how,
         )
         if isinstance(worker, EmbeddingWorker):  # no chat, no decode speed to measure
             model.chat_format, model.capabilities = "", ("embedding",)

@@ -40,7 +40,7 @@ from p2p.node.withdrawal import withdraw
 from p2p.protocol import wire
 from p2p.protocol.admission import AdmissionControl
 from p2p.protocol.session_table import SessionTable
-from p2p.reach.mapping_race import hold_port_mappings
+from p2p.reach.mapping_race import hold_port_mappings, ports_mapped_first
 from p2p.reach.node_tasks import (
     inbound_observer,
     keep_reachability,
@@ -295,9 +295,19 @@ async def run_node(
             with observing_contacts(dht, node.contacted):  # what a dial-back proves
                 # On a LAN address (behind a NAT, most likely): relays from the start (p2p/reach/)
                 node.reach.learn_local_host(published_host(config))
-                await join(dht, config.bootstrap, config.join_timeout_s)
-                async with trio.open_nursery() as nursery:
-                    await _serve(node, dht, nursery, shutdown, task_status, api)
+                early = None  # mapped before the DHT's first datagram (p2p/reach/mapping_race.py)
+                if config.port_mapping and config.port:
+                    early = partial(
+                        hold_port_mappings,
+                        dht.port,
+                        config.port,
+                        on_change=node.on_port_mapping,
+                        internal_host=config.host,
+                    )
+                async with ports_mapped_first(early, node.reach.mapping_settled):
+                    await join(dht, config.bootstrap, config.join_timeout_s)
+                    async with trio.open_nursery() as nursery:
+                        await _serve(node, dht, nursery, shutdown, task_status, api)
     finally:
         with trio.CancelScope(shield=True):
             for m in node.served:
@@ -340,7 +350,7 @@ async def _serve(
     handler = relayed_session_handler(node.handle_connection, node.sessions)
     context = reach_context(identity, config, node.reach, probes, dht, reach, handler, port)
     nursery.start_soon(keep_reachability, context)
-    if config.port_mapping:  # in the background: discovery takes seconds, the node serves now
+    if config.port_mapping and not config.port:  # an ephemeral port: mapped once it is known
         tcp_port = listeners[0].socket.getsockname()[1]
         holder = partial(
             hold_port_mappings, on_change=node.on_port_mapping, internal_host=config.host

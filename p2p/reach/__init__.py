@@ -27,4 +27,8 @@ docs/reachability.md describes the design; the files:
   and the names of the paths a session takes (direct / mapped / hole-punched / relayed).
 - `hole_punch.py` (trio): upgrading a relayed session to a direct one by a TCP simultaneous
   open from the relay connections' ports (DCUtR's shape).
+- `port_spray.py` (sans-IO): the port spray between a symmetric NAT and a port-restricted one
+  (who opens, who sprays, how many, its targets and budget); `spray.py` (trio) runs it.
+- `punch_odds.py` (sans-IO): whether a punch between two ends is likely to work, from what the
+  relay saw of both, and a bounded memory of earlier punches' outcomes.
 """

@@ -37,6 +37,14 @@ Linux conntrack on V's router takes for out of window and drops); a first SYN wi
 that opens V's NAT but dies before C's router (the ICMP time-exceeded it earns aborts V's
 connecting socket, and the SYN-ACK from any other socket is out of window again).
 
+Between a symmetric NAT and a port-restricted one neither the connect nor the listener can
+meet: when the relay's spray line says so (each side's observed port against its local one,
+`port_spray.role_for`), the punch is a port spray instead (spray.py; its plan and bounds in
+port_spray.py): the symmetric side opens many connections to the peer's observed address, the
+other sprays SYNs at random ports of the peer's host, and a port both picked comes up. A spray
+that does not bring a session (refused by its budget, too few descriptors, a miss) falls back to
+the ordinary punch (`spray_or_punch`): the peer's own budget may have refused its part.
+
 Roles on the new connection: C is the Noise initiator insisting on V's peer id; V the
 responder, who also insists the peer is the one of the relayed session on that circuit.
 The connection is used only when the handshake completes: `SessionPool` then sends new requests
@@ -57,7 +65,10 @@ import trio
 
 from crypto.identity import Identity
 from p2p.host_port import parse_host_port
+from p2p.reach.port_spray import Role, SprayBudget, role_for
 from p2p.reach.punch_rules import PunchBudget, PunchPlan, target_allowed
+from p2p.reach.spray import Handshake, spray_punch
+from p2p.reach.spray import bind_reusable as _bind_reusable
 from p2p.session.observers import note_dial
 from p2p.session.secure import (
     CONNECT_TIMEOUT_S,
@@ -70,33 +81,95 @@ from p2p.session.secure import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PLAN = PunchPlan()
+# A client's sprays, process-wide (a gateway's pool dials many volunteers): port_spray.py's bounds.
+CLIENT_SPRAYS = SprayBudget()
 
 
 @attrs.frozen
 class PunchTicket:
     """What one side needs for its punch: its relay connection's local address and port, and
-    the peer's observed address (`ip:port`, from the relay)."""
+    the peer's observed address (`ip:port`, from the relay). For a port spray also this side's
+    address as the relay saw it (`you`) and the peer's local port as the peer told the relay
+    (`peer_local_port`; 0: not told, no spray)."""
 
     local_host: str
     local_port: int
     remote: str
+    you: str = ""
+    peer_local_port: int = 0
+
+    def spray_role(self) -> Role | None:
+        """This side's part in a port spray, or None (the ordinary punch)."""
+        try:
+            you_port = parse_host_port(self.you)[1] if self.you else 0
+            remote_port = parse_host_port(self.remote)[1]
+        except ValueError:
+            return None
+        if not you_port:
+            return None
+        return role_for(self.local_port, you_port, self.peer_local_port, remote_port)
 
 
-def ticket_for(stream: trio.SocketStream, remote: str) -> PunchTicket:
-    """The ticket for punching to *remote* from the local end of the relay connection *stream*."""
+def ticket_for(
+    stream: trio.SocketStream, remote: str, *, you: str = "", peer_local_port: int = 0
+) -> PunchTicket:
+    """The ticket for punching to *remote* from the local end of the relay connection *stream*
+    (*you*, *peer_local_port*: from a spray line, relay_protocol.py's `Observed`)."""
     local = stream.socket.getsockname()
-    return PunchTicket(str(local[0]), int(local[1]), remote)
+    return PunchTicket(str(local[0]), int(local[1]), remote, you, peer_local_port)
 
 
-def _bind_reusable(sock: socket.socket, host: str | None, port: int) -> None:
-    """Non-blocking, SO_REUSEADDR and SO_REUSEPORT (a punch binds the port of a live relay
-    connection), bound to *host* (None: the wildcard) and *port*."""
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    wildcard = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
-    sock.bind((host or wildcard, port))
+async def _sprayed(
+    ticket: PunchTicket, role: Role, budget: SprayBudget, handshake: Handshake
+) -> SecureConnection | None:
+    """The port spray for *ticket* within *budget*; None when refused or nothing came up."""
+    host = parse_host_port(ticket.remote)[0]
+    if not budget.begin(host, trio.current_time()):
+        log.debug("no spray to %s: over the spray budget", ticket.remote)
+        return None
+    try:
+        return await spray_punch(
+            role, ticket.local_host, ticket.local_port, ticket.remote, handshake
+        )
+    finally:
+        budget.end()
+
+
+async def _punched(
+    ticket: PunchTicket, plan: PunchPlan, handshake: Handshake
+) -> SecureConnection | None:
+    """The ordinary punch (`punch_accept`) and the handshake on what it brings, or None."""
+    stream = await punch_accept(ticket, plan)
+    if stream is None:
+        return None
+    conn = await handshake(stream)
+    if conn is None:
+        await trio.aclose_forcefully(stream)
+    return conn
+
+
+async def spray_or_punch(
+    ticket: PunchTicket,
+    role: Role | None,
+    budget: SprayBudget,
+    plan: PunchPlan,
+    handshake: Handshake,
+) -> SecureConnection | None:
+    """One side's punch for *ticket*: the port spray when *role* names one and *budget* allows
+    it, and the ordinary punch whenever the spray does not bring a session (refused by the
+    budget, too few descriptors, nothing came up) or *role* is None. The other side decides
+    for itself (its own budget), so one side's spray may meet the other's ordinary punch:
+    the sprayer's listener takes the peer's SYN wherever its NAT lets it in, as
+    `punch_accept`'s does, and the opener's SYNs find `punch_accept`'s listener the same way.
+    The two run one after the other, not at once: each side must settle on the same one
+    connection (spray.py's opener keeps only its first), and two races on one port, each
+    with its own winner, could leave the two sides holding different ones."""
+    if role is not None:
+        got = await _sprayed(ticket, role, budget, handshake)
+        if got is not None:
+            return got
+        log.debug("no spray session to %s: the ordinary punch", ticket.remote)
+    return await _punched(ticket, plan, handshake)
 
 
 async def open_reusable_tcp(
@@ -225,21 +298,24 @@ async def punch_initiator(
 ) -> SecureConnection | None:
     """The client's punch: a direct session to *peer_id* (Noise initiator, insisting on it), or
     None when the punch or its handshake failed."""
-    stream = await punch_accept(ticket, plan)
-    if stream is None:
+
+    async def handshake(stream: trio.SocketStream) -> SecureConnection | None:
+        try:
+            return await secure_stream(
+                stream,
+                identity,
+                expected_peer_id=peer_id,
+                psk=psk,
+                label=f"{peer_id[:12]} (hole-punched, {ticket.remote})",
+            )
+        except SessionError as exc:
+            log.debug("hole punched to %s, but: %s", ticket.remote, exc)
+            return None
+
+    conn = await spray_or_punch(ticket, ticket.spray_role(), CLIENT_SPRAYS, plan, handshake)
+    if conn is None:
         log.debug("no hole punched to %s at %s", peer_id[:12], ticket.remote)
-        return None
-    try:
-        return await secure_stream(
-            stream,
-            identity,
-            expected_peer_id=peer_id,
-            psk=psk,
-            label=f"{peer_id[:12]} (hole-punched, {ticket.remote})",
-        )
-    except SessionError as exc:
-        log.debug("hole punched to %s, but: %s", ticket.remote, exc)
-        return None
+    return conn
 
 
 class PunchAttempt:
@@ -312,6 +388,7 @@ class PunchResponder:
 
     budget: PunchBudget = attrs.Factory(PunchBudget)
     plan: PunchPlan = DEFAULT_PLAN
+    sprays: SprayBudget = attrs.Factory(SprayBudget)
     punched: int = 0  # sessions that came up this way (logs, tests)
 
     def may_punch(self, remote: str, relay_host: str) -> bool:
@@ -352,22 +429,27 @@ class PunchResponder:
         serve: PunchedHandler,
         psk: bytes | None,
     ) -> None:
-        stream = await punch_accept(ticket, self.plan)
-        if stream is None:
+
+        async def handshake(stream: trio.SocketStream) -> SecureConnection | None:
+            try:
+                conn = await secure_stream(
+                    stream, identity, expected_peer_id=None, psk=psk, label=ticket.remote
+                )
+            except SessionError as exc:
+                log.debug("hole punched to %s, but: %s", ticket.remote, exc)
+                return None
+            expected = await relayed.wait()
+            if expected is None or conn.remote_peer_id != expected:
+                log.debug("punched session from %s is not the relayed one's peer", ticket.remote)
+                await conn.aclose()
+                return None
+            return conn
+
+        got = await spray_or_punch(ticket, ticket.spray_role(), self.sprays, self.plan, handshake)
+        if got is None:
             log.debug("no hole punched to a client at %s", ticket.remote)
             return
-        try:
-            conn = await secure_stream(
-                stream, identity, expected_peer_id=None, psk=psk, label=ticket.remote
-            )
-        except SessionError as exc:
-            log.debug("hole punched to %s, but: %s", ticket.remote, exc)
-            return
-        expected = await relayed.wait()
-        if expected is None or conn.remote_peer_id != expected:
-            log.debug("punched session from %s is not the relayed session's peer", ticket.remote)
-            await conn.aclose()
-            return
+        conn = got
         self.punched += 1
         log.debug("hole punched: %s at %s", conn.remote_peer_id[:12], ticket.remote)
         try:

@@ -8,13 +8,17 @@ Only one protocol maps (`MappingClaim`): the other finds the claim taken when it
 keeps off the router, looking again after its rediscovery pause. The caller sees one holder:
 `on_change` gets the mapping of whichever protocol holds it, `task_status.started` the first
 mapping, or None once every protocol has said it maps nothing.
+
+`ports_mapped_first` is how a node starts it: before its DHT socket sends anything, because a
+router's connection tracking lets a mapping made later lose to datagrams that came first
+(docs/reachability.md, "Map before joining").
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
 import trio
@@ -30,6 +34,10 @@ from p2p.reach.port_mapping import (
 )
 
 log = logging.getLogger(__name__)
+
+# How long a starting node waits for the first outcome before it joins the DHT anyway: NAT-PMP
+# and PCP answer in milliseconds on a LAN, UPnP's SSDP discovery takes 2 s (port_mapping.py).
+FIRST_OUTCOME_WAIT_S = 3.0
 
 # (udp_port, tcp_port, *, on_change, internal_host, lease_s, claim, task_status)
 Holder = Callable[..., Awaitable[None]]
@@ -96,3 +104,58 @@ async def _in_turn(runs: list[Holder], send: trio.MemorySendChannel[PortMapping 
                 send.send_nowait(outcome)
             if outcome is not None:
                 return
+
+
+async def map_ports_first(
+    nursery: trio.Nursery,
+    holder: Callable[..., Awaitable[None]],
+    on_settled: Callable[[], None] = lambda: None,
+    wait_s: float = FIRST_OUTCOME_WAIT_S,
+) -> None:
+    """Start *holder* (`hold_port_mappings` with its ports bound) in *nursery*, where it holds
+    the mappings for the nursery's life, and return once its first outcome is in or *wait_s*
+    passed, whichever is first; *on_settled* runs when that outcome comes, late ones included.
+
+    A node calls it before its DHT socket sends its first datagram. Until then nobody knows
+    the router's external address and port for that socket, so nobody can send to it before
+    the mapping exists: a datagram that does (a peer that learned the address from the
+    bootstrap) makes Linux conntrack on the router (miniupnpd's home) keep an entry to the
+    router itself that the mapping never replaces while that peer keeps sending, and drop the
+    node's own datagrams to that peer once the mapping pins its source port."""
+    settled = trio.Event()
+
+    async def run() -> None:
+        await nursery.start(holder)
+        on_settled()
+        settled.set()
+
+    nursery.start_soon(run)
+    with trio.move_on_after(wait_s):
+        await settled.wait()
+    if not settled.is_set():
+        log.debug("port mapping: no outcome in %.0f s; joining the DHT meanwhile", wait_s)
+
+
+@contextlib.asynccontextmanager
+async def ports_mapped_first(
+    holder: Callable[..., Awaitable[None]] | None,
+    on_settled: Callable[[], None] = lambda: None,
+    wait_s: float = FIRST_OUTCOME_WAIT_S,
+) -> AsyncIterator[None]:
+    """`map_ports_first` for the body of an ``async with``: the node joins and serves in the
+    body, *holder* holds the mappings until the body ends (then they are removed). None: no
+    port mapping, the body just runs. An error of the body comes out as itself, not inside an
+    exception group (a failed join's `NodeError` stays the one clear line it is)."""
+    if holder is None:
+        yield
+        return
+    failed: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        await map_ports_first(nursery, holder, on_settled, wait_s)
+        try:
+            yield
+        except Exception as exc:
+            failed = exc
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed

@@ -3,13 +3,18 @@
 - A client dials a relayed volunteer: `dial_via_relay` opens TCP to the relay, asks for a circuit
   (CONNECT), and on "ok" runs the ordinary Noise XX initiator over the spliced stream, insisting
   on the volunteer's peer id. The result is a `SecureConnection` like any other, so the pool,
-  the request layer and failover run over it unchanged. `dial_relayed` (the pool's) asks with
-  CONNECT_PUNCH and also returns the ticket for a hole punch (hole_punch.py).
+  the request layer and failover run over it unchanged. `open_relayed` (the pool's) asks with
+  CONNECT_SPRAY (CONNECT_PUNCH plus its socket's local port, so a port spray can be arranged:
+  port_spray.py) and also returns the hole punch it started (hole_punch.py) and the addresses
+  the relay reported (`RelaySeen`: what punch_odds.py predicts the punch's chances from).
 - A volunteer holds a reservation (`hold_reservation`): a CONTROL session to the relay, renewed
   every third of its lifetime; each `Circuit` token it hears is answered with a fresh TCP
   connection presenting the token (ACCEPT), over which it is the Noise responder. A circuit that
   names the client's observed address (`Circuit.peer`) is also answered with a hole punch from
-  the ACCEPT connection's port, within the volunteer's `PunchResponder` budget.
+  the ACCEPT connection's port, within the volunteer's `PunchResponder` budget; one that also
+  names the client's local port (`Circuit.peer_port`) with ACCEPT_SPRAY and the volunteer's own,
+  whose observed line says whether the punch is a port spray; a volunteer without one answers
+  with a plain ACCEPT, whose two-field line tells the client that no punch is coming.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import attrs
 import trio
 
 from crypto.identity import Identity, public_key_from_peer_id
 from p2p.dht.records import RelayHint
 from p2p.errors import ErrorCode
-from p2p.host_port import parse_host_port
+from p2p.host_port import format_host_port, parse_host_port
 from p2p.reach.hole_punch import (
     PunchAttempt,
     PunchResponder,
@@ -31,10 +37,12 @@ from p2p.reach.hole_punch import (
     open_reusable_tcp,
     ticket_for,
 )
+from p2p.reach.punch_odds import RelaySeen
 from p2p.reach.punch_rules import target_allowed
 from p2p.reach.relay_protocol import (
     Circuit,
     Kind,
+    Observed,
     ObservedReader,
     Preamble,
     Refused,
@@ -44,6 +52,7 @@ from p2p.reach.relay_protocol import (
     StatusReader,
     decode_control,
     encode_control,
+    spray_preamble,
 )
 from p2p.reach.relay_table import PENDING_S, RelayRefused
 from p2p.session.secure import (
@@ -93,9 +102,9 @@ async def read_status(stream: trio.SocketStream, wait_s: float, what: str) -> by
 
 async def read_observed(
     stream: trio.SocketStream, leftover: bytes, wait_s: float
-) -> tuple[str, bytes]:
-    """After CONNECT_PUNCH's "ok": the volunteer's observed address and the bytes after the
-    observed line. Raises RelayDialError."""
+) -> tuple[Observed, bytes]:
+    """After CONNECT_PUNCH's "ok": the observed line (the volunteer's address and ours, as the
+    relay saw them) and the bytes after it. Raises RelayDialError."""
     reader = ObservedReader()
     try:
         with trio.fail_after(wait_s):
@@ -109,7 +118,18 @@ async def read_observed(
         raise RelayDialError(
             f"observed line: {exc or 'no answer in time'}", ErrorCode.UNAVAILABLE
         ) from exc
-    return observed.peer, reader.remaining
+    return observed, reader.remaining
+
+
+@attrs.frozen
+class RelayedDial:
+    """A relayed session, the hole punch started for it (None: none asked for, or the relay
+    named an address we do not punch to) and the addresses the relay reported (None without a
+    punch)."""
+
+    conn: SecureConnection
+    attempt: PunchAttempt | None = None
+    seen: RelaySeen | None = None
 
 
 async def dial_relayed(
@@ -121,11 +141,28 @@ async def dial_relayed(
     local_address: str | None = None,
     punch_in: trio.Nursery | None = None,
 ) -> tuple[SecureConnection, PunchAttempt | None]:
+    """`open_relayed`'s session and punch, without the addresses."""
+    dial = await open_relayed(
+        relay, target_peer_id, identity, psk=psk, local_address=local_address, punch_in=punch_in
+    )
+    return dial.conn, dial.attempt
+
+
+async def open_relayed(
+    relay: RelayHint,
+    target_peer_id: str,
+    identity: Identity,
+    *,
+    psk: bytes | None = None,
+    local_address: str | None = None,
+    punch_in: trio.Nursery | None = None,
+) -> RelayedDial:
     """A session to *target_peer_id* through *relay*, end to end encrypted. With *punch_in*
     (a nursery that outlives the dial) it asks for a hole punch too (CONNECT_PUNCH) and starts
     it there at the circuit's "ok", while the relayed handshake runs: the attempt comes back
-    with the session (the caller cancels it if it does not keep the session). SessionError (or
-    RelayDialError with the relay's code) when the session cannot be had."""
+    with the session (the caller cancels it if it does not keep the session), with what the
+    relay saw. SessionError (or RelayDialError with the relay's code) when the session cannot
+    be had."""
     what = f"{target_peer_id[:12]} via relay {relay.peer_id[:12]} at {relay.address}"
     try:
         key = public_key_from_peer_id(target_peer_id)
@@ -133,15 +170,27 @@ async def dial_relayed(
         raise SessionError(f"{what}: not a peer id") from exc
     stream = await open_reusable_tcp(relay.address, local_address=local_address)
     attempt: PunchAttempt | None = None
+    seen: RelaySeen | None = None
     try:
-        kind = Kind.CONNECT_PUNCH if punch_in is not None else Kind.CONNECT
-        await stream.send_all(Preamble(kind, key).encode())
+        if punch_in is not None:
+            local_port = int(stream.socket.getsockname()[1])
+            await stream.send_all(spray_preamble(Kind.CONNECT_SPRAY, key, local_port).encode())
+        else:
+            await stream.send_all(Preamble(Kind.CONNECT, key).encode())
         leftover = await read_status(stream, STATUS_WAIT_S, what)
         if punch_in is not None:
-            peer, leftover = await read_observed(stream, leftover, STATUS_WAIT_S)
-            if target_allowed(parse_host_port(peer)[0], _peer_host(stream)):
+            observed, leftover = await read_observed(stream, leftover, STATUS_WAIT_S)
+            seen = _seen(stream, observed)
+            # No port in the line: the volunteer answered a plain ACCEPT, which this version
+            # sends only without a punch responder (--no-hole-punch): no punch is coming, so
+            # none is started and the first request does not wait for one (p2p/session/pool.py).
+            punches = observed.peer_port != 0
+            if punches and target_allowed(parse_host_port(observed.peer)[0], _peer_host(stream)):
                 attempt = PunchAttempt(punch_in)
-                attempt.start(ticket_for(stream, peer), identity, target_peer_id, psk)
+                ticket = ticket_for(
+                    stream, observed.peer, you=observed.you, peer_local_port=observed.peer_port
+                )
+                attempt.start(ticket, identity, target_peer_id, psk)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -154,7 +203,7 @@ async def dial_relayed(
             attempt.cancel()
         raise
     conn.via_relay = relay.peer_id
-    return conn, attempt
+    return RelayedDial(conn, attempt, seen)
 
 
 async def dial_via_relay(
@@ -277,12 +326,22 @@ async def _answer_circuit(
     limiter: trio.CapacityLimiter,
     punch: PunchResponder | None,
 ) -> None:
+    # a port spray only where we punch at all: a client told our port would spray for nothing
+    spray = punch is not None and bool(circuit.peer and circuit.peer_port)
+    observed: Observed | None = None
     async with limiter:
         try:
             stream = await open_reusable_tcp(relay.address, local_address=local_address)
             try:
-                await stream.send_all(Preamble(Kind.ACCEPT, circuit.token).encode())
+                if spray:
+                    port = int(stream.socket.getsockname()[1])
+                    preamble = spray_preamble(Kind.ACCEPT_SPRAY, circuit.token, port)
+                else:
+                    preamble = Preamble(Kind.ACCEPT, circuit.token)
+                await stream.send_all(preamble.encode())
                 leftover = await read_status(stream, STATUS_WAIT_S, "circuit")
+                if spray:  # our own observed line: PEER (the client) YOU (us) PORT (its port)
+                    observed, leftover = await read_observed(stream, leftover, STATUS_WAIT_S)
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
@@ -296,6 +355,10 @@ async def _answer_circuit(
             relay_host = _peer_host(stream)
             if punch is not None and circuit.peer and punch.may_punch(circuit.peer, relay_host):
                 ticket = ticket_for(stream, circuit.peer)
+                if observed is not None and observed.peer == circuit.peer:
+                    ticket = ticket_for(
+                        stream, circuit.peer, you=observed.you, peer_local_port=observed.peer_port
+                    )
 
                 async def serve_punched(conn: SecureConnection) -> None:
                     await _serve(conn, relay, on_session)
@@ -319,6 +382,29 @@ async def _answer_circuit(
             relayed.settle(conn.remote_peer_id)
             conn.via_relay = relay.peer_id
             await _serve(conn, relay, on_session)
+
+
+def relay_seen(local: str, observed: Observed) -> RelaySeen:
+    """What punch_odds.py needs of one observed line, with our socket's address *local*: the
+    volunteer's mapping is known when it told the relay its local port (a spray line's third
+    field): kept when that is the port the relay saw it at."""
+    keeps: bool | None = None
+    if observed.peer_port:
+        keeps = parse_host_port(observed.peer)[1] == observed.peer_port
+    return RelaySeen(local, observed.you, observed.peer, peer_keeps_port=keeps)
+
+
+def _seen(stream: trio.SocketStream, observed: Observed) -> RelaySeen:
+    return relay_seen(_local_address(stream), observed)
+
+
+def _local_address(stream: trio.SocketStream) -> str:
+    """Our end of a connection as `ip:port` ("" once the socket is gone)."""
+    try:
+        local = stream.socket.getsockname()
+    except OSError:
+        return ""
+    return format_host_port(str(local[0]), int(local[1]))
 
 
 def _peer_host(stream: trio.SocketStream) -> str:

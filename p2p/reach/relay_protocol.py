@@ -5,7 +5,7 @@ One TCP port serves both protocols. A connection that opens with a Noise handsha
 session; one that opens with the relay *preamble* is a relay connection. They cannot be confused:
 a Noise handshake message starts with its 2-byte big-endian length, at most 1024
 (crypto.secure_session.MAX_HANDSHAKE_MESSAGE), so its first byte is at most 0x04, while the
-preamble's first byte is `MAGIC` (0xF7). The preamble is fixed-length per kind (at most 35
+preamble's first byte is `MAGIC` (0xF7). The preamble is fixed-length per kind (at most 37
 bytes), so a relay reads it in one bounded step:
 
     MAGIC(1) VERSION(1) KIND(1) payload
@@ -16,6 +16,11 @@ bytes), so a relay reads it in one bounded step:
     PROBE    16-byte nonce: a dial-back arriving at the node that asked for it
     CONNECT_PUNCH  as CONNECT, from a client that will try a hole punch (p2p/reach/hole_punch.py):
              after "ok" the relay adds an *observed line* (below)
+    CONNECT_SPRAY  as CONNECT_PUNCH, plus the 2-byte local port of the client's socket: the
+             client can take part in a port spray (p2p/reach/port_spray.py)
+    ACCEPT_SPRAY   as ACCEPT, plus the 2-byte local port of the volunteer's socket, for a
+             `Circuit` that named the client's local port (`peer_port`); after "ok" the relay
+             adds an observed line for the volunteer too
 
 The answer to CONNECT, ACCEPT and PROBE is a *status line*: one length byte (1..64) and an
 ASCII code, "ok" or an `ErrorCode` value (`relay_full`, `no_reservation`, ...). After "ok" on
@@ -30,6 +35,15 @@ volunteer names the client's observed ip:port (`peer`), empty for a plain CONNEC
 CONNECT still gets the old answer and an old volunteer ignores the extra field, so older peers
 keep working; a client of this version through an older relay loses that relay attempt (the
 relay drops an unknown kind).
+
+Port spray (symmetric <-> port-restricted NATs): with CONNECT_SPRAY the `Circuit` also names
+the client's local port (`peer_port`); a volunteer of this version answers with ACCEPT_SPRAY and
+its own local port. The observed line then carries a third field, the other side's local port
+as that side told the relay ("PEER YOU PORT"), to the client and (after ACCEPT_SPRAY's "ok") to
+the volunteer, whose line names the client as PEER and itself as YOU. Each side compares its own
+YOU with its socket's port and the peer's PORT with the peer's observed one: which NAT keeps
+ports (`port_spray.role_for`). A volunteer that answers with a plain ACCEPT gives the client a
+two-field line: no spray. Only a relay of this version knows the two kinds.
 """
 
 from __future__ import annotations
@@ -52,8 +66,9 @@ MAX_STATUS = 64
 # Control messages are a few fields; anything larger is hostile.
 MAX_CONTROL_MESSAGE = 512
 MAX_HOST_CHARS = 64  # an IPv6 address is at most 45 characters
-# Two "[v6]:port" (at most 53 characters each) and a space.
-MAX_OBSERVED = 2 * 53 + 1
+# Two "[v6]:port" (at most 53 characters each) and a space; a spray line's " port" more.
+MAX_OBSERVED = 2 * 53 + 1 + 6
+PORT_BYTES = 2
 
 
 class RelayProtocolError(ValueError):
@@ -66,6 +81,8 @@ class Kind(enum.IntEnum):
     ACCEPT = 3
     PROBE = 4
     CONNECT_PUNCH = 5
+    CONNECT_SPRAY = 6
+    ACCEPT_SPRAY = 7
 
 
 _PAYLOAD = {
@@ -74,6 +91,8 @@ _PAYLOAD = {
     Kind.CONNECT_PUNCH: PUBLIC_KEY_BYTES,
     Kind.ACCEPT: TOKEN_BYTES,
     Kind.PROBE: TOKEN_BYTES,
+    Kind.CONNECT_SPRAY: PUBLIC_KEY_BYTES + PORT_BYTES,
+    Kind.ACCEPT_SPRAY: TOKEN_BYTES + PORT_BYTES,
 }
 MAX_PREAMBLE = 3 + max(_PAYLOAD.values())
 
@@ -89,6 +108,25 @@ class Preamble:
 
     def encode(self) -> bytes:
         return bytes((MAGIC, VERSION, int(self.kind))) + self.payload
+
+
+def spray_preamble(kind: Kind, head: bytes, local_port: int) -> Preamble:
+    """CONNECT_SPRAY (*head*: the peer's public key) or ACCEPT_SPRAY (the circuit token) with
+    the local port of the sender's socket."""
+    if kind not in (Kind.CONNECT_SPRAY, Kind.ACCEPT_SPRAY) or not 0 < local_port < 65536:
+        raise RelayProtocolError(f"{kind.name}: not a spray preamble with a port")
+    return Preamble(kind, head + local_port.to_bytes(PORT_BYTES, "big"))
+
+
+def split_spray(preamble: Preamble) -> tuple[bytes, int]:
+    """A preamble's key or token, and the local port a spray preamble names (0 for the others);
+    `RelayProtocolError` for port 0."""
+    if preamble.kind not in (Kind.CONNECT_SPRAY, Kind.ACCEPT_SPRAY):
+        return preamble.payload, 0
+    head, port = preamble.payload[:-PORT_BYTES], int.from_bytes(preamble.payload[-2:], "big")
+    if port == 0:
+        raise RelayProtocolError(f"{preamble.kind.name}: port 0")
+    return head, port
 
 
 def is_preamble_start(first: bytes) -> bool:
@@ -201,13 +239,20 @@ def observed_address(text: str) -> str:
 @attrs.frozen
 class Observed:
     """What a relay saw for a CONNECT_PUNCH: the volunteer's source address (`peer`) and the
-    client's (`you`), both `ip:port`."""
+    client's (`you`), both `ip:port`; for a spray, the peer's local port as it told the relay
+    (`peer_port`, 0: not told)."""
 
     peer: str
     you: str
+    peer_port: int = 0
 
     def encode(self) -> bytes:
-        raw = f"{observed_address(self.peer)} {observed_address(self.you)}".encode("ascii")
+        text = f"{observed_address(self.peer)} {observed_address(self.you)}"
+        if self.peer_port:
+            if not 0 < self.peer_port < 65536:
+                raise RelayProtocolError("observed line: bad port")
+            text += f" {self.peer_port}"
+        raw = text.encode("ascii")
         assert 0 < len(raw) <= MAX_OBSERVED
         return bytes((len(raw),)) + raw
 
@@ -234,9 +279,14 @@ class ObservedReader:
         except UnicodeDecodeError:
             raise RelayProtocolError("bad observed line") from None
         parts = text.split(" ")
-        if len(parts) != 2:
+        if len(parts) not in (2, 3):
             raise RelayProtocolError("bad observed line")
-        self.result = Observed(observed_address(parts[0]), observed_address(parts[1]))
+        port = 0
+        if len(parts) == 3:
+            if not parts[2].isdigit() or not 0 < int(parts[2]) < 65536 or len(parts[2]) > 5:
+                raise RelayProtocolError("bad observed line")
+            port = int(parts[2])
+        self.result = Observed(observed_address(parts[0]), observed_address(parts[1]), port)
         self._buffer = self._buffer[1 + n :]
         return self.result
 
@@ -278,10 +328,13 @@ class Refused:
 class Circuit:
     """R to V: a client asked for you; open a connection to me presenting `token` (ACCEPT).
     `peer`: the client's source `ip:port` as R saw it, when the client will try a hole punch
-    (CONNECT_PUNCH); "" otherwise (and from relays older than the field)."""
+    (CONNECT_PUNCH); "" otherwise (and from relays older than the field). `peer_port`: the
+    client's local port, as it told R (CONNECT_SPRAY); 0 otherwise: answer with ACCEPT_SPRAY
+    only when it is set."""
 
     token: bytes
     peer: str = ""
+    peer_port: int = 0
 
 
 @attrs.frozen
@@ -323,6 +376,8 @@ def encode_control(msg: ControlMessage) -> bytes:
         fields["code"] = msg.code.value
     if isinstance(msg, Circuit) and not msg.peer:
         del fields["peer"]  # the bytes of a relay older than the field
+    if isinstance(msg, Circuit) and not msg.peer_port:
+        del fields["peer_port"]
     fields["t"] = _NAMES[type(msg)]
     data = msgpack.packb(fields, use_bin_type=True)
     assert isinstance(data, bytes) and len(data) <= MAX_CONTROL_MESSAGE
@@ -377,7 +432,10 @@ def decode_control(data: bytes) -> ControlMessage:
         peer = fields.get("peer", "")
         if not isinstance(peer, str) or len(peer) > MAX_OBSERVED:
             raise RelayProtocolError("control message: bad field 'peer'")
-        return Circuit(_token(fields, "token"), observed_address(peer) if peer else "")
+        peer_port = _port(fields, "peer_port") if "peer_port" in fields else 0
+        if peer_port and not peer:
+            raise RelayProtocolError("control message: a peer_port without a peer")
+        return Circuit(_token(fields, "token"), observed_address(peer) if peer else "", peer_port)
     if kind is DialBack:
         return DialBack(_token(fields, "nonce"), _port(fields, "port"), _port(fields, "dht_port"))
     host = _want(fields, "host", str)

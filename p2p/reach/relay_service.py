@@ -38,6 +38,7 @@ from p2p.reach.relay_protocol import (
     encode_control,
     encode_status,
     is_preamble_start,
+    split_spray,
 )
 from p2p.reach.relay_table import RelayRefused, RelayTable
 from p2p.session.handshake_admission import NODE_DESCRIPTOR_BOUND
@@ -45,7 +46,7 @@ from p2p.session.secure import SecureConnection, SessionError, secure_stream
 
 log = logging.getLogger(__name__)
 
-PREAMBLE_S = 5.0  # the preamble is 35 bytes at most: sent at once by any honest dialler
+PREAMBLE_S = 5.0  # the preamble is 37 bytes at most: sent at once by any honest dialler
 # A control session must say what it wants this soon after its handshake.
 FIRST_MESSAGE_S = 10.0
 # Control sessions at once beyond the reservations: room for dial-back requests and renewals.
@@ -95,6 +96,10 @@ class _Waiter:
     stream: trio.SocketStream | None = None
     leftover: bytes = b""
     observed: str = ""  # the volunteer's source ip:port for its ACCEPT connection
+    # a port spray (relay_protocol.py): the client's source and the local ports each side told
+    client_seen: str = ""
+    client_port: int = 0
+    volunteer_port: int = 0
 
 
 def _peer_address(stream: trio.SocketStream) -> str:
@@ -156,12 +161,14 @@ class ReachService:
                 return
             if preamble.kind is Kind.CONTROL:
                 await self._control(stream, reader.remaining)
-            elif preamble.kind in (Kind.CONNECT, Kind.CONNECT_PUNCH):
-                target = peer_id_from_public_key(preamble.payload)
-                punch = preamble.kind is Kind.CONNECT_PUNCH
-                await self._connect(stream, target, reader, punch=punch)
-            elif preamble.kind is Kind.ACCEPT:
-                await self._accept(stream, preamble.payload, reader.remaining)
+            elif preamble.kind in (Kind.CONNECT, Kind.CONNECT_PUNCH, Kind.CONNECT_SPRAY):
+                key, local_port = split_spray(preamble)
+                target = peer_id_from_public_key(key)
+                punch = preamble.kind is not Kind.CONNECT
+                await self._connect(stream, target, reader, punch=punch, spray_port=local_port)
+            elif preamble.kind in (Kind.ACCEPT, Kind.ACCEPT_SPRAY):
+                token, local_port = split_spray(preamble)
+                await self._accept(stream, token, reader.remaining, spray_port=local_port)
                 return  # the splice owns the stream now and closes it
             else:
                 ok = self.probes.arrived(preamble.payload)
@@ -239,7 +246,13 @@ class ReachService:
     # --- circuits ---
 
     async def _connect(
-        self, stream: trio.SocketStream, target: str, reader: PreambleReader, *, punch: bool
+        self,
+        stream: trio.SocketStream,
+        target: str,
+        reader: PreambleReader,
+        *,
+        punch: bool,
+        spray_port: int = 0,
     ) -> None:
         client_seen = _peer_address(stream) if punch else ""
         try:
@@ -248,12 +261,13 @@ class ReachService:
             with trio.move_on_after(PREAMBLE_S):
                 await stream.send_all(encode_status(exc.code))
             return
-        waiter = self._waiting[token] = _Waiter()
+        waiter = self._waiting[token] = _Waiter(client_seen=client_seen, client_port=spray_port)
         try:
             control = self._controls.get(target)
             if control is not None:
                 with trio.move_on_after(self.table.limits.pending_s):
-                    await control.send_bytes(encode_control(Circuit(token, client_seen)))
+                    circuit = Circuit(token, client_seen, spray_port)
+                    await control.send_bytes(encode_control(circuit))
                     await waiter.arrived.wait()
             if waiter.stream is None:
                 with trio.move_on_after(PREAMBLE_S):
@@ -261,7 +275,7 @@ class ReachService:
                 return
             answer = encode_status(None)
             if punch:  # both sides' observed addresses: DCUtR's address exchange
-                answer += Observed(waiter.observed, client_seen).encode()
+                answer += Observed(waiter.observed, client_seen, waiter.volunteer_port).encode()
             await stream.send_all(answer)
             await self._splice(stream, reader.remaining, waiter, target)
         except (SessionError, trio.BrokenResourceError, OSError) as exc:
@@ -273,7 +287,9 @@ class ReachService:
                 await trio.aclose_forcefully(waiter.stream)
             waiter.done.set()
 
-    async def _accept(self, stream: trio.SocketStream, token: bytes, leftover: bytes) -> None:
+    async def _accept(
+        self, stream: trio.SocketStream, token: bytes, leftover: bytes, *, spray_port: int = 0
+    ) -> None:
         waiter = self._waiting.get(token)
         try:
             if waiter is None or waiter.stream is not None:
@@ -284,7 +300,11 @@ class ReachService:
                 await stream.send_all(encode_status(exc.code))
             return
         observed = _peer_address(stream)
-        await stream.send_all(encode_status(None))
+        answer = encode_status(None)
+        if spray_port and waiter.client_port:  # the volunteer's own observed line
+            answer += Observed(waiter.client_seen, observed, waiter.client_port).encode()
+            waiter.volunteer_port = spray_port
+        await stream.send_all(answer)
         waiter.stream, waiter.leftover, waiter.observed = stream, leftover, observed
         waiter.arrived.set()
         await waiter.done.wait()

@@ -16,4 +16,6 @@
   `p2p.protocol.requests_client.RequestClient`), `SessionPool` (one session per peer, reused,
   reached by racing the record's addresses, then its relays), and `staggered_race`, happy
   eyeballs' shape (RFC 8305) for addresses and providers alike.
+- `punch_gate.py` — the first request on a fresh relayed session waits for the hole punch, long
+  only when the punch is predicted to work (p2p/reach/punch_odds.py).
 """

@@ -21,7 +21,12 @@ ordinary end-to-end Noise session over a spliced stream, kept and reused like an
 A relayed session is then upgraded when a hole punch works (p2p/reach/hole_punch.py): the
 direct session takes the relayed one's place for new requests, requests already on the relayed
 one finish there, and it stays as the fallback (used again if the direct one breaks) until it
-idles out. Each session records its `path` (direct / relayed / hole-punched / local).
+idles out. Each session records its `path` (direct / relayed / hole-punched / local). The first
+request on a fresh relayed session waits for its punch (punch_gate.py: the dial itself does not,
+so the race over providers sees the session up at once), so a one-shot `ask` goes direct on its
+first request: up to `PUNCH_WAIT_LIKELY_S` when p2p/reach/punch_odds.py predicts the punch
+works (from what the relay saw and what earlier punches to that peer did), briefly otherwise;
+the wait ends at once when the punch ends, and `punch_wait` reports it.
 """
 
 from __future__ import annotations
@@ -40,9 +45,18 @@ from p2p.dht.records import RelayHint
 from p2p.protocol import wire
 from p2p.protocol.requests_client import RequestClient
 from p2p.reach.hole_punch import PunchAttempt
+from p2p.reach.punch_odds import (
+    LIKELY_WAIT_S,
+    PunchHistory,
+    RelaySeen,
+    listed_hosts,
+    predict,
+    wait_bound,
+)
 from p2p.reach.punch_rules import DIRECT, HOLE_PUNCHED, LOCAL, RELAYED
-from p2p.reach.relay_client import dial_relayed
+from p2p.reach.relay_client import RelayedDial, open_relayed
 from p2p.session.local import Connection, local_pair
+from p2p.session.punch_gate import PunchGate, PunchWait
 from p2p.session.secure import SessionError, connect
 
 IDLE_CLOSE_S = 60.0
@@ -56,12 +70,14 @@ DIAL_DEADLINE_S = 3.0
 # Through a relay the dial is longer by the relay's round trip to the volunteer and the
 # volunteer's connect back to the relay (relay_client.STATUS_WAIT_S bounds that part).
 RELAYED_DIAL_EXTRA_S = 3.0
-# A fresh relayed session waits this many relayed-dial times (at most PUNCH_WAIT_MAX_S) for
-# its hole punch before its first request goes out: a punch that works lands about one round
-# trip after the relayed handshake (12 ms after it in the lab), so a one-shot `ask` gets the
-# direct path too, and a punch that cannot work (symmetric NATs) costs only that short wait.
+# A fresh relayed session waits for its hole punch before its first request goes out, so a
+# one-shot `ask` gets the direct path too. Predicted to work (p2p/reach/punch_odds.py): up to
+# PUNCH_WAIT_LIKELY_S (a working punch lands about one round trip after the relayed handshake,
+# 12 ms in a quiet lab, up to a SYN retransmit later under load). Otherwise this many
+# relayed-dial times, at most PUNCH_WAIT_MAX_S: a punch that cannot work costs only that.
 PUNCH_WAIT_DIALS = 2.0
 PUNCH_WAIT_MAX_S = 0.25
+PUNCH_WAIT_LIKELY_S = LIKELY_WAIT_S
 
 T = TypeVar("T")
 
@@ -76,6 +92,8 @@ class MultiplexedSession:
         self.conn = conn
         self.path = path  # how it was reached: p2p/reach/punch_rules.py's PATHS
         self.closed = False
+        # a fresh relayed session's wait for its punch, taken by its first requests
+        self.gate: PunchGate[MultiplexedSession] | None = None
         self.requests = RequestClient()
         self._routes: dict[int, trio.MemorySendChannel[wire.Message | SessionError]] = {}
 
@@ -124,9 +142,19 @@ class MultiplexedSession:
 
     @asynccontextmanager
     async def request(self, msg: wire.Request) -> AsyncIterator[tuple[int, Inbox]]:
-        """Send *msg* under a fresh id; yield (id, inbox). Leaving early sends `cancel`."""
+        """Send *msg* under a fresh id; yield (id, inbox). Leaving early sends `cancel`. The
+        first requests of a fresh relayed session wait for its punch (`gate`) and go on the
+        punched session when it came up in time."""
         if self.closed:
             raise SessionError("session closed")
+        if self.gate is not None:
+            direct = await self.gate.wait()
+            if self.gate is not None and self.gate.passed:
+                self.gate = None
+            if direct is not None and not direct.closed:
+                async with direct.request(msg) as on_direct:
+                    yield on_direct
+                return
         opened = self.requests.start(msg)
         rid = opened.id
         send, receive = trio.open_memory_channel[wire.Message | SessionError](math.inf)
@@ -221,6 +249,8 @@ class SessionPool:
         `--api` gateway); requests the ranking sends to the node itself then stay in-process.
         `hole_punch` False: relayed dials ask for no punch (a plain CONNECT)."""
         self._hole_punch = hole_punch
+        self._history = PunchHistory()  # how earlier punches to each peer went
+        self._waits: dict[str, PunchWait] = {}
         self._identity = identity
         self._local = local
         self._psk = psk
@@ -258,7 +288,7 @@ class SessionPool:
                 self._sessions[peer_id] = fallback
                 self._served[peer_id] = fallback.path
                 return fallback
-            attempt: PunchAttempt | None = None
+            relayed_dial: RelayedDial | None = None
             dial_s = 0.0
             if self._local is not None and peer_id == self._identity.peer_id:
                 conn, node_side = local_pair(peer_id)
@@ -266,7 +296,7 @@ class SessionPool:
                 session = MultiplexedSession(conn, LOCAL)
             else:
                 started = trio.current_time()
-                dialled, attempt = await self._dial(peer_id, addresses, relays)
+                dialled, relayed_dial = await self._dial(peer_id, addresses, relays)
                 dial_s = trio.current_time() - started
                 relayed = getattr(dialled, "via_relay", None) is not None
                 session = MultiplexedSession(dialled, RELAYED if relayed else DIRECT)
@@ -274,22 +304,44 @@ class SessionPool:
             self._sessions[peer_id] = session
             self._served[peer_id] = session.path
             self._nursery.start_soon(session.run)
-            if attempt is not None:
+            if relayed_dial is not None and relayed_dial.attempt is not None:
+                seen = relayed_dial.seen or RelaySeen("", "", "")
+                seen = attrs.evolve(seen, listed_hosts=listed_hosts(addresses))
                 self._punches[peer_id] = trio.Event()
-                self._nursery.start_soon(self._upgrade, peer_id, session, attempt)
-                with trio.move_on_after(min(PUNCH_WAIT_DIALS * dial_s, PUNCH_WAIT_MAX_S)):
-                    await self._punches[peer_id].wait()
-                session = self._sessions.get(peer_id, session)
-                self._served[peer_id] = session.path
+                self._gate(peer_id, session, seen, dial_s)
+                self._nursery.start_soon(
+                    self._upgrade, peer_id, session, relayed_dial.attempt, seen
+                )
             return session
 
+    def _gate(
+        self, peer_id: str, session: MultiplexedSession, seen: RelaySeen, dial_s: float
+    ) -> None:
+        """Make the first requests on a fresh relayed *session* wait for its punch: long when
+        it is expected to work, briefly otherwise, never past the punch's end."""
+        now = trio.current_time()
+        odds = predict(seen, earlier=self._history.earlier(peer_id, seen, now))
+        short = min(PUNCH_WAIT_DIALS * dial_s, PUNCH_WAIT_MAX_S)
+        bound = wait_bound(odds, short, PUNCH_WAIT_LIKELY_S)
+        if bound <= 0:
+            return  # no wait: the first request goes on the relayed session
+
+        def passed(waited: float, direct: MultiplexedSession | None) -> None:
+            punched = direct is not None and not direct.closed
+            self._waits[peer_id] = PunchWait(odds.likely, odds.reason, bound, waited, punched)
+            if punched and self._served.get(peer_id) == session.path:
+                self._served[peer_id] = HOLE_PUNCHED  # the request went on the punched one
+
+        session.gate = PunchGate(self._punches[peer_id], now + bound, passed)
+
     async def _upgrade(
-        self, peer_id: str, relayed: MultiplexedSession, attempt: PunchAttempt
+        self, peer_id: str, relayed: MultiplexedSession, attempt: PunchAttempt, seen: RelaySeen
     ) -> None:
         """A direct session the punch brings takes *relayed*'s place (p2p/reach/hole_punch.py)."""
         done = self._punches[peer_id]
         try:
             conn = await attempt.outcome()
+            self._history.note(peer_id, seen, conn is not None, trio.current_time())
             if conn is None:
                 return
             if self._sessions.get(peer_id) is not relayed or relayed.closed:
@@ -297,6 +349,8 @@ class SessionPool:
                 return
             direct = MultiplexedSession(conn, HOLE_PUNCHED)
             self._sessions[peer_id] = direct
+            if relayed.gate is not None:
+                relayed.gate.replacement = direct  # its waiting first request goes here
             self._fallback[peer_id] = relayed
             self.punched += 1
             self._nursery.start_soon(direct.run)
@@ -307,6 +361,11 @@ class SessionPool:
         """Set once the hole punch started by the last relayed dial to *peer_id* ended (either
         way); None when none was started."""
         return self._punches.get(peer_id)
+
+    def punch_wait(self, peer_id: str) -> PunchWait | None:
+        """How the first request on the last fresh relayed session to *peer_id* waited for its
+        punch; None before one did (or when no punch was started, or no wait was set)."""
+        return self._waits.get(peer_id)
 
     def served_path(self, peer_id: str) -> str | None:
         """The path of the session the last `get` for *peer_id* returned: how the requests
@@ -319,38 +378,40 @@ class SessionPool:
         return session.path if session is not None and not session.closed else None
 
     async def _relayed(
-        self, relay: RelayHint, peer_id: str, punches: dict[int, PunchAttempt]
+        self, relay: RelayHint, peer_id: str, punches: dict[int, RelayedDial]
     ) -> Connection:
-        conn, attempt = await dial_relayed(
+        dial = await open_relayed(
             relay,
             peer_id,
             self._identity,
             psk=self._psk,
             punch_in=self._nursery if self._hole_punch else None,
         )
-        if attempt is not None:
-            punches[id(conn)] = attempt
-        return conn
+        if dial.attempt is not None:
+            punches[id(dial.conn)] = dial
+        return dial.conn
 
     async def _dial(
         self, peer_id: str, addresses: Sequence[str], relays: Sequence[RelayHint]
-    ) -> tuple[Connection, PunchAttempt | None]:
+    ) -> tuple[Connection, RelayedDial | None]:
         unique = list(dict.fromkeys(addresses))
         attempts: list[Callable[[], Awaitable[Connection]]] = [
             partial(connect, a, self._identity, peer_id, psk=self._psk) for a in unique
         ]
-        punches: dict[int, PunchAttempt] = {}  # by id() of the relayed connection
+        punches: dict[int, RelayedDial] = {}  # with a punch, by id() of the relayed connection
         attempts += [partial(self._relayed, r, peer_id, punches) for r in dict.fromkeys(relays)]
         deadline = DIAL_DEADLINE_S + (RELAYED_DIAL_EXTRA_S if relays else 0.0)
         try:
             race = await staggered_race(attempts, ADDRESS_STAGGER_S, deadline, _close)
         except BaseException:  # cancelled: nobody will take a punch's session
             for lost in punches.values():
-                lost.cancel()
+                if lost.attempt is not None:
+                    lost.attempt.cancel()
             raise
         kept = punches.pop(id(race.value), None) if race.value is not None else None
         for lost in punches.values():  # their relayed sessions were discarded
-            lost.cancel()
+            if lost.attempt is not None:
+                lost.attempt.cancel()
         if race.value is not None:
             return race.value, kept
         unique += [f"relay {r.peer_id[:12]}" for r in dict.fromkeys(relays)]

@@ -110,7 +110,9 @@ async def test_compute_bound_steps_feed_no_drafts_and_keep_the_greedy_text(
     ) as worker:
         requests = [GenerationRequest(p, max_tokens=120) for p in LOOPING]
         free = await run_together(worker, requests)
-        worker.use_step_costs(COMPUTE_BOUND)
+        # the fake curve alone: through use_step_costs the tiny model's real steps, whose rows
+        # are cheap, would correct it (test_online_costs_follow_the_served_steps)
+        worker.draft_policy = DraftPolicy(COMPUTE_BOUND)
         loaded = await run_together(worker, requests)
     assert sum(r.done.draft_tokens for r in free) > 0  # without the policy they drafted
     assert sum(r.done.draft_tokens for r in loaded) == 0
@@ -134,3 +136,23 @@ async def test_cheap_rows_keep_the_drafts_that_pay_and_the_greedy_text(
     for prompt, r in zip(LOOPING, results, strict=True):
         margins = teacher_forced_margins(tiny_gguf, prompt, r.ids, gpu_layers)
         assert max(margins) <= GREEDY_MARGIN, (prompt, margins)
+
+
+async def test_online_costs_follow_the_served_steps(gpu_layers: int, tiny_gguf: Path) -> None:
+    async with BatchingWorker(
+        tiny_gguf, n_ctx=512, n_gpu_layers=gpu_layers, n_threads=2, slots=4
+    ) as worker:
+        worker.use_step_costs(COMPUTE_BOUND)
+        assert worker.step_costs is not None and worker.step_costs.samples == 0
+        requests = [GenerationRequest(p, max_tokens=60) for p in LOOPING]
+        results = await run_together(worker, requests)
+        steps = worker.load.decode_steps
+        online = worker.step_costs
+    # every step but those that prefilled a prompt (each prompt's takes at least one)
+    assert 0 < online.samples <= steps - 1
+    # the tiny model's real steps are far cheaper than the fake curve's 10 ms a row
+    assert online.cost(1) < COMPUTE_BOUND.cost(1)
+    for request, r in zip(requests, results, strict=True):
+        assert r.done.completion_tokens == 60
+        margins = teacher_forced_margins(tiny_gguf, request.prompt, r.ids, gpu_layers)
+        assert max(margins) <= GREEDY_MARGIN, (request.prompt, margins)

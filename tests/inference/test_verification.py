@@ -64,8 +64,15 @@ def test_verdicts_from_choice_margins() -> None:
 def test_verdicts_from_logprob_commitments() -> None:
     n = 64
     honest = [position(0.0)] * n  # the verifier's logprob of each token is -1.0
-    near = [-1.0 + LOGPROB_TOLERANCE / 2] * n
-    assert judge(honest, sampled=False, committed=near).verdict == "consistent"
+    # Honest-sized noise (|delta| 0.05 at p = 0.37: under the honest p90) passes; the same
+    # half a nat off at every position is no numerical noise (inference/commitment_stat.py).
+    near = [-1.0 + 0.05 * (-1) ** i for i in range(n)]
+    stat = judge(honest, sampled=False, committed=near)
+    assert stat.verdict == "consistent" and stat.committed_n == n and stat.committed_score == 0
+    half = [-1.0 + LOGPROB_TOLERANCE / 2] * n
+    stat = judge(honest, sampled=False, committed=half)
+    assert stat.verdict == "inconsistent" and stat.mismatches == 0
+    assert stat.committed_score >= stat.committed_threshold
     # The tokens are the model's choice, but the node's own logprobs were not these (another
     # prompt, a coarser quantization, or made up): inconsistent on the commitments alone.
     far = [-1.0 - 2 * LOGPROB_TOLERANCE] * n

@@ -54,6 +54,7 @@ IGD_KINDS = ("upnp", "natpmp")  # routers running miniupnpd
 MINIUPNPD = "/usr/sbin/miniupnpd"
 COMMAND_TIMEOUT_S = 20.0
 MINIUPNPD_START_S = 15.0
+BRIDGE_MAC = "02:67:70:6e:00:01"  # locally administered: the internet bridge's own
 
 
 _SYSCTL_ROUTER = (
@@ -220,7 +221,11 @@ class Lab:
     def build_internet(self) -> None:
         ns = self.internet_ns
         self._add_namespace(ns)
-        self.run(ns, "ip", "link", "add", "br0", "type", "bridge")
+        # A fixed MAC: a bridge without one takes its lowest port's, so a home added later with a
+        # lower one changed the gateway's MAC under every host that had it cached, and frames
+        # to the old MAC are dropped until their neighbour entries time out (seconds: the
+        # `upnp` home, routed through here, lost everything; docs/reachability.md).
+        self.run(ns, "ip", "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge")
         self.run(ns, "ip", "addr", "add", f"{INTERNET_IP}/24", "dev", "br0")
         self.run(ns, "ip", "addr", "add", f"{IGD_SUBNET}.1/24", "dev", "br0")
         self.run(ns, "ip", "link", "set", "br0", "up")

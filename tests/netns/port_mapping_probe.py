@@ -8,8 +8,10 @@ and test_natpmp.py.
 (TCP answers each connection with ``probe\\n``, so a test can tell that a connection from the
 internet reached this host), holds the mappings, and prints one JSON line per event:
 ``{"event": "mapped", ...}`` at each grant and renewal, ``{"event": "lost"}``, ``{"event":
-"first", "mapped": bool}`` for the first outcome, ``{"event": "stopped"}`` once its stdin
-closed and the mappings were removed. The port mapping's log goes to stdout too.
+"first", "mapped": bool}`` for the first outcome, ``{"event": "recv", "from": [IP, PORT], "data":
+TEXT}`` per datagram on the UDP port, ``{"event": "stopped"}`` once its stdin closed and the
+mappings were removed. Stdin takes ``send IP PORT TEXT`` lines: a datagram from the UDP port
+(``{"event": "sent"}`` once it left). The port mapping's log goes to stdout too.
 """
 
 from __future__ import annotations
@@ -59,14 +61,32 @@ async def answer(listener: trio.SocketListener) -> None:
         await stream.aclose()
 
 
+async def receive(udp: trio.socket.SocketType) -> None:
+    while True:
+        data, (ip, port) = await udp.recvfrom(2048)
+        emit(event="recv", data=data.decode(errors="replace"), **{"from": [ip, port]})
+
+
+async def commands(udp: trio.socket.SocketType) -> None:
+    """``send IP PORT TEXT`` lines from stdin, until it closes."""
+    while True:
+        line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+        if not line:
+            return
+        _, ip, port, text = line.split(maxsplit=3)
+        await udp.sendto(text.strip().encode(), (ip, int(port)))
+        emit(event="sent")
+
+
 async def main(udp_port: int, tcp_port: int, lease_s: int, protocol: str) -> None:
     holder = HOLDERS[protocol]
     more = {} if protocol == "both" else {"rediscover_s": 3600}
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", udp_port))
+    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await udp.bind(("0.0.0.0", udp_port))
     listeners = await trio.open_tcp_listeners(tcp_port, host="0.0.0.0")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(answer, listeners[0])
+        nursery.start_soon(receive, udp)
         async with trio.open_nursery() as holding:
             first = await holding.start(
                 lambda task_status: holder(
@@ -79,7 +99,7 @@ async def main(udp_port: int, tcp_port: int, lease_s: int, protocol: str) -> Non
                 )
             )
             emit(event="first", mapped=first is not None)
-            await trio.to_thread.run_sync(sys.stdin.read, abandon_on_cancel=True)
+            await commands(udp)
             holding.cancel_scope.cancel()
         emit(event="stopped")
         nursery.cancel_scope.cancel()

@@ -116,8 +116,8 @@ def test_a_volunteer_with_no_hole_punch_stays_relayed_where_a_punch_would_work(
     lab: Lab, tmp_path: Path, make_tiny_gguf: Callable[..., Path]
 ) -> None:
     # the NATs of the first test, where the punch goes direct; `--no-hole-punch` on the
-    # volunteer: the client still tries (its SYNs are dropped by the volunteer's router), the
-    # volunteer never dials back, and every request is served through the relay
+    # volunteer: it answers a plain ACCEPT, so the client starts no punch (and does not wait
+    # for one), the volunteer never dials back, and every request is served through the relay
     result, _, asked = _punch_between(
         lab, tmp_path, make_tiny_gguf, "port-restricted", ("--no-hole-punch",)
     )

@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 import trio
 
+from inference.commitment_stat import HONEST_MEAN
 from inference.verification import HONEST_RATE_GREEDY, HONEST_RATE_SAMPLED
-from p2p.client.check_ledger import THRESHOLD, CheckLedger, ledger_from_json, request_llr
+from p2p.client.check_ledger import (
+    THRESHOLD,
+    CheckLedger,
+    ledger_from_json,
+    request_llr,
+    request_step,
+)
 from p2p.client.reputation import REPUTATION_FILE, Reputation
 from p2p.client.spot_check import spot_check
 from tests.p2p.client.live_checks import REQUEST, live_network
@@ -83,6 +90,58 @@ def test_a_node_off_at_many_positions_is_flagged_within_a_few_checks(
     rng = random.Random(f"{rate}-{sampled}")
     runs = [checks_until_flagged(rate, sampled=sampled, n=64, rng=rng) for _ in range(200)]
     assert sum(runs) / len(runs) <= most
+
+
+def test_commitment_scores_flag_a_close_quantization_within_a_few_checks() -> None:
+    """32-position checks whose tokens look honest (0 mismatches) but whose commitments score
+    like Q3_K_M's (mean 0.36-0.54 per position, as measured) are flagged within ~3 checks;
+    honest-like scores (per-position mean 0.03, a third of the bound's) never over 1,000."""
+    rng = np.random.default_rng(5)
+    cheat = CheckLedger()
+    flagged_at = next(
+        k
+        for k in range(1, 50)
+        if cheat.add(
+            32, 0, sampled=False, verifier="v", committed_n=32,
+            committed_score=float(rng.beta(2, 2.5, 32).sum()),
+        )
+    )  # fmt: skip
+    assert flagged_at <= 3
+    honest = CheckLedger()
+    for _ in range(1000):
+        total = float((rng.random(32) < 0.03).sum())  # the worst shape at that mean: 0 or 1
+        assert not honest.add(
+            32, 0, sampled=True, verifier="v", committed_n=32, committed_score=total
+        )
+    # Without commitments the step is the counts' alone; with, never above the larger
+    # e-value's (the mean of two), and a bad score (NaN) counts as none.
+    assert request_step(32, 2, sampled=False) == request_llr(32, 2, sampled=False)
+    both = request_step(32, 2, sampled=False, committed_n=32, committed_score=16.0)
+    assert request_llr(32, 2, sampled=False) < both
+    assert both < max(request_llr(32, 2, sampled=False), 16.0 * 10)
+    assert request_step(32, 0, sampled=False, committed_n=32, committed_score=0.0) < 0
+    ledger = CheckLedger()
+    ledger.add(32, 0, sampled=False, verifier="v", committed_n=32, committed_score=math.nan)
+    assert ledger.cusum == 0.0 and ledger.checks == 1
+
+
+def test_the_commitment_e_value_keeps_the_honest_bound_at_the_allowed_mean() -> None:
+    """Ville's bound with commitment scores, where it can be counted: h = ln(50 / 0.05) over 50
+    checks of 32 positions, 4,000 honest nodes at the worst case the bound allows (every score
+    0 or 1, mean exactly HONEST_MEAN)."""
+    checks, alpha, runs = 50, 0.05, 4000
+    h = math.log(checks / alpha)
+    totals = np.random.default_rng(9).binomial(32, HONEST_MEAN, size=(runs, checks))
+    flagged = 0
+    for row in totals:
+        s = 0.0
+        for total in row:
+            step = request_step(32, 0, sampled=False, committed_n=32, committed_score=float(total))
+            s = max(0.0, s + step)
+            if s >= h:
+                flagged += 1
+                break
+    assert flagged / runs <= alpha
 
 
 def test_a_long_honest_past_banks_no_credit_for_cheating_later() -> None:

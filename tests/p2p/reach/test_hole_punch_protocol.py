@@ -154,6 +154,13 @@ def test_scopes_of_the_standard_library() -> None:
     assert punch_rules.address_scope("name") is None
 
 
+def test_the_benchmark_range_is_the_labs_internet() -> None:
+    # a lab relay with a global address (an IGD's WAN) must punch between peers on 198.18/15
+    assert punch_rules.address_scope("198.18.0.20") == 2
+    assert punch_rules.target_allowed("198.18.0.20", "100.128.0.15")
+    assert punch_rules.address_scope("192.168.1.20") == 1
+
+
 def test_path_labels() -> None:
     assert path_label("direct", "mapped") == "mapped"
     assert path_label("direct", "direct") == "direct"

@@ -1,7 +1,8 @@
 """`hole_punch` off (`gpunet node --no-hole-punch`), on loopback: a pool that may not punch dials
 its relayed sessions with a plain CONNECT, so the volunteer is never asked to punch and the
-session stays relayed; a node's reach tasks then hold no punch responder. Through real NATs:
-tests/netns/test_hole_punch.py."""
+session stays relayed; a volunteer without a punch responder answers a plain ACCEPT, which
+tells a punching client that no punch is coming (no wait for one); a node's reach tasks then
+hold no punch responder. Through real NATs: tests/netns/test_hole_punch.py."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ async def test_a_pool_without_hole_punch_never_asks_for_one() -> None:
             assert await pool.get(volunteer.peer_id, (), (hint,)) is session
             # the relay named no client address: the volunteer was not even asked
             assert responder.asked == [] and responder.punched == 0 and pool.punched == 0
+            n.cancel_scope.cancel()
+
+
+async def test_a_volunteer_without_hole_punch_costs_the_first_request_no_wait() -> None:
+    # The volunteer answers a plain ACCEPT (no responder), so the client's observed line has no
+    # port: no punch is coming, none is started, and nothing waits for one.
+    with trio.fail_after(TIMEOUT_S):
+        async with relay_with_volunteer(None) as (hint, volunteer), trio.open_nursery() as n:
+            pool = SessionPool(Identity.generate(), n)  # a pool that would punch
+            session = await pool.get(volunteer.peer_id, (), (hint,))
+            assert session.path == RELAYED and session.gate is None
+            assert pool.punch_finished(volunteer.peer_id) is None
+            assert await _served(session)
+            assert pool.punch_wait(volunteer.peer_id) is None and pool.punched == 0
             n.cancel_scope.cancel()
 
 

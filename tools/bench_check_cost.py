@@ -1,0 +1,437 @@
+"""What a spot check costs against generating the request it checks, and where its time goes
+(issue #16's target: checking one request, one prefill of prompt + output, at most 15 % of
+generating it).
+
+On the code, prose and chat prompts of tools/bench_real_prompts.py, greedy and at temperature
+0.8 with a seed, each round:
+
+1. a node generates --max-tokens tokens as `gpunet node` does: a BatchingWorker with its
+   defaults (speculation on), solo, logprobs on (the receipt's commitments), ignore_eos so every
+   answer is full length; the prompt-prefix cache is off, or a prompt's later rounds would skip
+   its prefill;
+2. a verifier (another BatchingWorker, defaults) checks it with the Score a spot check sends
+   (p2p/client/spot_check.py: logits at CHECK_POSITIONS positions, the first FIRST_POSITIONS
+   and a random rest, no alternatives), and with logits at every position.
+
+Generation and check alternate request by request, so drift in the machine's load hits both;
+reported are the medians of the per-request ratios, of wall time and of this process's CPU time
+(all threads; one worker works at a time).
+
+Then the check's time is split on the same claims, in this thread, on a context with the
+worker's defaults (`--profile` requests): cProfile over `score_tokens` gives llama_decode,
+reading the logits, the log-softmax/rank/top-k of each position, the sampler-chain replay of the
+choice margin, the sampler's set-up and the rest (Python); the same feed decoded without any
+logits splits llama_decode into the model's body and the output layer at the scored positions.
+With `--baseline FILE` (a scoring.py of another revision, e.g. `git show
+HEAD~1:inference/scoring.py > /tmp/old_scoring.py`) both revisions score every claim in
+alternation and their scores are compared.
+
+    python tools/bench_check_cost.py                       # 9 prompts x 2, 2 rounds, 128 tokens
+    python tools/bench_check_cost.py --rounds 3 --baseline /tmp/old_scoring.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib.util
+import json
+import os
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import attrs
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_real_prompts import PROMPTS  # type: ignore[import-not-found]  # a script's sibling
+
+from inference.batching import BatchingWorker
+from inference.default_model import ensure_default_model
+from inference.generation import GenerationDone, GenerationRequest
+from inference.llama_lowlevel import LoadedModel, default_threads
+from inference.scoring import ScoreRequest, ScoreResult, score_tokens
+from p2p.client.spot_check import CHECK_POSITIONS, FIRST_POSITIONS
+
+# The parts of a check's time, by the function cProfile times them in (cumulative).
+PARTS: dict[str, tuple[str, str]] = {
+    "llama_decode": ("llama_lowlevel.py", "decode"),
+    "logits (llama_get_logits_ith view)": ("llama_lowlevel.py", "logits"),
+    "log-softmax, rank, top-k": ("scoring.py", "position_score"),
+    "sampler replay (choice margin)": ("llama_lowlevel.py", "choice_margin"),
+    "sampler accept (penalty window)": ("llama_lowlevel.py", "accept"),
+    "sampler set-up and close": ("llama_lowlevel.py", "__init__"),
+    "tokenize": ("llama_lowlevel.py", "tokenize"),
+    "batch filling": ("llama_lowlevel.py", "add"),
+}
+SAMPLER_CLOSE = ("llama_lowlevel.py", "close")
+MODES = ("greedy", "T0.8")  # the ends of Claim.kind
+
+
+@attrs.define
+class Claim:
+    kind: str
+    request: GenerationRequest
+    tokens: tuple[int, ...]
+    prompt_tokens: int = 0
+    gen_wall: float = 0.0
+    gen_cpu: float = 0.0
+    first_token_s: float = 0.0  # of gen_wall: the prompt's prefill and the first token
+    only: tuple[int, ...] = ()
+    check_wall: float = 0.0
+    check_cpu: float = 0.0
+    full_wall: float = 0.0
+    full_cpu: float = 0.0
+
+
+def check_positions(n: int, rng: random.Random) -> tuple[int, ...]:
+    """What spot_check.score_request asks for on an answer of n tokens with no replayed part."""
+    if n <= CHECK_POSITIONS:
+        return ()
+    rest = rng.sample(range(FIRST_POSITIONS, n), CHECK_POSITIONS - FIRST_POSITIONS)
+    return tuple(sorted([*range(FIRST_POSITIONS), *rest]))
+
+
+def requests(max_tokens: int, prompts: int) -> list[tuple[str, GenerationRequest]]:
+    # Round-robin over the kinds, so that --prompts 3 is one code, one prose, one chat prompt.
+    longest = max(len(texts) for texts in PROMPTS.values())
+    chosen = [(k, t[i]) for i in range(longest) for k, t in PROMPTS.items() if i < len(t)]
+    out = []
+    for i, (kind, prompt) in enumerate(chosen[:prompts] if prompts else chosen):
+        base = GenerationRequest(prompt, max_tokens=max_tokens, ignore_eos=True, logprobs=0)
+        out.append((f"{kind} {MODES[0]}", base))
+        out.append((f"{kind} {MODES[1]}", attrs.evolve(base, temperature=0.8, seed=7000 + i)))
+    return out
+
+
+async def generate(node: BatchingWorker, kind: str, request: GenerationRequest) -> Claim:
+    wall, cpu = time.perf_counter(), time.process_time()
+    ids: list[int] = []
+    done: GenerationDone | None = None
+    async with node.generate(request) as stream:
+        async for item in stream:
+            ids += item.token_ids
+            if isinstance(item, GenerationDone):
+                done = item
+    assert done is not None
+    return Claim(
+        kind=kind,
+        request=attrs.evolve(request, seed=done.seed),
+        tokens=tuple(ids),
+        prompt_tokens=done.prompt_tokens,
+        gen_wall=time.perf_counter() - wall,
+        gen_cpu=time.process_time() - cpu,
+        first_token_s=done.time_to_first_token_s,
+    )
+
+
+def score_request(claim: Claim, only: tuple[int, ...] | None = None) -> ScoreRequest:
+    """The check a spot check sends (only=None: its sample), or with logits at `only`."""
+    return ScoreRequest(claim.request, claim.tokens, 0, claim.only if only is None else only)
+
+
+async def timed_score(verifier: BatchingWorker, score: ScoreRequest) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    await verifier.score(score)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def measure(args: argparse.Namespace, model: Path, say: Callable[[str], None]) -> list[Claim]:
+    """Generation and checks, request by request, --rounds times."""
+    rng = random.Random(args.seed)
+    claims: list[Claim] = []
+    async with (
+        BatchingWorker(model, prefix_cache=False) as node,
+        BatchingWorker(model) as verifier,
+    ):
+        warm = GenerationRequest("warm up", max_tokens=4)
+        await generate(node, "warm", warm)
+        await verifier.score(ScoreRequest(warm, (1, 2, 3)))
+        for r in range(args.rounds):
+            for kind, request in requests(args.max_tokens, args.prompts):
+                claim = await generate(node, kind, request)
+                claim.only = check_positions(len(claim.tokens), rng)
+                claim.check_wall, claim.check_cpu = await timed_score(
+                    verifier, score_request(claim)
+                )
+                claim.full_wall, claim.full_cpu = await timed_score(
+                    verifier, score_request(claim, ())
+                )
+                claims.append(claim)
+                say(
+                    f"round {r + 1} {kind:13} prompt {claim.prompt_tokens:3} + "
+                    f"{len(claim.tokens)}: generate {claim.gen_wall:.2f} s, check "
+                    f"{claim.check_wall:.2f} s ({claim.check_wall / claim.gen_wall:.1%} wall, "
+                    f"{claim.check_cpu / claim.gen_cpu:.1%} CPU)"
+                )
+    return claims
+
+
+def ratios(claims: list[Claim]) -> dict[str, float]:
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
+
+    return {
+        "check_vs_generation_wall": median([c.check_wall / c.gen_wall for c in claims]),
+        "check_vs_generation_cpu": median([c.check_cpu / c.gen_cpu for c in claims]),
+        "full_check_vs_generation_wall": median([c.full_wall / c.gen_wall for c in claims]),
+        "full_check_vs_generation_cpu": median([c.full_cpu / c.gen_cpu for c in claims]),
+        "generation_wall_s": median([c.gen_wall for c in claims]),
+        "generation_first_token_s": median([c.first_token_s for c in claims]),
+        "check_wall_s": median([c.check_wall for c in claims]),
+        "full_check_wall_s": median([c.full_wall for c in claims]),
+        "prompt_tokens": median([float(c.prompt_tokens) for c in claims]),
+    }
+
+
+def decode_feed(model: LoadedModel, claim: Claim, with_logits: bool) -> tuple[float, float]:
+    """Wall and CPU seconds of llama_decode over the check's feed (as score_tokens batches it),
+    with logits at the check's positions or at none; the cells are dropped afterwards."""
+    prompt = model.tokenize(claim.request.prompt)
+    feed = [*prompt, *claim.tokens[:-1]]
+    first = len(prompt) - 1
+    wanted = {first + i for i in claim.only} if with_logits else set()
+    wall = cpu = 0.0
+    fed = 0
+    try:
+        while fed < len(feed):
+            model.clear_batch()
+            while fed < len(feed) and model.room > 0:
+                model.add(feed[fed], fed, 0, fed in wanted)
+                fed += 1
+            w, c = time.perf_counter(), time.process_time()
+            assert model.decode() == 0
+            wall += time.perf_counter() - w
+            cpu += time.process_time() - c
+    finally:
+        model.forget_all()
+    return wall, cpu
+
+
+def profile_check(model: LoadedModel, claim: Claim) -> dict[str, float]:
+    """Seconds per part of one spot check (PARTS), cProfile's cumulative times; "total" is
+    score_tokens' own, "python (loop, records)" what the parts leave of it."""
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(score_tokens, model, 0, score_request(claim))
+    finally:
+        model.forget_all()
+    stats: dict[Any, Any] = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    by_name: dict[tuple[str, str], float] = {}
+    total = 0.0
+    for (filename, _line, name), (_cc, _nc, _tt, cumulative, _callers) in stats.items():
+        key = (os.path.basename(filename), name)
+        if key == ("scoring.py", "score_tokens"):
+            total += cumulative
+        by_name[key] = by_name.get(key, 0.0) + cumulative
+    out = {part: by_name.get(where, 0.0) for part, where in PARTS.items()}
+    out["sampler set-up and close"] += by_name.get(SAMPLER_CLOSE, 0.0)
+    out["python (loop, records)"] = max(0.0, total - sum(out.values()))
+    out["total"] = total
+    return out
+
+
+def load_baseline(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("baseline_scoring", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "score_tokens", None)):
+        raise SystemExit(f"{path}: has no score_tokens")
+    return module
+
+
+def same_scores(a: ScoreResult, b: ScoreResult) -> bool:
+    """Bit for bit (by value: the baseline's records are classes of another module)."""
+
+    def values(result: ScoreResult) -> list[tuple[Any, ...]]:
+        return [attrs.astuple(p) for p in result.positions]
+
+    return a.prompt_tokens == b.prompt_tokens and values(a) == values(b)
+
+
+def compare(model: LoadedModel, claims: list[Claim], baseline: ModuleType) -> dict[str, Any]:
+    """Both revisions' score_tokens on every claim, alternating which goes first."""
+    times: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+    identical = 0
+    for n, claim in enumerate(claims):
+        score = score_request(claim)
+        results: dict[str, ScoreResult] = {}
+        order = [("before", baseline.score_tokens), ("after", score_tokens)]
+        for name, fn in order if n % 2 == 0 else order[::-1]:
+            w, c = time.perf_counter(), time.process_time()
+            try:
+                results[name] = fn(model, 0, score)
+            finally:
+                model.forget_all()
+            times[name].append((time.perf_counter() - w, time.process_time() - c))
+        identical += same_scores(results["before"], results["after"])
+    out: dict[str, Any] = {"checks": len(claims), "identical_scores": identical}
+    for name, pairs in times.items():
+        out[f"{name}_wall_s"] = round(statistics.median(w for w, _ in pairs), 4)
+        out[f"{name}_cpu_s"] = round(statistics.median(c for _, c in pairs), 4)
+    return out
+
+
+def split(model: LoadedModel, claims: list[Claim]) -> dict[str, Any]:
+    """Medians over the claims of each part's seconds, of the feed decoded with and without the
+    scored positions' logits (the output layer's share of llama_decode) and on one thread, and
+    of the body's prefill (no logits) against generating the request: a floor under the check."""
+    profiles = [profile_check(model, c) for c in claims]
+    with_logits = [decode_feed(model, c, True) for c in claims]
+    body = [decode_feed(model, c, False) for c in claims]
+    decode_threads, batch_threads = default_threads()
+    model.lib.llama_set_n_threads(model.ctx, 1, 1)
+    try:
+        one_thread = [decode_feed(model, c, True) for c in claims]
+    finally:
+        model.lib.llama_set_n_threads(model.ctx, decode_threads, batch_threads)
+    parts = {k: round(statistics.median(p[k] for p in profiles), 4) for k in profiles[0]}
+
+    def median(values: Any) -> float:
+        return round(float(statistics.median(values)), 4)
+
+    return {
+        "parts_s": parts,
+        "decode_with_logits_wall_s": median(w for w, _ in with_logits),
+        "decode_with_logits_cpu_s": median(c for _, c in with_logits),
+        "decode_no_logits_wall_s": median(w for w, _ in body),
+        "decode_no_logits_cpu_s": median(c for _, c in body),
+        "decode_one_thread_wall_s": median(w for w, _ in one_thread),
+        "decode_one_thread_cpu_s": median(c for _, c in one_thread),
+        "body_prefill_vs_generation_wall": median(
+            w / c.gen_wall for (w, _), c in zip(body, claims, strict=True)
+        ),
+        "body_prefill_vs_generation_cpu": median(
+            cpu / c.gen_cpu for (_, cpu), c in zip(body, claims, strict=True)
+        ),
+        # One thread spins at no barrier, so this CPU ratio holds best on a loaded machine.
+        "check_one_thread_vs_generation_cpu": median(
+            cpu / c.gen_cpu for (_, cpu), c in zip(one_thread, claims, strict=True)
+        ),
+    }
+
+
+def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    path = Path(args.model) if args.model else ensure_default_model()
+    claims = trio.run(measure, args, path, say)
+    report: dict[str, Any] = {
+        "model": path.name,
+        "max_tokens": args.max_tokens,
+        "check_positions": CHECK_POSITIONS,
+        "requests": len(claims),
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **ratios(claims),
+        "by_mode": {mode: ratios([c for c in claims if c.kind.endswith(mode)]) for mode in MODES},
+    }
+    say("profiling the checks ...")
+    model = LoadedModel.load(path, n_ctx=2048, n_seq=1, n_threads=None, n_gpu_layers=0)
+    try:
+        sample = claims[: args.profile] if args.profile else claims
+        report["split"] = split(model, sample)
+        if args.baseline:
+            say("before / after ...")
+            report["baseline"] = compare(model, claims, load_baseline(Path(args.baseline)))
+    finally:
+        model.close()
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(
+        f"{report['model']}, {report['requests']} requests of {report['max_tokens']} tokens, "
+        f"prompts ~{report['prompt_tokens']:.0f} tokens, {report['cpus']} CPUs, load "
+        f"{report['load_average']} -> {report['load_average_end']}"
+    )
+    print(
+        f"check ({report['check_positions']} positions) vs generating: "
+        f"{report['check_vs_generation_wall']:.1%} wall, "
+        f"{report['check_vs_generation_cpu']:.1%} CPU (medians of per-request ratios)"
+    )
+    print(
+        f"check with every position:      {report['full_check_vs_generation_wall']:.1%} wall, "
+        f"{report['full_check_vs_generation_cpu']:.1%} CPU"
+    )
+    print(
+        f"generating {report['generation_wall_s']:.2f} s (first token "
+        f"{report['generation_first_token_s']:.2f} s), check {report['check_wall_s']:.2f} s, "
+        f"full check {report['full_check_wall_s']:.2f} s (wall, medians)"
+    )
+    for mode, r in report["by_mode"].items():
+        print(
+            f"  {mode:6}: check {r['check_vs_generation_wall']:.1%} wall, "
+            f"{r['check_vs_generation_cpu']:.1%} CPU; every position "
+            f"{r['full_check_vs_generation_wall']:.1%} wall, "
+            f"{r['full_check_vs_generation_cpu']:.1%} CPU"
+        )
+    s = report["split"]
+    print("a check's time (cProfile, cumulative, medians):")
+    total = s["parts_s"]["total"] or 1.0
+    for part, seconds in s["parts_s"].items():
+        print(f"  {part:36} {seconds * 1000:8.1f} ms {seconds / total:6.1%}")
+    print(
+        f"llama_decode of the feed: {s['decode_with_logits_wall_s']:.3f} s with the scored "
+        f"logits, {s['decode_no_logits_wall_s']:.3f} s without any (wall; CPU "
+        f"{s['decode_with_logits_cpu_s']:.3f} / {s['decode_no_logits_cpu_s']:.3f} s); on one "
+        f"thread {s['decode_one_thread_wall_s']:.3f} s wall, "
+        f"{s['decode_one_thread_cpu_s']:.3f} s CPU"
+    )
+    print(
+        f"the body's prefill alone (no logits) vs generating: "
+        f"{s['body_prefill_vs_generation_wall']:.1%} wall, "
+        f"{s['body_prefill_vs_generation_cpu']:.1%} CPU; the check on one thread: "
+        f"{s['check_one_thread_vs_generation_cpu']:.1%} CPU"
+    )
+    if "baseline" in report:
+        b = report["baseline"]
+        print(
+            f"before / after on {b['checks']} checks: wall {b['before_wall_s']:.3f} / "
+            f"{b['after_wall_s']:.3f} s, CPU {b['before_cpu_s']:.3f} / {b['after_cpu_s']:.3f} s; "
+            f"identical scores on {b['identical_scores']}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="What a spot check costs against generating the request, and where its "
+        "time goes (issue #16).",
+    )
+    parser.add_argument("--model", help="GGUF to use (default: the default model)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
+    parser.add_argument("--rounds", type=int, default=2, help="times through the prompts")
+    parser.add_argument(
+        "--prompts", type=int, default=0, help="use the first N prompts only (0: all 9)"
+    )
+    parser.add_argument("--profile", type=int, default=6, help="checks to profile (0: every one)")
+    parser.add_argument("--baseline", help="a scoring.py to compare with (before / after)")
+    parser.add_argument("--seed", type=int, default=0, help="for the checked positions")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    if args.max_tokens < 2 or args.rounds < 1 or args.prompts < 0 or args.profile < 0:
+        parser.error("--max-tokens >= 2, --rounds >= 1, --prompts and --profile >= 0")
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = bench(args, say)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
