@@ -109,6 +109,16 @@ class PunchTicket:
             return None
         return role_for(self.local_port, you_port, self.peer_local_port, remote_port)
 
+    def role_here(self) -> Role | None:
+        """`spray_role`, but a side without NAT (the relay saw its own address) sprays nothing:
+        it has no filter, so the ordinary punch's listener takes the opener's connections, and a
+        spray would only spend SYNs and the budget (measured: an unNATed client's spray at a
+        symmetric volunteer busy with another's missed the first request's wait)."""
+        role = self.spray_role()
+        if role is Role.SPRAYER and self.you.rsplit(":", 1)[0].strip("[]") == self.local_host:
+            return None
+        return role
+
 
 def ticket_for(
     stream: trio.SocketStream, remote: str, *, you: str = "", peer_local_port: int = 0
@@ -312,7 +322,7 @@ async def punch_initiator(
             log.debug("hole punched to %s, but: %s", ticket.remote, exc)
             return None
 
-    conn = await spray_or_punch(ticket, ticket.spray_role(), CLIENT_SPRAYS, plan, handshake)
+    conn = await spray_or_punch(ticket, ticket.role_here(), CLIENT_SPRAYS, plan, handshake)
     if conn is None:
         log.debug("no hole punched to %s at %s", peer_id[:12], ticket.remote)
     return conn
@@ -445,7 +455,7 @@ class PunchResponder:
                 return None
             return conn
 
-        got = await spray_or_punch(ticket, ticket.spray_role(), self.sprays, self.plan, handshake)
+        got = await spray_or_punch(ticket, ticket.role_here(), self.sprays, self.plan, handshake)
         if got is None:
             log.debug("no hole punched to a client at %s", ticket.remote)
             return

@@ -28,8 +28,9 @@ symmetric ones stay relayed (N*M would have to be ~R^2).
 
 Bounds (this must never become a scanner): the only target host is the peer's observed host of
 an authenticated relayed circuit (`SprayPlan.targets` asserts it), at most `sprayer_ports` SYNs
-to it (and one to its observed address: spray.py) and `opener_sockets` to its one address, one
-spray at a time per node, one per peer host every `PER_HOST_INTERVAL_S`, `PER_HOUR` in all;
+to it (and one to its observed address: spray.py) and `opener_sockets` to its one address,
+`AT_ONCE` sprays at a time per node, one per peer host every `PER_HOST_INTERVAL_S`, `PER_HOUR`
+in all;
 sockets at once within the descriptors left (`sockets_for`); every socket closed at the end.
 """
 
@@ -57,6 +58,9 @@ MIN_SOCKETS = 32  # fewer sockets than this is not worth the SYNs
 # host still gets at most M + 1 SYNs per interval, and PER_HOUR bounds the node in all.
 PER_HOST_INTERVAL_S = 15.0
 PER_HOUR = 30
+# Two clients asking a symmetric volunteer at once both get their spray (measured: with one at
+# a time the second fell back to the ordinary punch, which cannot join those NATs).
+AT_ONCE = 2
 TRACKED_HOSTS = 256
 
 
@@ -148,20 +152,23 @@ class SprayPlan:
 
 
 class SprayBudget:
-    """How often a node sprays: one at a time, one per peer host every `per_host_s`, `per_hour`
-    in all (a sliding hour). Sans-IO: the caller passes `now`."""
+    """How often a node sprays: `at_once` at a time (each takes at most half the free
+    descriptors, spray.py), one per peer host every `per_host_s`, `per_hour` in all (a sliding
+    hour). Sans-IO: the caller passes `now`."""
 
     def __init__(
         self,
         per_host_s: float = PER_HOST_INTERVAL_S,
         per_hour: int = PER_HOUR,
         tracked: int = TRACKED_HOSTS,
+        at_once: int = AT_ONCE,
     ) -> None:
         self.per_host_s = per_host_s
+        self.at_once = at_once
         self.per_hour = per_hour
         self._last: BoundedLRU[str, float] = BoundedLRU(tracked)
         self._recent: list[float] = []
-        self.active = False
+        self.running = 0
         self.refused = 0  # for logs and tests
 
     def begin(self, host: str, now: float) -> bool:
@@ -170,16 +177,20 @@ class SprayBudget:
         self._recent = [t for t in self._recent if now - t < 3600.0]
         last = self._last.peek(host)
         if (
-            self.active
+            self.running >= self.at_once
             or len(self._recent) >= self.per_hour
             or (last is not None and now - last < self.per_host_s)
         ):
             self.refused += 1
             return False
-        self.active = True
+        self.running += 1
         self._recent.append(now)
         self._last.set(host, now)
         return True
 
     def end(self) -> None:
-        self.active = False
+        self.running = max(0, self.running - 1)
+
+    @property
+    def active(self) -> bool:
+        return self.running > 0

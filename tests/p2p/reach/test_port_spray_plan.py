@@ -57,6 +57,10 @@ def test_a_ticket_sprays_only_with_a_spray_lines_fields() -> None:
     opener = PunchTicket("10.1.0.2", 40000, "198.18.0.12:5000", "198.18.0.11:777", 5000)
     assert opener.spray_role() is Role.OPENER
     assert PunchTicket("10.1.0.2", 40000, "bad", "198.18.0.11:40000", 5000).spray_role() is None
+    # no NAT on the keeping side (the relay saw its own address): the ordinary punch there
+    unnated = PunchTicket("198.18.0.11", 40000, "198.18.0.12:61234", "198.18.0.11:40000", 5000)
+    assert unnated.spray_role() is Role.SPRAYER and unnated.role_here() is None
+    assert sprayer.role_here() is Role.SPRAYER and opener.role_here() is Role.OPENER
 
 
 def test_the_odds_follow_the_birthday_bound() -> None:
@@ -109,7 +113,7 @@ def test_a_plan_out_of_bounds_is_refused(kwargs: dict[str, float]) -> None:
 
 
 def test_the_budget_one_at_a_time_one_per_host_and_a_cap_an_hour() -> None:
-    budget = SprayBudget(per_host_s=300.0, per_hour=3)
+    budget = SprayBudget(per_host_s=300.0, per_hour=3, at_once=1)
     assert budget.begin("198.18.0.11", 0.0)
     assert not budget.begin("198.18.0.12", 1.0)  # one at a time
     budget.end()
@@ -171,3 +175,13 @@ def test_circuit_peer_port_is_optional_and_checked() -> None:
     ):
         with pytest.raises(RelayProtocolError):
             decode_control(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_the_budget_runs_two_at_once_by_default() -> None:
+    budget = SprayBudget()
+    assert budget.begin("198.18.0.11", 0.0) and budget.begin("198.18.0.12", 0.1)
+    assert not budget.begin("198.18.0.13", 0.2)  # a third waits for one to end
+    budget.end()
+    assert budget.begin("198.18.0.13", 0.3)
+    budget.end(), budget.end()
+    assert not budget.active
