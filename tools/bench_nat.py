@@ -12,6 +12,7 @@ says (`reach`: direct / mapped / relayed).
     sudo .venv/bin/python tools/bench_nat.py [--nat full-cone --nat upnp ...] [--runs 5]
         [--max-tokens 64] [--json]
     sudo .venv/bin/python tools/bench_nat.py --model default [--runs 8] [--max-tokens 128]
+        [--relayed symmetric]
 
 `--model default` (or a GGUF path): every node serves that one model (the real default model:
 decode speed is the model's, not Python's), the volunteers default to port-restricted (from
@@ -151,9 +152,8 @@ def run_one_model(args: argparse.Namespace) -> dict[str, Any]:
         for label in args.nat:
             ns = lab.add_home(label).host_ns
             started = time.monotonic()
-            proc = start_node(
-                lab, ns, label, model, sha, work / f"d-{label}", extra=args.node_flags
-            )
+            extra = (*args.node_flags, *(("--no-hole-punch",) if label in args.relayed else ()))
+            proc = start_node(lab, ns, label, model, sha, work / f"d-{label}", extra=extra)
             nodes[label] = wait_ready(proc, ns, label, sha, started)
             timer.send_line(
                 json.dumps(
@@ -281,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         "paths (direct / hole-punched / relayed) are timed in alternated rounds",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--relayed",
+        action="append",
+        default=[],
+        metavar="KIND",
+        help="run this NAT kind's volunteer with --no-hole-punch, so its path stays relayed "
+        "(now that every punchable pair punches: the relayed path's figures; repeatable)",
+    )
     parser.add_argument(
         "--verbose-nodes",
         action="store_true",
