@@ -112,7 +112,11 @@ async def _round(
 
     async def handshake(punched: trio.SocketStream) -> SecureConnection | None:
         expected = peer_id if args.initiator else None
-        seen = list(punched.socket.getpeername())[:2]  # before either end closes
+        try:
+            seen = list(punched.socket.getpeername())[:2]  # before either end closes
+        except OSError:  # one of the spray's duplicates, reset before its handshake: a loser
+            await punched.aclose()
+            return None
         try:
             conn = await secure_stream(punched, identity, expected_peer_id=expected)
         except SessionError:
