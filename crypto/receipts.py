@@ -47,6 +47,9 @@ HASH_LEN = 32
 # A segment cannot hold more tokens than a request may ask for (inference's MAX_TOKENS_LIMIT,
 # 32768); the crypto package names its own bound so that it imports nothing of gpunet.
 MAX_RECEIPT_TOKENS = 32768
+# Prompt probes a receipt commits to (inference/prompt_probes.py MAX_PROBES; crypto imports
+# nothing of inference, so the bound is repeated here).
+MAX_RECEIPT_PROBES = 16
 MAX_TOKEN_ID = 2**31 - 1
 MAX_SEED = 2**64 - 1
 MAX_SAMPLER_ENTRIES = 32
@@ -166,6 +169,19 @@ class Receipt:
         if value and len(value) != 2 * len(self.output_tokens):
             raise ValueError("logprobs: two bytes per output token, or none")
 
+    # int16 little-endian per prompt probe (`pack_logprobs`; inference/prompt_probes.py): the
+    # node's log-probability at each prompt position the request's draws named, in their order.
+    probe_logprobs: bytes = attrs.field(default=b"", validator=attrs.validators.instance_of(bytes))
+
+    @probe_logprobs.validator
+    def _probes_ok(self, _: object, value: bytes) -> None:
+        if len(value) % 2 or len(value) > 2 * MAX_RECEIPT_PROBES:
+            raise ValueError(f"probe_logprobs: two bytes per probe, at most {MAX_RECEIPT_PROBES}")
+
+    def probes(self) -> tuple[float | None, ...]:
+        """Per probe draw, the node's committed log-probability; () when it committed none."""
+        return unpack_logprobs(self.probe_logprobs)
+
     def committed(self) -> tuple[float | None, ...]:
         """Per output token, the node's committed log-probability (None: none); () when the
         receipt carries no commitments."""
@@ -188,7 +204,9 @@ class Receipt:
             self.prompt_tokens,
             list(self.output_tokens),
             self.issued_at,
-            *([self.logprobs] if self.logprobs else []),
+            # older receipts (no probes) keep their 11 or 12 fields, byte for byte
+            *([self.logprobs] if self.logprobs or self.probe_logprobs else []),
+            *([self.probe_logprobs] if self.probe_logprobs else []),
         ]
 
     def sampler_value(self, name: str, default: float) -> float:
@@ -232,12 +250,16 @@ def decode(data: bytes) -> SignedReceipt:
         )
     except Exception as exc:
         raise ReceiptError("receipt is not valid msgpack") from exc
-    if not isinstance(fields, list) or len(fields) not in (11, 12):
-        raise ReceiptError("receipt: an array of 11 fields (12 with logprob commitments)")
+    if not isinstance(fields, list) or len(fields) not in (11, 12, 13):
+        raise ReceiptError(
+            "receipt: an array of 11 fields (12 with logprob commitments, 13 with probes)"
+        )
     version, peer, sha, rhash, sampler, seed, replayed, prompt, tokens, issued = fields[:10]
-    logprobs, sig = (fields[10], fields[11]) if len(fields) == 12 else (b"", fields[10])
-    if not isinstance(logprobs, bytes):
-        raise ReceiptError("receipt logprobs: bytes")
+    extra, sig = fields[10:-1], fields[-1]
+    logprobs = extra[0] if extra else b""
+    probes = extra[1] if len(extra) == 2 else b""
+    if not isinstance(logprobs, bytes) or not isinstance(probes, bytes):
+        raise ReceiptError("receipt logprobs and probes: bytes")
     if version != RECEIPT_VERSION:
         raise ReceiptError(f"receipt version {version!r:.20} is not supported")
     if not isinstance(sig, bytes) or len(sig) != SIGNATURE_LEN:
@@ -262,6 +284,7 @@ def decode(data: bytes) -> SignedReceipt:
             output_tokens=tuple(tokens),
             issued_at=issued,
             logprobs=logprobs,
+            probe_logprobs=probes,
         )
     except (ValueError, TypeError) as exc:
         raise ReceiptError(f"receipt: {exc}") from exc

@@ -29,6 +29,12 @@ Requests and answers (pure data, no llama.cpp, no trio):
   bound for honest noise) and its verdict; the calibration figures are in its docstring.
 - `commitment_stat.py` — the statistic over a node's signed logprob commitments against the
   verifier's own (a Chernoff bound per request, an e-value for the ledger).
+- `prompt_probes.py` — the prompt probes' contract: the client's draws, the prompt positions
+  they name, the bounds (proof that a node computed the whole prompt).
+- `probe_scoring.py` — the verifier's values at the probed positions, from its scoring prefill.
+- `probe_stat.py` — the probes' statistic: node against verifier, an honest tail bound.
+- `greedy_replay.py` — greedy with only a logit bias (ignore_eos, logit_bias) in numpy: the
+  chain's exact pick (`BiasedArgmax.pick`, generation) and choice margin (scoring).
 
 The workers (one thread owns each llama.cpp model; trio talks to it through queues):
 - `worker_thread.py` — what both share: `ThreadOwnedWorker`, jobs, the hand-off to trio.
@@ -40,6 +46,10 @@ The workers (one thread owns each llama.cpp model; trio talks to it through queu
 - `grammar.py` — `Grammar`: llama.cpp's grammar sampler applied lazily (the chain's pick checked
   first), never accepting a token the grammar forbids.
 - `prompt_logprobs.py` — the prompt's own log-probabilities (`echo`), in bounded chunks.
+- `probe_rows.py` — prompt probes in the batch: one row per probed position on a lent spare
+  sequence id sharing the prompt's cells (`SpareSeqs`, `PromptProbes`).
+- `vocab_tokens.py` — a prompt's token count from a vocabulary-only load (the test-only
+  drop-prefix cheat).
 - `sibling_prefill.py` — same-prompt requests that arrive together prefill once (`n` choices).
 - `step_costs.py` — decode-step cost by batch rows, measured on the worker's thread.
 - `online_step_costs.py` — those costs corrected by the steps the worker really ran (a full

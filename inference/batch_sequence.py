@@ -16,6 +16,7 @@ import attrs
 from inference.draft_policy import DraftPolicy, DraftStats
 from inference.generation import GenerationDone, GenerationError, GenerationRequest, check_fits
 from inference.llama_lowlevel import LoadedModel, Sampler, check_replay
+from inference.probe_rows import PromptProbes, SpareSeqs
 from inference.prompt_logprobs import (
     PROMPT_ROWS_PER_STEP,
     PromptLogprobs,
@@ -82,6 +83,14 @@ class BatchSequence:
     first: float | None = None
     last: float = 0.0
     prompt_scores: PromptLogprobs | None = None  # the prompt's entries (echo), when asked
+    # The request's prompt probes (inference/probe_rows.py), and a finish held back while they
+    # are still to be computed.
+    probes: PromptProbes | None = attrs.field(
+        default=attrs.Factory(
+            lambda s: PromptProbes.for_prompt(s.job.request.probes, len(s.prompt)), takes_self=True
+        )
+    )
+    held: str | None = None
 
     @property
     def request(self) -> GenerationRequest:
@@ -106,11 +115,17 @@ class BatchSequence:
         if left == 0 or model.room == 0:
             return
         take = min(left, model.room, left if scores is None else PROMPT_ROWS_PER_STEP)
+        probes = None if self.request.reproducible else self.probes  # see feed_probes
         for pos in range(self.prefilled, self.prefilled + take):
             last = pos == len(self.prompt) - 1
-            index = model.add(self.prompt[pos], pos, self.seq_id, last or scores is not None)
+            probed = probes is not None and pos in probes.pending  # its row is the probe's
+            index = model.add(
+                self.prompt[pos], pos, self.seq_id, last or scores is not None or probed
+            )
             if scores is not None:
                 scores.mark(index, pos, self.prompt)
+            if probes is not None and probed:
+                probes.mark(pos, index)
         self.prefilled += take
         if self.prefilled == len(self.prompt) or scores is not None:
             self.out = index  # mid-prompt: advance() reads the prompt's logits, samples nothing
@@ -127,6 +142,24 @@ class BatchSequence:
                 self.prefilled = self.cached = 0
         return self.prompt_scores
 
+    @property
+    def due(self) -> bool:
+        """Whether `advance` has something to read after this step's decode."""
+        return self.out >= 0 or self.held is not None or bool(self.probes and self.probes.rows)
+
+    def feed_probes(self, model: LoadedModel, spares: SpareSeqs) -> bool:
+        """Add rows for the prompt probes the prefill did not compute (positions reused from the
+        prefix cache) once the whole prompt is in the cache from an earlier step; a
+        reproducible request's only once it has finished, so that its own rows stay
+        solo-computed (its prefill marks none either). Whether any were added."""
+        probes = self.probes
+        if probes is None or not probes.pending or self.prefilled < len(self.prompt):
+            return False
+        if self.request.reproducible and self.held is None:
+            return False
+        probes.feed(model, self.prompt, self.seq_id, spares)
+        return bool(probes.rows)
+
     def feed_draft(self, model: LoadedModel, budget: int, policy: DraftPolicy | None = None) -> int:
         """Feed the tokens the sequence's repeats predict after its next token, each with
         logits, at most `budget` and in what room the batch has left (see
@@ -139,8 +172,13 @@ class BatchSequence:
         self.drafter.extend(self.fed[len(self.drafter) - len(self.prompt) :])
         limit = min(self.request.max_tokens - self.completion - 1, model.room, budget)
         self.draft = self.drafter.draft(limit)
+        if policy is not None:
+            self.draft_stats.settle(self.fed)  # a draft declined earlier: would it have paid?
         if policy is not None and self.draft:
-            keep = policy.choose(len(self.draft), self.drafter.evidence, self.draft_stats)
+            left = self.request.max_tokens - self.completion
+            keep = policy.choose(len(self.draft), self.drafter.evidence, self.draft_stats, left)
+            if keep == 0:  # learn from it all the same, as the tokens come
+                self.draft_stats.watch(self.draft, len(self.fed))
             del self.draft[keep:]
             self.drafter.shorten(keep)
         self.draft_out = model.n_tokens  # the index the first one gets
@@ -152,7 +190,11 @@ class BatchSequence:
     def advance(self, model: LoadedModel, now: float, send: Send) -> str | None:
         """Take this step's tokens: the one its next token predicts, then each draft token
         while it is the token the model chose before it, whose cells and logits are then
-        already there. The finish reason when it is done."""
+        already there. The finish reason when it is done (held back while probes are due)."""
+        if self.probes is not None and self.probes.rows:
+            self.probes.read(model, self.prompt)
+        if self.held is not None or self.out < 0:  # a step of probe rows only
+            return self._unless_probing(self.held)
         if self.prompt_scores is not None and self.prompt_scores.rows:
             self.prompt_scores.read(model, self.prompt)
             if self.prefilled < len(self.prompt):
@@ -170,6 +212,13 @@ class BatchSequence:
             self.draft_stats.observe(kept, wrong=finish is None and kept < len(self.draft))
         self.accepted += kept
         self.draft = []
+        return self._unless_probing(finish)
+
+    def _unless_probing(self, finish: str | None) -> str | None:
+        """*finish*, or None while probe rows are still due (it is held until they are read)."""
+        if finish is not None and self.probes is not None and not self.probes.done:
+            self.held = finish
+            return None
         return finish
 
     def _take(self, model: LoadedModel, out: int, now: float, send: Send) -> str | None:
@@ -219,4 +268,5 @@ class BatchSequence:
             seed=self.sampler.seed,
             prompt_logprobs=tuple(scores.entries) if scores else (),
             prompt_first=scores.first if scores else b"",
+            probe_logprobs=self.probes.result() if self.probes else (),
         )

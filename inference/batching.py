@@ -54,6 +54,7 @@ from inference.generation import (
 from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel
 from inference.online_step_costs import OnlineStepCosts
 from inference.prefix_cache import PrefixCache
+from inference.probe_rows import SPARE_SEQS, SpareSeqs
 from inference.sibling_prefill import waits_for_sibling
 from inference.speculation import NgramDrafter
 from inference.step_costs import StepCostJob, StepCosts
@@ -120,7 +121,7 @@ class BatchingWorker(ThreadOwnedWorker):
         self.max_queue = max_queue
         self.slots = slots
         self.tensor_split = list(tensor_split) if tensor_split else None
-        self.n_batch = max(n_batch, slots)
+        self.n_batch = max(n_batch, slots + SPARE_SEQS)  # llama.cpp: a row per sequence id
         self._outstanding = 0  # accepted and not yet finished: active + waiting
         self._count_lock = threading.Lock()
         self._active = 0
@@ -135,6 +136,7 @@ class BatchingWorker(ThreadOwnedWorker):
         self.draft_policy: DraftPolicy | None = None
         self.step_costs: OnlineStepCosts | None = None  # the policy's, corrected as served
         self._cache = PrefixCache()
+        self._spares = SpareSeqs(slots)  # sequence ids for prompt probes (probe_rows.py)
 
     @property
     def load(self) -> WorkerLoad:
@@ -231,6 +233,7 @@ class BatchingWorker(ThreadOwnedWorker):
             n_gpu_layers=self.n_gpu_layers,
             tensor_split=self.tensor_split,
             n_batch=self.n_batch,
+            n_spare=SPARE_SEQS,
         )
         return model, model.n_layer
 
@@ -413,25 +416,32 @@ class BatchingWorker(ThreadOwnedWorker):
         started = time.perf_counter()  # the whole step is what rows cost: feeding, sampling too
         model.clear_batch()
         generating = [seq for seq in active if seq.feed_next(model)]
+        for seq in active:  # prompt probes: rows with logits, like the decoding ones
+            seq.feed_probes(model, self._spares)
         decoding_rows = model.n_tokens
         for seq in active:
             seq.feed_prompt(model)
         timed = model.n_tokens == decoding_rows  # no prompt chunk: every row has logits
         budget, policy = self.max_step_drafts, self.draft_policy
         if policy is not None:
-            policy.begin_step(model.n_tokens, sum(seq.out >= 0 for seq in active))
+            # how far the batch still has to go, and whether a request waits for a slot:
+            # what finishing a sequence sooner is worth (inference/draft_policy.py)
+            longest = max((s.request.max_tokens - s.completion for s in generating), default=0)
+            producing = sum(seq.out >= 0 for seq in active)
+            policy.begin_step(model.n_tokens, producing, longest, self._outstanding > len(active))
         for seq in generating:  # after the prompts: a new request's first token comes first
             if seq.drafter is not None:
                 budget -= seq.feed_draft(model, budget, policy)
         try:
             rows = model.n_tokens
             status = model.decode()
+            self._spares.release(model)  # the probe rows' cells; their logits stay readable
             self._steps += 1
             if status != 0:
                 raise GenerationError(f"llama_decode failed with status {status}")
             now = time.perf_counter()
             for seq in list(active):
-                if seq.out >= 0:
+                if seq.due:  # logits to read: its tokens, prompt scores or probes
                     finish = seq.advance(model, now, self._to_trio)
                     if finish is not None:
                         self._retire(model, seq, finish, free, active)
@@ -447,6 +457,7 @@ class BatchingWorker(ThreadOwnedWorker):
             )
             for seq in list(active):
                 self._retire(model, seq, None, free, active, error=error)
+            self._spares.release(model)
             model.forget_all()
             self._cache.forget()
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from inference.prompt_probes import check_draws
 from inference.token_logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 
 # --- The bounds of a request: the one definition. The session decoder (p2p/protocol/wire.py),
@@ -203,6 +204,13 @@ class GenerationRequest:
     # The prompt's tokens get entries too, with `logprobs` alternatives (OpenAI's echo), in
     # GenerationDone (inference/prompt_logprobs.py).
     prompt_logprobs: bool = attrs.field(default=False)
+    # Prompt probes (inference/prompt_probes.py): draws naming prompt positions whose
+    # log-probabilities GenerationDone.probe_logprobs returns, proof the prompt was computed.
+    probes: tuple[int, ...] = attrs.field(default=(), converter=_as_token_ids)
+
+    @probes.validator
+    def _probes_ok(self, _: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]) -> None:
+        check_draws(value)
 
     @prompt_logprobs.validator
     def _prompt_logprobs_ok(self, attribute: attrs.Attribute[bool], value: bool) -> None:
@@ -269,6 +277,9 @@ class GenerationDone:
     # on, and the first one's text (it has no log-probability).
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
     prompt_first: bytes = b""
+    # With GenerationRequest.probes: per draw, in order, the log-probability at the prompt
+    # position it names (inference/prompt_probes.py); () for a prompt under two tokens.
+    probe_logprobs: tuple[float, ...] = ()
 
 
 Item = TokenChunk | GenerationDone

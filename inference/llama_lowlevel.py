@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from inference.generation import BAN_BIAS, MAX_SEED, GenerationError, GenerationRequest
+from inference.generation import MAX_SEED, GenerationError, GenerationRequest
 from inference.grammar import Grammar
+from inference.greedy_replay import BiasedArgmax, bias_table
 from inference.model_file import ModelFileError
 from inference.replayable_draw import Candidates, DrawStep, draw_margin
 
@@ -191,8 +192,10 @@ class LoadedModel:
         n_gpu_layers: int,
         tensor_split: Sequence[float] | None = None,
         n_batch: int = DEFAULT_N_BATCH,
+        n_spare: int = 0,
     ) -> LoadedModel:
-        """Load `path`; ModelFileError when llama.cpp cannot (architecture, memory, ...)."""
+        """Load `path`; ModelFileError when llama.cpp cannot (architecture, memory, ...).
+        `n_spare` sequence ids (and as many cells) beyond n_seq: inference/probe_rows.py."""
         global _backend_ready
         import llama_cpp
 
@@ -204,8 +207,8 @@ class LoadedModel:
             model_params.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
         threads, threads_batch = default_threads()
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = n_ctx * n_seq
-        ctx_params.n_seq_max = n_seq
+        ctx_params.n_ctx = n_ctx * n_seq + n_spare
+        ctx_params.n_seq_max = n_seq + n_spare
         ctx_params.n_batch = n_batch
         ctx_params.n_ubatch = n_batch
         # An explicit thread count holds for prompts and batches too, as llama-server's -t: a
@@ -369,9 +372,13 @@ class Sampler:
         self.step = 0  # index of the next token of the run
         self.grammar: Grammar | None = None
         self.exhausted = False
+        self._biased_argmax: BiasedArgmax | None = None  # choice_margin's numpy replay
         if request.plain_greedy:
             return
-        bias = _bias_table(model, request)  # before the chain: it may refuse the request
+        # before the chain: the table may refuse the request
+        bias = bias_table(request, model.n_vocab, model.eog_tokens)
+        if request.temperature == 0 and not request.penalized and not request.grammar:
+            self._biased_argmax = BiasedArgmax(bias, model.n_vocab)
         if request.grammar:  # so may the grammar
             self.grammar = Grammar.for_request(model, request)
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
@@ -417,6 +424,8 @@ class Sampler:
             self._draw.step = self.step
         if self.chain is None:
             token = model.argmax(i)
+        elif self._biased_argmax is not None:  # [bias, greedy]: the chain's pick, in numpy
+            token = self._biased_argmax.pick(model.logits(i))
         elif self.grammar is not None:
             token = self.grammar.sample(self.chain, self._candidates, model, i, self._draw)
             self.exhausted = self.grammar.exhausted
@@ -450,6 +459,8 @@ class Sampler:
         filters (or a ban) remove it. Does not move the step; `accept` does."""
         if self.chain is None:
             return float(logits.max()) - float(logits[token])
+        if self._biased_argmax is not None:  # bias → greedy: the same margin, 10x faster
+            return self._biased_argmax.margin(logits, token)
         assert self._candidates is not None
         if self._draw is not None:
             self._draw.step = self.step  # it draws too (ignored here), at the right step
@@ -476,16 +487,3 @@ class Sampler:
             with contextlib.suppress(Exception):
                 self._lib.llama_sampler_free(self.chain)
             self.chain = None
-
-
-def _bias_table(model: LoadedModel, request: GenerationRequest) -> list[tuple[int, float]]:
-    """(token, bias) for llama.cpp's logit-bias sampler: OpenAI's -100 and ignore_eos's banned
-    end-of-generation tokens as -infinity, so no logit can outweigh them."""
-    table: dict[int, float] = {}
-    for token, bias in request.logit_bias:
-        if token >= model.n_vocab:
-            raise GenerationError(f"logit_bias token {token} is not in this model's vocabulary")
-        table[token] = -math.inf if bias <= BAN_BIAS else bias
-    if request.ignore_eos:
-        table.update((token, -math.inf) for token in model.eog_tokens)
-    return list(table.items())

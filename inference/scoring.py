@@ -20,7 +20,10 @@ Cost: the output layer over the default model's 262,144 × 640 matrix costs more
 with logits than the rest of its prefill, so `ScoreRequest.only` lets a check ask for logits at a
 sample of the positions, all of them still being fed. A spot check's 32 positions leave the body's
 prefill of prompt + output most of the cost: profiled by tools/bench_check_cost.py, llama_decode
-is 92-95 % of it (the output layer ~19 % of that), the choice-margin replay ~4 %, the rest ~2 %.
+is 92-95 % of it (the output layer ~19 % of that), the choice-margin replay ~4 % (for a greedy
+request with a bias now numpy's: inference/greedy_replay.py), the rest ~2 %. So a spot check
+sends the tokens up to its last scored position only (p2p/client/check_window.py), and this
+feeds every token it is given.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 
 from inference.generation import MAX_TOKEN_ID, GenerationError, GenerationRequest, check_fits
 from inference.llama_lowlevel import LoadedModel, Sampler
+from inference.probe_scoring import ProbeRows
 
 # Given tokens per request: 4K covers a long answer, and bounds the work one request buys.
 MAX_SCORE_TOKENS = 4096
@@ -108,6 +112,9 @@ class ScoreResult:
     prompt_tokens: int
     positions: tuple[PositionScore, ...]
     seconds: float  # wall time of the scoring work
+    # Per draw of `request.probes`, in order: the verifier's log-probability at the prompt
+    # position it names (inference/prompt_probes.py); () when the request has none.
+    probe_logprobs: tuple[float, ...] = ()
 
 
 # Positions whose logits one decode computes: with Gemma 3's 262,144-token vocabulary that is
@@ -148,6 +155,7 @@ def score_tokens(model: LoadedModel, seq_id: int, score: ScoreRequest) -> ScoreR
         # The logits of feed[first + i] predict tokens[i]: the last prompt token's, tokens[0].
         first = len(prompt) - 1
         wanted = set(score.only) if score.only else None
+        probes = ProbeRows(request.probes, prompt)  # prompt rows marked for the probes' values
         scratch = np.empty(model.n_vocab, dtype=np.float32)  # one buffer for every softmax
         positions: list[PositionScore] = []
         accepted = 0  # given tokens the sampler has seen
@@ -155,16 +163,22 @@ def score_tokens(model: LoadedModel, seq_id: int, score: ScoreRequest) -> ScoreR
         while fed < len(feed):
             model.clear_batch()
             rows: list[tuple[int, int]] = []  # (batch index, token index)
+            probe_rows: list[tuple[int, int]] = []  # (batch index, prompt position)
             while fed < len(feed) and model.room > 0 and len(rows) < SCORE_CHUNK:
                 i = fed - first
                 scored = i >= 0 and (wanted is None or i in wanted)
-                index = model.add(feed[fed], fed, seq_id, scored)
+                probed = i < 0 and probes.wants(fed)
+                index = model.add(feed[fed], fed, seq_id, scored or probed)
                 if scored:
                     rows.append((index, i))
+                elif probed:
+                    probe_rows.append((index, fed))
                 fed += 1
             status = model.decode()
             if status != 0:
                 raise GenerationError(f"llama_decode failed with status {status}")
+            for index, position in probe_rows:
+                probes.read(position, model.logits(index))
             for index, i in rows:
                 while accepted < i:  # unscored tokens still move the penalties and the step
                     sampler.accept(tokens[accepted])
@@ -183,6 +197,7 @@ def score_tokens(model: LoadedModel, seq_id: int, score: ScoreRequest) -> ScoreR
         prompt_tokens=len(prompt),
         positions=tuple(positions),
         seconds=time.perf_counter() - started,
+        probe_logprobs=probes.values(),
     )
 
 

@@ -5,8 +5,14 @@ before the sampler chain (no bias, penalties, top-k or temperature), as OpenAI a
 default do. So the numbers describe the model, not the request's filters, and a greedy run's
 chosen token is always the top alternative.
 
-Cost only when asked (`GenerationRequest.logprobs >= 0`): one pass for the log-sum-exp and, for
-the alternatives, `argpartition` rather than a full sort (Gemma's vocabulary is 262K tokens).
+Cost only when asked (`GenerationRequest.logprobs >= 0`, which a node asks on every request for
+its receipt's commitments): one pass for the log-sum-exp and, for the alternatives,
+`argpartition` rather than a full sort (Gemma's vocabulary is 262K tokens). The log-sum-exp's
+exponentials go into one vocabulary-sized buffer per thread, not two fresh 1 MB arrays per
+token, with the same values to the last bit. In a process's main thread the fresh arrays were
+mapped and faulted in each time (3.6 against 1.1 ms CPU a token, 2-core machine under load); in
+a worker thread, whose malloc arena keeps them, the buffer saves ~7 % (1.17 against 1.08 ms).
+The rest is np.exp over the vocabulary, which no exact method makes cheaper.
 The workers hand each token's entry to TextAssembler (inference/streaming.py) with the token, so
 a released TokenChunk carries the entries of exactly its own token ids. Pure numpy, no
 llama.cpp.
@@ -14,6 +20,7 @@ llama.cpp.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -65,11 +72,27 @@ def top_tokens(logits: np.ndarray[Any, Any], n: int) -> np.ndarray[Any, Any]:
     return candidates[order]
 
 
+_scratch = threading.local()  # each thread's float32 buffer for the exponentials
+
+
+def _buffer(n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """This thread's float32 scratch of n values (kept for the next call of the same size)."""
+    buf: np.ndarray[Any, np.dtype[np.float32]] | None = getattr(_scratch, "buf", None)
+    if buf is None or buf.shape[0] != n:
+        buf = _scratch.buf = np.empty(n, dtype=np.float32)
+    return buf
+
+
 def log_normalizer(logits: np.ndarray[Any, Any]) -> float:
     """log(sum(exp(logits))): the exponentials in float32 after the peak is taken off (no
-    overflow), summed in float64, as scoring does (inference/scoring.py)."""
+    overflow), summed in float64, as scoring does (inference/scoring.py). A float32 row is
+    computed in this thread's scratch buffer: the same operations in the same order as on a
+    fresh array, so the same value to the last bit."""
     peak = float(logits.max())
-    return peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+    if logits.dtype != np.float32 or logits.ndim != 1:
+        return peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+    shifted = np.subtract(logits, np.float32(peak), out=_buffer(logits.shape[0]))
+    return peak + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
 
 
 def token_logprob(

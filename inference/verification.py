@@ -57,8 +57,18 @@ made-up values (uniform in [-5, 0]) 74 % / 72 %, random tokens 0 % (their margin
 The commitments' own test (inference/commitment_stat.py): each committed position's delta,
 normalized by the honest noise expected at the token's probability, scored in [0, 1] and summed;
 "inconsistent" when the sum's Chernoff bound under an honest mean score `HONEST_MEAN` is below
-alpha. With commitments, `judge` runs both tests at ALPHA / 2 each (a union bound keeps the
-request's false-verdict probability at ALPHA); without, the margins' test alone at ALPHA.
+alpha.
+
+Prompt probes (inference/prompt_probes.py, inference/probe_stat.py): the node's signed
+log-probabilities at prompt positions the client's draws named, against the verifier's prefill;
+they show whether the node computed the whole prompt, which the output's tests see only where
+the answer depends on it. Inconsistent probes make the request inconsistent whatever its output
+(few tokens included); missing probes (an older node, or one that omits them) change no verdict
+but are said (`CheckStat.probes.status`), and p2p/client/spot_check.py gives no credit for them.
+
+`judge` runs the tests the receipt gives data for (the margins always; the commitments, the
+probes when present) at ALPHA / k each for k tests: a union bound keeps the request's
+false-verdict probability at ALPHA.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ from collections.abc import Sequence
 import attrs
 
 from inference import commitment_stat
+from inference.probe_stat import ProbeStat, judge_probes
 from inference.scoring import PositionScore
 
 VERDICTS = ("consistent", "inconsistent", "inconclusive")
@@ -104,6 +115,8 @@ class CheckStat:
     committed_n: int = 0
     committed_score: float = 0.0
     committed_threshold: float = 0.0
+    # The prompt probes' test (inference/probe_stat.py); status "none" when none were asked.
+    probes: ProbeStat = attrs.field(factory=lambda: ProbeStat("none"))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -140,12 +153,16 @@ def judge(
     mismatch_margin: float = MISMATCH_MARGIN,
     committed: Sequence[float | None] | None = None,
     logprob_tolerance: float = LOGPROB_TOLERANCE,
+    probes: Sequence[float | None] = (),
+    verifier_probes: Sequence[float] = (),
 ) -> CheckStat:
     """The verdict on one checked run from the verifier's scores of its tokens (see the module
     docstring); `sampled`: the run's temperature was above 0. `committed`: the node's signed
     log-probability of each of these positions' tokens (None where it committed none; no
     sequence: the node commits nothing). A position is a mismatch when its choice margin or its
-    commitment is off; a position without a replayable margin counts when it has a commitment."""
+    commitment is off; a position without a replayable margin counts when it has a commitment.
+    `probes`: the node's signed prompt-probe values (receipt order, () if none), against the
+    verifier's `verifier_probes` (one per draw of the request)."""
     if committed is None:
         committed = [None] * len(positions)
     n = mismatches = 0
@@ -155,14 +172,19 @@ def judge(
         n += 1
         mismatches += p.choice_margin > mismatch_margin or off_commitment(p, c, logprob_tolerance)
     scores = commitment_stat.scores([p.logprob for p in positions], committed)
-    # Two tests on one request: each at half the budget (a union bound), or the margins' alone.
-    alpha = ALPHA / 2 if scores else ALPHA
+    # k tests on one request: each at ALPHA / k (a union bound). Which ones run depends on what
+    # the receipt and the request carry, never on the values.
+    has_probes = bool(verifier_probes) and bool(probes)
+    alpha = ALPHA / (1 + bool(scores) + has_probes)
+    probe_stat = judge_probes(probes, verifier_probes, alpha)
     score = mismatches / n if n else 0.0
     rate = HONEST_RATE_SAMPLED if sampled else HONEST_RATE_GREEDY
     threshold = mismatch_threshold(n, rate, alpha)
     committed_score = math.fsum(scores)
     committed_threshold = commitment_stat.score_threshold(len(scores), alpha) if scores else 0.0
-    if n < MIN_POSITIONS:
+    if probe_stat.status == "inconsistent":  # the prompt was not computed: whatever the output
+        verdict = "inconsistent"
+    elif n < MIN_POSITIONS:
         verdict = "inconclusive"
     elif mismatches >= threshold or (scores and committed_score >= committed_threshold):
         verdict = "inconsistent"
@@ -177,4 +199,5 @@ def judge(
         committed_n=len(scores),
         committed_score=committed_score,
         committed_threshold=committed_threshold,
+        probes=probe_stat,
     )

@@ -11,7 +11,9 @@ its greedy output is bit-identical from run to run, and a request with `replay_t
 an interrupted greedy run exactly (see inference/streaming.py for the token ids in each chunk).
 Greedy requests go through llama-cpp-python's `Llama.generate`; sampled ones through the same
 sampler chain and replayable draw as BatchingWorker's (`_sample`), so that a verifier can replay
-them and a resumed sampled run continues exactly too.
+them and a resumed sampled run continues exactly too. Prompt probes (GenerationRequest.probes)
+are BatchingWorker's only: this worker returns no values for them (GenerationDone's
+`probe_logprobs` is ()); the node never serves generation on it.
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 The bench writes every scored position (--raw: per request its mode, temperature, seed, the
 verifier's choice margins and logprobs, the node's commitments); this file judges such rows
 again without generating anything: whole requests as the bench did, and spot checks as
-p2p/client/spot_check.py makes them (`CHECK_POSITIONS` positions: the first `FIRST_POSITIONS`
-and a random rest, several draws per request), then the ledger's checked requests until a node
-is flagged (p2p/client/check_ledger.py, requests resampled), and the plot of the commitment
-statistic (inference/commitment_stat.py) per spot check, honest against each cheat.
+p2p/client/spot_check.py makes them (`CHECK_POSITIONS` positions: the first FIRST_POSITIONS
+and a random rest within a random window, p2p/client/check_window.py; several draws per
+request; the positions' numbers are the whole feed's, --window measures the cut feed's), then
+the ledger's checked requests until a node is flagged (p2p/client/check_ledger.py, requests
+resampled), and the plot of the commitment statistic (inference/commitment_stat.py) per spot
+check, honest against each cheat.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from inference.generation import GenerationRequest
 from inference.scoring import PositionScore
 from inference.verification import ALPHA, CheckStat, judge
 from p2p.client.check_ledger import THRESHOLD, request_step
-from p2p.client.spot_check import CHECK_POSITIONS, FIRST_POSITIONS
+from p2p.client.check_window import check_positions
+from p2p.client.spot_check import CHECK_POSITIONS
 
 HONEST = ("honest-t1", "honest-t2", "honest-slots4", "honest-spec", "honest-cache")
 CHEATS = ("cheat-tiny", "cheat-q3", "cheat-q2", "cheat-random", "cheat-prefix", "cheat-lying")
@@ -84,11 +87,7 @@ def spot_checks(row: dict[str, Any], rng: random.Random, draws: int) -> list[Che
     n = len(positions)
     out = []
     for _ in range(draws):
-        if n <= CHECK_POSITIONS:
-            keep = list(range(n))
-        else:
-            rest = rng.sample(range(FIRST_POSITIONS, n), CHECK_POSITIONS - FIRST_POSITIONS)
-            keep = sorted([*range(FIRST_POSITIONS), *rest])
+        keep, _end = check_positions(0, n, CHECK_POSITIONS, rng)  # (the whole feed's numbers)
         out.append(
             judge(
                 [positions[i] for i in keep],

@@ -11,7 +11,15 @@ On the code, prose and chat prompts of tools/bench_real_prompts.py, greedy and a
    its prefill;
 2. a verifier (another BatchingWorker, defaults) checks it with the Score a spot check sends
    (p2p/client/spot_check.py: logits at CHECK_POSITIONS positions, the first FIRST_POSITIONS
-   and a random rest, no alternatives), and with logits at every position.
+   and a random rest within a random window, the feed cut after the last of them:
+   p2p/client/check_window.py), with the same positions over the whole feed (what a check
+   cost before the window: `feed_all`), and with logits at every position.
+
+Both checks of the same positions are judged with the node's logprob commitments
+(inference/verification.py), and the window's noise against the whole feed is reported: the
+largest difference of a scored logprob and of a choice margin between the two feeds, the
+commitment statistic's mean score per position in each, and every verdict that is not
+"consistent" (the node is honest: each one would be a false verdict).
 
 Generation and check alternate request by request, so drift in the machine's load hits both;
 reported are the medians of the per-request ratios, of wall time and of this process's CPU time
@@ -53,14 +61,22 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _check_cost_report import (  # type: ignore[import-not-found]
+    Claim,
+    noise_summary,
+    print_report,
+    window_noise,
+)
 from bench_real_prompts import PROMPTS  # type: ignore[import-not-found]  # a script's sibling
 
+from crypto.receipts import pack_logprobs, unpack_logprobs
 from inference.batching import BatchingWorker
 from inference.default_model import ensure_default_model
-from inference.generation import GenerationDone, GenerationRequest
+from inference.generation import GenerationDone, GenerationRequest, TokenChunk
 from inference.llama_lowlevel import LoadedModel, default_threads
 from inference.scoring import ScoreRequest, ScoreResult, score_tokens
-from p2p.client.spot_check import CHECK_POSITIONS, FIRST_POSITIONS
+from p2p.client.check_window import check_positions as window_positions
+from p2p.client.spot_check import CHECK_POSITIONS
 
 # The parts of a check's time, by the function cProfile times them in (cumulative).
 PARTS: dict[str, tuple[str, str]] = {
@@ -77,28 +93,12 @@ SAMPLER_CLOSE = ("llama_lowlevel.py", "close")
 MODES = ("greedy", "T0.8")  # the ends of Claim.kind
 
 
-@attrs.define
-class Claim:
-    kind: str
-    request: GenerationRequest
-    tokens: tuple[int, ...]
-    prompt_tokens: int = 0
-    gen_wall: float = 0.0
-    gen_cpu: float = 0.0
-    first_token_s: float = 0.0  # of gen_wall: the prompt's prefill and the first token
-    only: tuple[int, ...] = ()
-    check_wall: float = 0.0
-    check_cpu: float = 0.0
-    full_wall: float = 0.0
-    full_cpu: float = 0.0
-
-
-def check_positions(n: int, rng: random.Random) -> tuple[int, ...]:
-    """What spot_check.score_request asks for on an answer of n tokens with no replayed part."""
+def check_positions(n: int, rng: random.Random) -> tuple[tuple[int, ...], int]:
+    """What spot_check.score_request asks for on an answer of n tokens with no replayed part:
+    (the positions, () for every one; the feed's end)."""
     if n <= CHECK_POSITIONS:
-        return ()
-    rest = rng.sample(range(FIRST_POSITIONS, n), CHECK_POSITIONS - FIRST_POSITIONS)
-    return tuple(sorted([*range(FIRST_POSITIONS), *rest]))
+        return (), n
+    return window_positions(0, n, CHECK_POSITIONS, rng)
 
 
 def requests(max_tokens: int, prompts: int) -> list[tuple[str, GenerationRequest]]:
@@ -116,11 +116,15 @@ def requests(max_tokens: int, prompts: int) -> list[tuple[str, GenerationRequest
 async def generate(node: BatchingWorker, kind: str, request: GenerationRequest) -> Claim:
     wall, cpu = time.perf_counter(), time.process_time()
     ids: list[int] = []
+    entries: list[float | None] = []
     done: GenerationDone | None = None
     async with node.generate(request) as stream:
         async for item in stream:
             ids += item.token_ids
-            if isinstance(item, GenerationDone):
+            if isinstance(item, TokenChunk):
+                entries += [e.logprob for e in item.logprobs]
+            elif isinstance(item, GenerationDone):
+                entries += [None] * len(item.token_ids)
                 done = item
     assert done is not None
     return Claim(
@@ -128,21 +132,30 @@ async def generate(node: BatchingWorker, kind: str, request: GenerationRequest) 
         request=attrs.evolve(request, seed=done.seed),
         tokens=tuple(ids),
         prompt_tokens=done.prompt_tokens,
+        committed=unpack_logprobs(pack_logprobs(entries)),
         gen_wall=time.perf_counter() - wall,
         gen_cpu=time.process_time() - cpu,
         first_token_s=done.time_to_first_token_s,
     )
 
 
-def score_request(claim: Claim, only: tuple[int, ...] | None = None) -> ScoreRequest:
-    """The check a spot check sends (only=None: its sample), or with logits at `only`."""
-    return ScoreRequest(claim.request, claim.tokens, 0, claim.only if only is None else only)
+def score_request(
+    claim: Claim, only: tuple[int, ...] | None = None, *, feed_all: bool = False
+) -> ScoreRequest:
+    """The check a spot check sends (only=None: its sample, fed up to its last position; with
+    `feed_all` the whole answer), or with logits at `only` over the whole answer."""
+    if only is not None:
+        return ScoreRequest(claim.request, claim.tokens, 0, only)
+    tokens = claim.tokens if feed_all else claim.tokens[: claim.end]
+    return ScoreRequest(claim.request, tokens, 0, claim.only)
 
 
-async def timed_score(verifier: BatchingWorker, score: ScoreRequest) -> tuple[float, float]:
+async def timed_score(
+    verifier: BatchingWorker, score: ScoreRequest
+) -> tuple[float, float, ScoreResult]:
     wall, cpu = time.perf_counter(), time.process_time()
-    await verifier.score(score)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    result = await verifier.score(score)
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 async def measure(args: argparse.Namespace, model: Path, say: Callable[[str], None]) -> list[Claim]:
@@ -159,19 +172,28 @@ async def measure(args: argparse.Namespace, model: Path, say: Callable[[str], No
         for r in range(args.rounds):
             for kind, request in requests(args.max_tokens, args.prompts):
                 claim = await generate(node, kind, request)
-                claim.only = check_positions(len(claim.tokens), rng)
-                claim.check_wall, claim.check_cpu = await timed_score(
-                    verifier, score_request(claim)
-                )
-                claim.full_wall, claim.full_cpu = await timed_score(
+                claim.only, claim.end = check_positions(len(claim.tokens), rng)
+                # The window and the whole feed in alternating order: load drift hits both.
+                first, second = (True, False) if len(claims) % 2 else (False, True)
+                timed = {}
+                for feed_all in (first, second):
+                    timed[feed_all] = await timed_score(
+                        verifier, score_request(claim, feed_all=feed_all)
+                    )
+                claim.check_wall, claim.check_cpu, window = timed[False]
+                claim.whole_wall, claim.whole_cpu, whole = timed[True]
+                claim.noise = window_noise(claim, window, whole)
+                claim.full_wall, claim.full_cpu, _ = await timed_score(
                     verifier, score_request(claim, ())
                 )
                 claims.append(claim)
                 say(
                     f"round {r + 1} {kind:13} prompt {claim.prompt_tokens:3} + "
-                    f"{len(claim.tokens)}: generate {claim.gen_wall:.2f} s, check "
-                    f"{claim.check_wall:.2f} s ({claim.check_wall / claim.gen_wall:.1%} wall, "
-                    f"{claim.check_cpu / claim.gen_cpu:.1%} CPU)"
+                    f"{len(claim.tokens)} (fed to {claim.end}): generate {claim.gen_wall:.2f} s, "
+                    f"check {claim.check_wall:.2f} s ({claim.check_wall / claim.gen_wall:.1%} "
+                    f"wall, {claim.check_cpu / claim.gen_cpu:.1%} CPU; whole feed "
+                    f"{claim.whole_wall / claim.gen_wall:.1%} wall); verdicts "
+                    f"{claim.noise['window_verdict']} / {claim.noise['whole_verdict']}"
                 )
     return claims
 
@@ -183,6 +205,10 @@ def ratios(claims: list[Claim]) -> dict[str, float]:
     return {
         "check_vs_generation_wall": median([c.check_wall / c.gen_wall for c in claims]),
         "check_vs_generation_cpu": median([c.check_cpu / c.gen_cpu for c in claims]),
+        "whole_feed_check_vs_generation_wall": median([c.whole_wall / c.gen_wall for c in claims]),
+        "whole_feed_check_vs_generation_cpu": median([c.whole_cpu / c.gen_cpu for c in claims]),
+        "window_vs_whole_feed_wall": median([c.check_wall / c.whole_wall for c in claims]),
+        "fed_fraction": median([c.end / len(c.tokens) for c in claims]),
         "full_check_vs_generation_wall": median([c.full_wall / c.gen_wall for c in claims]),
         "full_check_vs_generation_cpu": median([c.full_cpu / c.gen_cpu for c in claims]),
         "generation_wall_s": median([c.gen_wall for c in claims]),
@@ -194,10 +220,11 @@ def ratios(claims: list[Claim]) -> dict[str, float]:
 
 
 def decode_feed(model: LoadedModel, claim: Claim, with_logits: bool) -> tuple[float, float]:
-    """Wall and CPU seconds of llama_decode over the check's feed (as score_tokens batches it),
+    """Wall and CPU seconds of llama_decode over the check's feed (as score_tokens batches it:
+    the tokens up to the window's end),
     with logits at the check's positions or at none; the cells are dropped afterwards."""
     prompt = model.tokenize(claim.request.prompt)
-    feed = [*prompt, *claim.tokens[:-1]]
+    feed = [*prompt, *claim.tokens[: claim.end - 1]]
     first = len(prompt) - 1
     wanted = {first + i for i in claim.only} if with_logits else set()
     wall = cpu = 0.0
@@ -334,6 +361,7 @@ def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **ratios(claims),
         "by_mode": {mode: ratios([c for c in claims if c.kind.endswith(mode)]) for mode in MODES},
+        "window_noise": noise_summary(claims),
     }
     say("profiling the checks ...")
     model = LoadedModel.load(path, n_ctx=2048, n_seq=1, n_threads=None, n_gpu_layers=0)
@@ -347,60 +375,6 @@ def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any
         model.close()
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
-
-
-def print_report(report: dict[str, Any]) -> None:
-    print(
-        f"{report['model']}, {report['requests']} requests of {report['max_tokens']} tokens, "
-        f"prompts ~{report['prompt_tokens']:.0f} tokens, {report['cpus']} CPUs, load "
-        f"{report['load_average']} -> {report['load_average_end']}"
-    )
-    print(
-        f"check ({report['check_positions']} positions) vs generating: "
-        f"{report['check_vs_generation_wall']:.1%} wall, "
-        f"{report['check_vs_generation_cpu']:.1%} CPU (medians of per-request ratios)"
-    )
-    print(
-        f"check with every position:      {report['full_check_vs_generation_wall']:.1%} wall, "
-        f"{report['full_check_vs_generation_cpu']:.1%} CPU"
-    )
-    print(
-        f"generating {report['generation_wall_s']:.2f} s (first token "
-        f"{report['generation_first_token_s']:.2f} s), check {report['check_wall_s']:.2f} s, "
-        f"full check {report['full_check_wall_s']:.2f} s (wall, medians)"
-    )
-    for mode, r in report["by_mode"].items():
-        print(
-            f"  {mode:6}: check {r['check_vs_generation_wall']:.1%} wall, "
-            f"{r['check_vs_generation_cpu']:.1%} CPU; every position "
-            f"{r['full_check_vs_generation_wall']:.1%} wall, "
-            f"{r['full_check_vs_generation_cpu']:.1%} CPU"
-        )
-    s = report["split"]
-    print("a check's time (cProfile, cumulative, medians):")
-    total = s["parts_s"]["total"] or 1.0
-    for part, seconds in s["parts_s"].items():
-        print(f"  {part:36} {seconds * 1000:8.1f} ms {seconds / total:6.1%}")
-    print(
-        f"llama_decode of the feed: {s['decode_with_logits_wall_s']:.3f} s with the scored "
-        f"logits, {s['decode_no_logits_wall_s']:.3f} s without any (wall; CPU "
-        f"{s['decode_with_logits_cpu_s']:.3f} / {s['decode_no_logits_cpu_s']:.3f} s); on one "
-        f"thread {s['decode_one_thread_wall_s']:.3f} s wall, "
-        f"{s['decode_one_thread_cpu_s']:.3f} s CPU"
-    )
-    print(
-        f"the body's prefill alone (no logits) vs generating: "
-        f"{s['body_prefill_vs_generation_wall']:.1%} wall, "
-        f"{s['body_prefill_vs_generation_cpu']:.1%} CPU; the check on one thread: "
-        f"{s['check_one_thread_vs_generation_cpu']:.1%} CPU"
-    )
-    if "baseline" in report:
-        b = report["baseline"]
-        print(
-            f"before / after on {b['checks']} checks: wall {b['before_wall_s']:.3f} / "
-            f"{b['after_wall_s']:.3f} s, CPU {b['before_cpu_s']:.3f} / {b['after_cpu_s']:.3f} s; "
-            f"identical scores on {b['identical_scores']}"
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

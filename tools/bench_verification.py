@@ -71,6 +71,7 @@ from _verification_stats import (
     rejudge,
     summarize,
 )
+from _window_checks import print_window_checks, window_checks
 from verification_prompts import PROMPTS
 
 from crypto.receipts import pack_logprobs, unpack_logprobs
@@ -252,6 +253,9 @@ async def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[st
             await verify(verifier, claims)
             reference = [c for c in claims if c.mode == "honest-t2"] or claims
             subset = await subset_cost(verifier, reference, args.check_positions)
+            if args.window:
+                say(f"window checks: {args.window} per claim")
+                windows = await window_checks(verifier, claims, args.window)
     gen_by_request = {
         (c.request.prompt, c.request.seed): c.gen_s for c in claims if c.mode == "honest-t2"
     }
@@ -270,6 +274,8 @@ async def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[st
         "cost_subset_check_vs_generation": round(subset / gen_median, 4),
         "modes": summarize(claims, cost),
     }
+    if args.window:
+        report["window_checks"] = windows
     rows = [raw_row(c) for c in claims]
     if args.raw:
         args.raw.write_text(json.dumps(rows, allow_nan=True))
@@ -317,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         default=32,
         help="positions with logits in the subset check whose cost is measured",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score N spot checks per request with the feed cut after the last checked "
+        "position (p2p/client/check_window.py) and judge them beside the whole feed's",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", type=Path, help="write a PNG of the statistic's distribution")
     parser.add_argument("--raw", type=Path, help="write every position's choice margin (JSON)")
@@ -353,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
+        if "window_checks" in report:
+            print_window_checks(report["window_checks"])
     return 0
 
 

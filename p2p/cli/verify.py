@@ -5,8 +5,9 @@ seed and the output tokens, with the node's signed receipt. This command checks 
 signature and that it vouches for exactly that request and output, loads the model file of that
 sha256 (`--model PATH`, else the model cache), teacher-forces prompt + output through it in one
 prefill in this process (no network), and judges the node's own positions with the same
-statistic a spot check uses (inference/verification.py). What the reporter's verifiers said is
-shown but not used.
+statistic a spot check uses (inference/verification.py), the node's signed prompt-probe values
+included (inference/probe_stat.py: did it compute the whole prompt?). What the reporter's
+verifiers said is shown but not used.
 
 Exit status: 0 consistent, 1 inconsistent (the node signed an output its claimed model does not
 produce), 2 inconclusive or unusable (no valid receipt, no model file, too few tokens).
@@ -28,6 +29,7 @@ from inference.batching import BatchingWorker
 from inference.generation import GenerationError, PromptTooLong
 from inference.model_cache import model_cache_dir
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
+from inference.probe_stat import ProbeStat
 from inference.scoring import MAX_SCORE_TOKENS, ScoreRequest
 from inference.verification import judge
 from p2p.cli.common import CommandError
@@ -58,6 +60,10 @@ class Recheck:
     score: float = 0.0
     prompt_tokens: int = 0
     receipt_prompt_tokens: int = 0
+    # The prompt probes (inference/probe_stat.py): "none", "missing", "consistent", ...
+    probe_status: str = "none"
+    probe_off: int = 0
+    probe_asked: int = 0
 
 
 def find_model(sha256: str, given: Path | None) -> ModelInfo:
@@ -112,7 +118,7 @@ async def recheck(ev: Evidence, info: ModelInfo, n_threads: int) -> Recheck:
     await worker.start()
     try:
         request = generation_request(ev.request, ServedModel(info, worker))
-        request = attrs.evolve(request, replay_tokens=(), seed=ev.seed)
+        request = attrs.evolve(request, replay_tokens=(), seed=ev.seed)  # probes kept
         result = await worker.score(ScoreRequest(request, tokens, 0))
     finally:
         await worker.aclose()
@@ -120,9 +126,18 @@ async def recheck(ev: Evidence, info: ModelInfo, n_threads: int) -> Recheck:
     # The node's signed logprob commitments, when its receipt vouches for this output.
     committed = signed.receipt.committed() if signed is not None and not receipt_problem else ()
     lps = list(committed[: len(own)]) if len(committed) >= len(own) else None
-    stat = judge(own, sampled=ev.request.temperature > 0, committed=lps)
+    # And its signed prompt-probe values, against this prefill's (one per draw of the request).
+    probes = signed.receipt.probes() if signed is not None and not receipt_problem else ()
+    stat = judge(
+        own,
+        sampled=ev.request.temperature > 0,
+        committed=lps,
+        probes=probes,
+        verifier_probes=result.probe_logprobs,
+    )
     off = f"{stat.mismatches} of {stat.n} tokens are not the model's choice"
     verdict, reason = stat.verdict, f"{off} (score {stat.score:.3g})"
+    reason += _probe_reason(stat.probes)
     if receipt_prompt and result.prompt_tokens != receipt_prompt:
         verdict = "inconsistent"
         reason += f"; the prompt is {result.prompt_tokens} tokens, the node signed {receipt_prompt}"
@@ -141,7 +156,24 @@ async def recheck(ev: Evidence, info: ModelInfo, n_threads: int) -> Recheck:
         stat.score,
         result.prompt_tokens,
         receipt_prompt,
+        stat.probes.status,
+        stat.probes.off,
+        stat.probes.asked,
     )
+
+
+def _probe_reason(pr: ProbeStat) -> str:
+    if pr.status == "missing":
+        return f"; the receipt has no values for the request's {pr.asked} prompt probes"
+    if pr.status == "inconsistent" and pr.given != pr.asked:
+        return f"; the receipt has {pr.given} prompt probe values for {pr.asked} draws"
+    if pr.status in ("consistent", "inconsistent"):
+        return (
+            f"; prompt probes {pr.status}: {pr.off} of {pr.asked} off by over 1 nat "
+            f"(largest {pr.largest:.2f}; sum {pr.total:.1f}, inconsistent from "
+            f"{pr.threshold:.1f})"
+        )
+    return ""
 
 
 def _print(ev: Evidence, path: Path, out: Recheck, as_json: bool) -> None:

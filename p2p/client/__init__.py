@@ -25,6 +25,8 @@ tools), and nothing a provider needs.
   signed receipts, checked against what was sent and received.
 - `spot_check.py`: re-scoring a finished segment on an independent provider of the same sha256
   (another peer id, preferably another /24), a third provider on disagreement; the verdict.
+- `check_window.py`: which positions a check scores (the first 8 and a random window) and so
+  how much of the answer the verifier is fed.
 - `background_checks.py`: the gateway's checks of a fraction of its requests, after the answer,
   at most two at a time.
 - `reputation.py`: the local standing of each (peer id, model), earned by verified work and lost

@@ -2,7 +2,8 @@
 
 An evidence file holds the provider's signed receipt, the request exactly as it was sent (the
 canonical wire encoding, base64, and a readable copy that is never read back), the seed, the
-output tokens and what each verifier scored. `gpunet verify FILE` recomputes the scores from the
+output tokens and what each verifier scored (its prompt-probe values too: the node's are in the
+receipt, the draws in the request). `gpunet verify FILE` recomputes the scores from the
 model alone and checks the receipt's signature: the file proves that *this* node signed *this*
 output for *this* request and model, and the model says whether the output is its own; nothing
 the reporter says (the verifiers' scores included) needs to be believed.
@@ -26,6 +27,7 @@ from typing import Any
 import attrs
 
 from crypto.receipts import MAX_RECEIPT_BYTES
+from inference.prompt_probes import MAX_PROBES
 from p2p.protocol import wire
 
 FORMAT = "gpunet-evidence"
@@ -52,6 +54,8 @@ class VerifierScore:
     score: float
     choice_margins: tuple[float, ...] = ()
     logprobs: tuple[float, ...] = ()
+    # Its values at the request's prompt probes (inference/prompt_probes.py), one per draw.
+    probe_logprobs: tuple[float, ...] = ()
 
 
 @attrs.frozen
@@ -105,6 +109,7 @@ def to_json(ev: Evidence) -> dict[str, Any]:
                 **attrs.asdict(v),
                 "choice_margins": [_float_out(x) for x in v.choice_margins],
                 "logprobs": [_float_out(x) for x in v.logprobs],
+                "probe_logprobs": [_float_out(x) for x in v.probe_logprobs],
             }
             for v in ev.verifiers
         ],
@@ -180,6 +185,7 @@ def _parse(body: dict[str, Any]) -> Evidence:
             score=_float_in(v["score"]),
             choice_margins=tuple(_float_in(x) for x in v["choice_margins"][:MAX_TOKENS]),
             logprobs=tuple(_float_in(x) for x in v["logprobs"][:MAX_TOKENS]),
+            probe_logprobs=tuple(_float_in(x) for x in v.get("probe_logprobs", [])[:MAX_PROBES]),
         )
         for v in raw_verifiers
     )

@@ -16,16 +16,22 @@ When no provider finishes, `generate` raises `AskError` with a code: `UNKNOWN_MO
 serves the model), `UNAVAILABLE` (none of those that do could serve it), `INTERNAL` (the stream
 broke after text was delivered and nobody could continue it: the serving side failed),
 `TIMEOUT` (the deadline passed), or the non-retryable code a provider refused it with.
+
+Every request carries prompt probes (inference/prompt_probes.py): `DEFAULT_PROBES` fresh draws
+from the OS's randomness unless the caller gave its own, drawn once here, so a failover replay
+(the same request) carries the same ones and each segment's receipt commits to them.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Sequence
 
 import attrs
 import trio
 
+from inference.prompt_probes import DEFAULT_PROBES
 from p2p.client.network import AskError, Client, describe_offer, lookup_key
 from p2p.client.provider_race import connect_first
 from p2p.client.ranking import (
@@ -84,7 +90,7 @@ async def generate(
     *on_segment* gets each provider's finished part with its receipt checked (p2p/client/
     segments.py): what a spot check re-checks (p2p/client/spot_check.py).
     """
-    attempt = _Attempt(client, request, on_text, on_provider, on_segment)
+    attempt = _Attempt(client, with_probes(request), on_text, on_provider, on_segment)
     with trio.move_on_after(math.inf if deadline_s is None else deadline_s):
         return await _generate(attempt, model, prefer)
     delivered = attempt.progress.chunks
@@ -94,6 +100,14 @@ async def generate(
         + (f"; {'; '.join(attempt.problems[-3:])}" if attempt.problems else ""),
         ErrorCode.TIMEOUT,
     )
+
+
+def with_probes(request: wire.Generate) -> wire.Generate:
+    """*request* with fresh probe draws, unless it has some: the node cannot know them before
+    it is asked, so it cannot compute only the positions they name."""
+    if request.probes:
+        return request
+    return attrs.evolve(request, probes=tuple(secrets.randbits(32) for _ in range(DEFAULT_PROBES)))
 
 
 async def _generate(attempt: _Attempt, model: str, prefer: str | None) -> wire.Done:

@@ -20,12 +20,21 @@ verdict:
 - "inconclusive": said as such, with the reason: no other provider of the file, too few tokens,
   a sampled request without a seed (not replayable), no verifier answered.
 
-Cost: a check feeds every token but asks for logits at only `CHECK_POSITIONS` of the node's own
-positions (the first `FIRST_POSITIONS` and a random rest, drawn here with the OS's randomness so
-the node cannot know which), since the output layer over the vocabulary is most of a check's
-work. The node's signed logprob commitments (crypto/receipts.py) are compared at those
-positions as well (inference/verification.py), which is what catches a dropped prompt prefix
-or a close quantization in one check even when its tokens are the model's choice.
+Cost: a check asks for logits at only `CHECK_POSITIONS` of the node's own positions (the first
+`FIRST_POSITIONS` and a random rest within a random window, drawn here with the OS's randomness
+so the node cannot know which), since the output layer over the vocabulary costs more per
+position than the rest of the model, and feeds the tokens up to the last of them only, since
+the prefill is most of what is left (p2p/client/check_window.py). The node's signed logprob
+commitments (crypto/receipts.py) are compared at those positions as well
+(inference/verification.py), which is what catches a dropped prompt prefix or a close
+quantization in one check even when its tokens are the model's choice.
+
+The node's signed prompt-probe values (the receipt's, at the positions the request's draws
+name: inference/prompt_probes.py) are judged against the verifier's (`Scores.probe_logprobs`):
+inconsistent probes make the check inconsistent whatever the output; a receipt without them
+(an older node, or one omitting them) is judged on its output, but a "consistent" check then
+does not count as verified work. (The ledger does not sum probe evidence yet: a caught
+probe check goes to a second verifier like any inconsistent one.)
 
 Whatever the verdict, the judged positions and mismatches also go into the (node, model) ledger
 (p2p/client/check_ledger.py via the reputation), which sums them over every checked request;
@@ -47,6 +56,8 @@ import trio
 from crypto.receipts import encode
 from inference.verification import CheckStat, judge
 from p2p.client.check_ledger import request_step
+from p2p.client.check_window import FIRST_POSITIONS as FIRST_POSITIONS  # read here by tools
+from p2p.client.check_window import check_positions
 from p2p.client.evidence import Evidence, VerifierScore, write_evidence
 from p2p.client.network import Client, lookup_key
 from p2p.client.ranking import Provider, rank_providers
@@ -67,7 +78,6 @@ CHECK_DEADLINE_S = 120.0
 # Positions judged per check (the rest are fed without logits), the first few always among them:
 # a dropped prefix shows most where the answer begins (measured: tools/bench_verification.py).
 CHECK_POSITIONS = 32
-FIRST_POSITIONS = 8  # a dropped prefix's commitments are furthest off in the first 16 or so
 
 
 @attrs.frozen
@@ -104,18 +114,18 @@ def independent(
 def score_request(
     segment: Segment, sample: int | None = None, rng: random.Random | None = None
 ) -> wire.Score:
-    """The Score that re-checks *segment*: its request with the effective seed, and every output
-    token through it (the replayed ones give the context its own tokens were made in). With
-    *sample*, logits at only that many of its own positions: its first `FIRST_POSITIONS` and
-    a random rest (the output layer is most of a check's cost; every token is still fed)."""
+    """The Score that re-checks *segment*: its request with the effective seed, and its output
+    tokens (the replayed ones give the context its own tokens were made in). With *sample*,
+    logits at only that many of its own positions, its first `FIRST_POSITIONS` and a random
+    rest within a random window, and the tokens up to the last of them only
+    (p2p/client/check_window.py: the prefill is most of a check's cost)."""
     request = attrs.evolve(segment.request, id=0, replay_tokens=(), seed=segment.seed)
     tokens = segment.output[:MAX_SCORE_TOKENS]
-    own = range(len(segment.request.replay_tokens), len(tokens))
+    start = len(segment.request.replay_tokens)
     only: tuple[int, ...] = ()
-    if sample is not None and sample < len(own):
-        first = min(FIRST_POSITIONS, sample)
-        rest = (rng or random.SystemRandom()).sample(own[first:], sample - first)
-        only = tuple(sorted([*own[:first], *rest]))
+    if sample is not None and sample < len(tokens) - start:
+        only, end = check_positions(start, len(tokens), sample, rng)
+        tokens = tokens[:end]
     return wire.Score(0, request, tokens, 0, only)
 
 
@@ -126,6 +136,14 @@ def commitments(segment: Segment) -> tuple[float | None, ...]:
         return ()
     committed = segment.receipt.receipt.committed()
     return committed if len(committed) == len(segment.tokens) else ()
+
+
+def probe_values(segment: Segment) -> tuple[float | None, ...]:
+    """The node's signed prompt-probe values (inference/prompt_probes.py); () when its receipt
+    has none or does not vouch for this segment."""
+    if segment.receipt is None or segment.problem:
+        return ()
+    return segment.receipt.receipt.probes()
 
 
 async def score_on(client: Client, provider: Provider, score: wire.Score) -> Scores | str:
@@ -163,6 +181,8 @@ def _judge(scores: Scores, segment: Segment) -> CheckStat:
         own,
         sampled=segment.request.temperature > 0,
         committed=[committed[p.index - replayed] for p in own] if committed else None,
+        probes=probe_values(segment),
+        verifier_probes=scores.probe_logprobs,
     )
     if segment.prompt_tokens and scores.prompt_tokens != segment.prompt_tokens:
         return attrs.evolve(stat, verdict="inconsistent")
@@ -191,6 +211,7 @@ def _told(provider: Provider, scores: Scores, stat: CheckStat) -> VerifierScore:
         stat.score,
         scores.choice_margins,
         scores.logprobs,
+        scores.probe_logprobs,
     )
 
 
@@ -257,7 +278,9 @@ async def _spot_check(
     if stat.verdict != "inconsistent":
         summary = _summary(provider, stat, scores, segment)
         flagged = _add_up(reputation, segment, [(provider, stat)])
-        if stat.verdict == "consistent" and reputation is not None:
+        # Without its prompt probes a node has not shown it computed the prompt: no credit.
+        proven = stat.probes.status != "missing"
+        if stat.verdict == "consistent" and proven and reputation is not None:
             reputation.record_verified(peer, sha)
         reason, caught = f"{summary}{flagged}", flagged.endswith("excluded")
         return result(stat.verdict, reason, verifiers=told, caught=caught)
@@ -340,10 +363,25 @@ def _summary(provider: Provider, stat: CheckStat, scores: Scores, segment: Segme
             f"; commitments {stat.committed_score:.1f} off of {stat.committed_n} positions, "
             f"inconsistent from {stat.committed_threshold:.1f}"
         )
+    prompt += _probe_clause(stat)
     return (
         f"{provider.record.peer_id[:12]} says {stat.verdict} "
         f"({stat.mismatches}/{stat.n} tokens off, score {score}{prompt})"
     )
+
+
+def _probe_clause(stat: CheckStat) -> str:
+    pr = stat.probes
+    if pr.status == "missing":
+        return "; no prompt probes from the node (not counted as verified work)"
+    if pr.status == "inconsistent" and pr.given != pr.asked:
+        return f"; {pr.given} prompt probe values for {pr.asked} draws"
+    if pr.status in ("consistent", "inconsistent"):
+        return (
+            f"; prompt probes {pr.status} ({pr.off}/{pr.asked} off by over 1 nat, "
+            f"largest {pr.largest:.2f})"
+        )
+    return ""
 
 
 def _evidence(segment: Segment, told: tuple[VerifierScore, ...]) -> Evidence:

@@ -8,6 +8,8 @@ CLI hands `run_node` an API starter instead.
   session: a task per request, `Reply` for its answers.
 - `serving.py` — serving one admitted request on a model's worker; faults become wire codes
   through `p2p.errors.code_of`.
+- `cheats.py` — the test-only cheats (docs/security.md): what a cheating node runs and what it
+  commits to instead, prompt probes included.
 - `chat_prompt.py` — a chat request's prompt on the node: messages and tools rendered with the
   model's template, tools refused for a model without them, the grammar of a forced call.
 - `embedding_serving.py` — serving an `Embed` request on an embedding model's worker.

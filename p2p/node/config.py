@@ -79,7 +79,8 @@ class NodeConfig:
     # (p2p/share/share_service.py).
     share_tamper: Callable[[int, bytes], bytes] | None = None
     # Tests only (GPUNET_TEST_CHEAT, read by p2p/cli/node.py; docs/security.md): "" (honest),
-    # "other-model:PATH", "random-tokens", "drop-prefix" or "lying-logprobs".
+    # "other-model:PATH", "random-tokens", "drop-prefix" or "lying-logprobs" (what each does, to
+    # the output and to the prompt probes: p2p/node/cheats.py).
     cheat: str = ""
 
 

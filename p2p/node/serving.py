@@ -13,13 +13,16 @@ receipts.py `pack_logprobs`): the worker is asked for logprobs (no alternatives)
 and the entries are sent on only when the client asked for them. Measured cost: one log-sum-exp
 over the vocabulary per token (tools/bench_verification.py --commit-cost).
 
-`ServedModel.cheat` (tests only, docs/security.md) makes the node lie on purpose.
+The receipt commits as well to the node's log-probability at each prompt position the request's
+probe draws name (inference/prompt_probes.py): proof that it computed the whole prompt.
+
+`ServedModel.cheat` (tests only, docs/security.md) makes the node lie on purpose
+(p2p/node/cheats.py).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 import attrs
@@ -30,6 +33,7 @@ from inference.generation import GenerationDone, GenerationRequest, WorkerBusy
 from inference.scoring import ScoreRequest
 from p2p.errors import BadRequest, ErrorCode, code_of
 from p2p.node.chat_prompt import chat_prompt
+from p2p.node.cheats import cheat_request, commitments, probe_commitments
 from p2p.node.connection import Reply
 from p2p.node.models import ServedModel
 from p2p.protocol import wire
@@ -69,30 +73,15 @@ def generation_request(msg: wire.Generate, served: ServedModel) -> GenerationReq
             grammar=grammar,
             logprobs=msg.logprobs,
             prompt_logprobs=msg.prompt_logprobs,
+            probes=msg.probes,
         )
     except ValueError as exc:  # the worker's own bounds (a seed, a replay as long as the limit)
         raise BadRequest(str(exc)) from exc
 
 
-def cheat_request(request: GenerationRequest, cheat: str) -> GenerationRequest:
-    """What a cheating node really runs for *request* (tests only; docs/security.md)."""
-    if cheat == "random-tokens":
-        return attrs.evolve(request, temperature=10.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
-    if cheat == "drop-prefix":
-        return attrs.evolve(request, prompt=request.prompt[len(request.prompt) // 2 :])
-    return request
-
-
 def committing(request: GenerationRequest) -> GenerationRequest:
     """*request* with the chosen tokens' log-probabilities computed (for the commitments)."""
     return request if request.logprobs >= 0 else attrs.evolve(request, logprobs=0)
-
-
-def commitments(entries: list[float | None], cheat: str) -> list[float | None]:
-    """What the receipt commits to: the worker's values, or made-up ones (tests only)."""
-    if cheat == "lying-logprobs":
-        return [-random.uniform(0.0, 5.0) for _ in entries]
-    return entries
 
 
 def signed_receipt(
@@ -102,9 +91,11 @@ def signed_receipt(
     item: GenerationDone,
     generated: list[int],
     logprobs: list[float | None] | None = None,
+    probes: tuple[float, ...] | None = None,
 ) -> bytes:
     """The receipt of one served segment: *generated* is every token this run produced,
-    *logprobs* the node's log-probability of each (None where it has none)."""
+    *logprobs* the node's log-probability of each (None where it has none), *probes* its values
+    at the prompt probes (default: the worker's, `item.probe_logprobs`)."""
     receipt = Receipt(
         peer_id=identity.peer_id,
         model_sha256=served.info.sha256,
@@ -116,6 +107,7 @@ def signed_receipt(
         output_tokens=tuple(generated),
         issued_at=time.time(),
         logprobs=pack_logprobs(logprobs) if logprobs else b"",
+        probe_logprobs=pack_logprobs(item.probe_logprobs if probes is None else probes),
     )
     return encode(sign_receipt(receipt, identity))
 
@@ -161,7 +153,9 @@ async def serve_on_worker(
     """Generate for *msg* on *served*'s worker, streaming to *reply*; the `Done` carries a
     receipt signed by *identity* (none without one)."""
     try:
-        request = cheat_request(generation_request(msg, served), served.cheat)
+        request, dropped = cheat_request(
+            generation_request(msg, served), served.cheat, str(served.worker.model_path)
+        )
         generated: list[int] = []
         entries: list[float | None] = []  # the committed log-probabilities, per generated token
         async with served.worker.generate(committing(request)) as stream:
@@ -173,7 +167,10 @@ async def serve_on_worker(
                     if identity is not None:
                         try:
                             lps = commitments(entries, served.cheat)
-                            receipt = signed_receipt(identity, served, msg, item, generated, lps)
+                            probes = probe_commitments(item.probe_logprobs, served.cheat, dropped)
+                            receipt = signed_receipt(
+                                identity, served, msg, item, generated, lps, probes
+                            )
                         except ValueError:  # a bug of ours: the answer still goes out, unsigned
                             log.exception("could not sign the receipt")
                     await reply.send(done_message(msg.id, item, receipt))

@@ -37,6 +37,7 @@ from inference.generation import MAX_TOP_K as MAX_TOP_K
 from inference.generation import MIN_REPEAT_PENALTY as MIN_REPEAT_PENALTY
 from inference.generation import MIN_TOP_P as MIN_TOP_P
 from inference.generation import MIN_TYPICAL_P as MIN_TYPICAL_P
+from inference.prompt_probes import DRAW_SPAN, MAX_PROBES
 from inference.token_logprobs import MAX_TOP_LOGPROBS as MAX_TOP_LOGPROBS
 from p2p.protocol import tool_wire
 from p2p.protocol.tool_wire import ToolCallMessage
@@ -103,6 +104,9 @@ class Generate:
     tools: str = ""
     tool_choice: str = "auto"
     parallel_tool_calls: bool = True
+    # Prompt probes: the client's draws naming prompt positions whose log-probabilities the
+    # node's receipt commits to (inference/prompt_probes.py).
+    probes: tuple[int, ...] = ()
 
 
 def generate_body(msg: Generate) -> dict[str, Any]:
@@ -115,6 +119,7 @@ def generate_body(msg: Generate) -> dict[str, Any]:
     ]
     body["replay_tokens"] = list(msg.replay_tokens)
     body["logit_bias"] = [[token, bias] for token, bias in msg.logit_bias]
+    body["probes"] = list(msg.probes)
     return body
 
 
@@ -171,7 +176,15 @@ def decode_generate(f: Fields) -> Generate:
         tools=tools,
         tool_choice=tool_wire.decode_tool_choice(f, tools),
         parallel_tool_calls=f.flag("parallel_tool_calls", True),
+        probes=_probes(f),
     )
+
+
+def _probes(f: Fields) -> tuple[int, ...]:
+    draws = f.array("probes", MAX_PROBES)
+    if not all(is_int(d, 0, DRAW_SPAN - 1) for d in draws):
+        f.fail("probes", f"probes: whole numbers from 0 to {DRAW_SPAN - 1}")
+    return tuple(draws)
 
 
 def _logit_bias(f: Fields) -> tuple[tuple[int, float], ...]:

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, Protocol
 
 import attrs
 
+from inference.prompt_probes import MAX_PROBES
 from inference.scoring import MAX_SCORE_TOKENS as MAX_SCORE_TOKENS
 from inference.scoring import MAX_TOP_LOGPROBS as MAX_TOP_LOGPROBS
 from inference.scoring import PositionScore, ScoreResult
@@ -68,6 +69,9 @@ class Scores:
     seconds: float
     # Each scored token's index among the request's tokens (empty: 0, 1, 2, ..., all scored).
     indices: tuple[int, ...] = ()
+    # The verifier's value at each prompt probe of the request (inference/prompt_probes.py), in
+    # the draws' order: at most MAX_PROBES log-probabilities; () when it had none to compute.
+    probe_logprobs: tuple[float, ...] = ()
 
     def index(self, i: int) -> int:
         return self.indices[i] if self.indices else i
@@ -109,6 +113,10 @@ def scores_message(request_id: int, result: ScoreResult) -> Scores:
         ),
         seconds=_clamp(result.seconds, 0.0, 1e6),
         indices=_indices_of(ps),
+        probe_logprobs=tuple(
+            MIN_LOGPROB if math.isnan(v) else _clamp(v, MIN_LOGPROB, 0.0)
+            for v in result.probe_logprobs[:MAX_PROBES]
+        ),
     )
 
 
@@ -138,6 +146,7 @@ def scores_body(msg: Scores) -> dict[str, Any]:
         "top_logprobs": [list(t) for t in msg.top_logprobs],
         "seconds": msg.seconds,
         "indices": list(msg.indices),
+        "probe_logprobs": list(msg.probe_logprobs),
     }
 
 
@@ -198,6 +207,10 @@ def decode_scores(f: FieldReader, request_id: int) -> Scores:
         top_logprobs=tuple(top_lps),
         seconds=f.number("seconds", 0.0, 1e6),
         indices=_indices(f, "indices", n, MAX_SCORE_TOKENS, exact=True),
+        probe_logprobs=tuple(
+            _float(f, "probe_logprobs", v, MIN_LOGPROB, 0.0, inf=False)
+            for v in f.array("probe_logprobs", MAX_PROBES)
+        ),
     )
 
 

@@ -196,3 +196,33 @@ def test_commitments_of_another_length_are_refused(logprobs: bytes) -> None:
     empty = msgpack.packb([*fields[:10], b"", fields[10]], use_bin_type=True)
     with pytest.raises(ReceiptError):  # one receipt, one encoding
         decode(empty)
+
+
+def test_probe_commitments_are_signed_and_round_trip_with_or_without_logprobs() -> None:
+    identity = Identity.generate()
+    probes = pack_logprobs([-1.5, -0.125, -7.0])
+    for logprobs in (b"", pack_logprobs([-0.5, -0.25, -1.0, -2.0])):
+        signed = sign_receipt(
+            _receipt(identity, logprobs=logprobs, probe_logprobs=probes), identity
+        )
+        data = encode(signed)
+        assert len(msgpack.unpackb(data, raw=False)) == 13
+        again = decode(data)
+        assert again == signed and again.verify()
+        assert again.receipt.probes() == (-1.5, -0.125, -7.0)
+        # Changing or stripping the probes breaks the signature.
+        other = attrs.evolve(signed.receipt, probe_logprobs=pack_logprobs([-1.5, -0.125, -6.0]))
+        assert not SignedReceipt(other, signed.signature).verify()
+        stripped = attrs.evolve(signed.receipt, probe_logprobs=b"")
+        assert not SignedReceipt(stripped, signed.signature).verify()
+
+
+@pytest.mark.parametrize("probes", [b"\x00", b"\x00\x00" * 17])
+def test_probe_commitments_out_of_bounds_are_refused(probes: bytes) -> None:
+    identity = Identity.generate()
+    with pytest.raises(ValueError, match="probe_logprobs"):
+        _receipt(identity, probe_logprobs=probes)
+    fields = msgpack.unpackb(encode(sign_receipt(_receipt(identity), identity)), raw=False)
+    bad = msgpack.packb([*fields[:10], b"", probes, fields[10]], use_bin_type=True)
+    with pytest.raises(ReceiptError):
+        decode(bad)

@@ -140,7 +140,7 @@ def test_no_drafts_in_a_full_batch_whose_rows_cost_much_and_guesses_fail() -> No
     assert choose(online, 12, 16, 8, failing()) == 0
     # what the start-up curve alone would have done with the same guesses: drafted
     for stats in (low, failing()):
-        start_up = DraftPolicy(online.base)
+        start_up = DraftPolicy(online.base, margin=0.0)
         start_up.begin_step(8, 8)
         assert start_up.choose(8, 8, stats) > 0
 

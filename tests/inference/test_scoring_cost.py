@@ -1,7 +1,7 @@
 """A check's cost (inference/scoring.py, tools/bench_check_cost.py): a sampled check feeds every
-token and scores its positions as a check of more positions does, bit for bit; the softmax's
-scratch buffer changes no value; the benchmark asks for the positions a spot check
-asks for and reports every part of a check's time."""
+token it is given and scores its positions as a check of more positions does, bit for bit; the
+softmax's scratch buffer changes no value; the benchmark asks for the positions (and the feed) a
+spot check asks for and reports every part of a check's time and the window's noise."""
 
 from __future__ import annotations
 
@@ -78,10 +78,11 @@ def test_the_scratch_buffer_changes_no_value(top: int) -> None:
 def test_the_benchmark_checks_what_a_spot_check_asks_for() -> None:
     rng = random.Random(5)
     for n in (CHECK_POSITIONS + 1, 128, 400):
-        only = bench_check_cost.check_positions(n, rng)
+        only, end = bench_check_cost.check_positions(n, rng)
         assert len(only) == CHECK_POSITIONS and list(only) == sorted(set(only))
-        assert only[:FIRST_POSITIONS] == tuple(range(FIRST_POSITIONS)) and only[-1] < n
-    assert bench_check_cost.check_positions(CHECK_POSITIONS, rng) == ()  # all of them
+        assert only[:FIRST_POSITIONS] == tuple(range(FIRST_POSITIONS)) and only[-1] == end - 1
+        assert end <= n
+    assert bench_check_cost.check_positions(CHECK_POSITIONS, rng) == ((), CHECK_POSITIONS)
     kinds = [kind for kind, _ in bench_check_cost.requests(8, 3)]
     assert kinds == [f"{k} {m}" for k in ("code", "prose", "chat") for m in ("greedy", "T0.8")]
 
@@ -101,3 +102,7 @@ def test_the_benchmark_reports_every_part(
     assert set(bench_check_cost.PARTS) < set(parts)
     assert parts["llama_decode"] > 0 and parts["total"] >= parts["llama_decode"]
     assert report["baseline"]["checks"] == report["baseline"]["identical_scores"] == 2
+    # the window against the whole feed, judged with the node's commitments
+    noise = report["window_noise"]
+    assert noise["checks"] == 2 and noise["max_logprob_gap"] >= 0
+    assert 0 < report["fed_fraction"] <= 1 and report["whole_feed_check_vs_generation_wall"] > 0
