@@ -64,6 +64,24 @@ class ProbeStat:
     threshold: float = 0.0  # the sum from which the probes are inconsistent
     largest: float = 0.0  # the largest |d| (nats)
 
+    def clause(self, *, detailed: bool = False) -> str:
+        """What the probes showed, as a clause a verdict's reason ends with ("" for none);
+        *detailed* adds the sum and its threshold (`gpunet verify`)."""
+        if self.status == "missing":
+            return (
+                f"; the receipt has no values for the request's {self.asked} prompt probes "
+                "(not counted as verified work)"
+            )
+        if self.status == "inconsistent" and self.given != self.asked:
+            return f"; the receipt has {self.given} prompt probe values for {self.asked} draws"
+        if self.status not in ("consistent", "inconsistent"):
+            return ""
+        sums = f"; sum {self.total:.1f}, inconsistent from {self.threshold:.1f}" if detailed else ""
+        return (
+            f"; prompt probes {self.status} ({self.off}/{self.asked} off by over 1 nat, "
+            f"largest {self.largest:.2f}{sums})"
+        )
+
 
 def _clamp(v: float) -> float:
     return min(0.0, max(MIN_VALUE, v))

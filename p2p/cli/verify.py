@@ -29,7 +29,6 @@ from inference.batching import BatchingWorker
 from inference.generation import GenerationError, PromptTooLong
 from inference.model_cache import model_cache_dir
 from inference.model_file import ModelFileError, ModelInfo, inspect_gguf
-from inference.probe_stat import ProbeStat
 from inference.scoring import MAX_SCORE_TOKENS, ScoreRequest
 from inference.verification import judge
 from p2p.cli.common import CommandError
@@ -137,7 +136,7 @@ async def recheck(ev: Evidence, info: ModelInfo, n_threads: int) -> Recheck:
     )
     off = f"{stat.mismatches} of {stat.n} tokens are not the model's choice"
     verdict, reason = stat.verdict, f"{off} (score {stat.score:.3g})"
-    reason += _probe_reason(stat.probes)
+    reason += stat.probes.clause(detailed=True)
     if receipt_prompt and result.prompt_tokens != receipt_prompt:
         verdict = "inconsistent"
         reason += f"; the prompt is {result.prompt_tokens} tokens, the node signed {receipt_prompt}"
@@ -160,20 +159,6 @@ async def recheck(ev: Evidence, info: ModelInfo, n_threads: int) -> Recheck:
         stat.probes.off,
         stat.probes.asked,
     )
-
-
-def _probe_reason(pr: ProbeStat) -> str:
-    if pr.status == "missing":
-        return f"; the receipt has no values for the request's {pr.asked} prompt probes"
-    if pr.status == "inconsistent" and pr.given != pr.asked:
-        return f"; the receipt has {pr.given} prompt probe values for {pr.asked} draws"
-    if pr.status in ("consistent", "inconsistent"):
-        return (
-            f"; prompt probes {pr.status}: {pr.off} of {pr.asked} off by over 1 nat "
-            f"(largest {pr.largest:.2f}; sum {pr.total:.1f}, inconsistent from "
-            f"{pr.threshold:.1f})"
-        )
-    return ""
 
 
 def _print(ev: Evidence, path: Path, out: Recheck, as_json: bool) -> None:

@@ -363,25 +363,11 @@ def _summary(provider: Provider, stat: CheckStat, scores: Scores, segment: Segme
             f"; commitments {stat.committed_score:.1f} off of {stat.committed_n} positions, "
             f"inconsistent from {stat.committed_threshold:.1f}"
         )
-    prompt += _probe_clause(stat)
+    prompt += stat.probes.clause()
     return (
         f"{provider.record.peer_id[:12]} says {stat.verdict} "
         f"({stat.mismatches}/{stat.n} tokens off, score {score}{prompt})"
     )
-
-
-def _probe_clause(stat: CheckStat) -> str:
-    pr = stat.probes
-    if pr.status == "missing":
-        return "; no prompt probes from the node (not counted as verified work)"
-    if pr.status == "inconsistent" and pr.given != pr.asked:
-        return f"; {pr.given} prompt probe values for {pr.asked} draws"
-    if pr.status in ("consistent", "inconsistent"):
-        return (
-            f"; prompt probes {pr.status} ({pr.off}/{pr.asked} off by over 1 nat, "
-            f"largest {pr.largest:.2f})"
-        )
-    return ""
 
 
 def _evidence(segment: Segment, told: tuple[VerifierScore, ...]) -> Evidence:

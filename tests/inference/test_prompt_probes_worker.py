@@ -18,9 +18,10 @@ from inference.generation import GenerationDone, GenerationRequest
 from inference.probe_rows import SPARE_SEQS
 from inference.prompt_probes import DEFAULT_PROBES, DRAW_SPAN, probe_positions
 
-# Honest noise between a probe row and the prefill's row of the same position: the batch
-# differs (one row against a chunk), nothing else.
-TOLERANCE = 1e-3
+# A probe row decoded alone and the same row in a prefill chunk differ by the kernels a batch
+# picks (honest noise: median 0.00025 nats, largest 0.034 on the default model; the tiny one
+# can be noisier); a wrong token or position is off by whole nats.
+TOLERANCE = 0.05
 PROMPT = "The quick brown fox jumps over the lazy dog while the cat sleeps on the mat. " * 3
 
 
