@@ -18,6 +18,8 @@ Requests and answers (pure data, no llama.cpp, no trio):
   features llama-cpp-python's converter would not enforce refused by name.
 - `token_logprobs.py` — `TokenLogprob`: a token's log-probability and top alternatives from the
   raw logits (OpenAI's `logprobs`).
+- `normalizer_pool.py` — a decode step's log-sum-exps (commitments, probes) shared with one
+  helper thread where cores are idle (a GPU's decode); off on the CPU, where it did not pay.
 - `embedding.py` — embedding requests and results and their bounds.
 - `speculation.py` — `NgramDrafter`: draft tokens for greedy speculation from repeats.
 - `scoring.py` — `ScoreRequest` / `ScoreResult`: given tokens teacher-forced after a prompt,

@@ -16,6 +16,7 @@ import attrs
 from inference.draft_policy import DraftPolicy, DraftStats
 from inference.generation import GenerationDone, GenerationError, GenerationRequest, check_fits
 from inference.llama_lowlevel import LoadedModel, Sampler, check_replay
+from inference.normalizer_pool import Normalizer, in_this_thread
 from inference.probe_rows import PromptProbes, SpareSeqs
 from inference.prompt_logprobs import (
     PROMPT_ROWS_PER_STEP,
@@ -187,24 +188,46 @@ class BatchSequence:
         self.drafted += len(self.draft)
         return len(self.draft)
 
-    def advance(self, model: LoadedModel, now: float, send: Send) -> str | None:
+    def normalized_rows(self) -> list[int]:
+        """The batch indexes whose log-sum-exp `advance` will certainly compute this step, in
+        the order it does (probe rows, then its token's row when it asks for logprobs): what
+        inference/normalizer_pool.py shares with its helper thread. Draft rows are not
+        certain (only kept ones are read), nor a replayed token's or an echo's."""
+        rows = [index for _, index in self.probes.rows] if self.probes is not None else []
+        request = self.request
+        if (
+            self.held is None
+            and self.out >= 0
+            and self.prompt_scores is None
+            and request.logprobs >= 0
+            and self.completion >= len(request.replay_tokens)
+        ):
+            rows.append(self.out)
+        return rows
+
+    def advance(
+        self, model: LoadedModel, now: float, send: Send, norm: Normalizer | None = None
+    ) -> str | None:
         """Take this step's tokens: the one its next token predicts, then each draft token
         while it is the token the model chose before it, whose cells and logits are then
-        already there. The finish reason when it is done (held back while probes are due)."""
+        already there. The finish reason when it is done (held back while probes are due).
+        `norm` gives a row's log-sum-exp (inference/normalizer_pool.py); by default this
+        thread computes it."""
+        norm = in_this_thread(model) if norm is None else norm
         if self.probes is not None and self.probes.rows:
-            self.probes.read(model, self.prompt)
+            self.probes.read(model, self.prompt, norm)
         if self.held is not None or self.out < 0:  # a step of probe rows only
             return self._unless_probing(self.held)
         if self.prompt_scores is not None and self.prompt_scores.rows:
             self.prompt_scores.read(model, self.prompt)
             if self.prefilled < len(self.prompt):
                 return None  # a chunk of the prompt, not yet its end
-        finish = self._take(model, self.out, now, send)
+        finish = self._take(model, self.out, now, send, norm)
         kept = 0
         while finish is None and kept < len(self.draft) and self.next_token == self.draft[kept]:
             self.fed.append(self.draft[kept])
             self.next_token = None
-            finish = self._take(model, self.draft_out + kept, now, send)
+            finish = self._take(model, self.draft_out + kept, now, send, norm)
             kept += 1
         if kept < len(self.draft):  # the rest were wrong or not needed: out of the cache
             model.forget_from(self.seq_id, len(self.prompt) + len(self.fed))
@@ -221,7 +244,9 @@ class BatchSequence:
             return None
         return finish
 
-    def _take(self, model: LoadedModel, out: int, now: float, send: Send) -> str | None:
+    def _take(
+        self, model: LoadedModel, out: int, now: float, send: Send, norm: Normalizer
+    ) -> str | None:
         """The token at batch index `out`; the finish reason when the sequence is done."""
         request = self.request
         if self.completion < len(request.replay_tokens):
@@ -240,7 +265,8 @@ class BatchSequence:
         self.last = now
         entry = None
         if request.logprobs >= 0:  # kept draft tokens too: their logits are at `out`
-            entry = token_logprob(model.logits(out), token, request.logprobs, model.piece)
+            logits = model.logits(out)
+            entry = token_logprob(logits, token, request.logprobs, model.piece, norm(out))
         chunk = self.assembler.add(token, model.piece(token), entry)
         if chunk is not None:
             send(self.job, chunk)
@@ -270,3 +296,8 @@ class BatchSequence:
             prompt_first=scores.first if scores else b"",
             probe_logprobs=self.probes.result() if self.probes else (),
         )
+
+
+def step_rows(active: list[BatchSequence]) -> list[int]:
+    """The step's certain normalizer rows, sequence by sequence in the scheduler's order."""
+    return [index for seq in active if seq.due for index in seq.normalized_rows()]

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import trio
 
-from inference.batch_sequence import BatchSequence, may_draft, prepare
+from inference.batch_sequence import BatchSequence, may_draft, prepare, step_rows
 from inference.draft_policy import DraftPolicy
 from inference.generation import (
     GenerationError,
@@ -52,6 +52,7 @@ from inference.generation import (
     WorkerLoad,
 )
 from inference.llama_lowlevel import DEFAULT_N_BATCH, LoadedModel
+from inference.normalizer_pool import NormalizerPool, helper_wanted
 from inference.online_step_costs import OnlineStepCosts
 from inference.prefix_cache import PrefixCache
 from inference.probe_rows import SPARE_SEQS, SpareSeqs
@@ -137,6 +138,7 @@ class BatchingWorker(ThreadOwnedWorker):
         self.step_costs: OnlineStepCosts | None = None  # the policy's, corrected as served
         self._cache = PrefixCache()
         self._spares = SpareSeqs(slots)  # sequence ids for prompt probes (probe_rows.py)
+        self._norms = NormalizerPool(helper_wanted(n_threads, gpu_layers=n_gpu_layers))
 
     @property
     def load(self) -> WorkerLoad:
@@ -268,6 +270,7 @@ class BatchingWorker(ThreadOwnedWorker):
             for item in backlog:
                 self._refuse(item)
             self._flush()
+            self._norms.close()
             model.close()
 
     def _take_queued(self, backlog: list[WorkItem]) -> bool:
@@ -440,11 +443,12 @@ class BatchingWorker(ThreadOwnedWorker):
             if status != 0:
                 raise GenerationError(f"llama_decode failed with status {status}")
             now = time.perf_counter()
-            for seq in list(active):
-                if seq.due:  # logits to read: its tokens, prompt scores or probes
-                    finish = seq.advance(model, now, self._to_trio)
-                    if finish is not None:
-                        self._retire(model, seq, finish, free, active)
+            with self._norms.step(model, step_rows(active)) as norm:
+                for seq in list(active):
+                    if seq.due:  # logits to read: its tokens, prompt scores or probes
+                        finish = seq.advance(model, now, self._to_trio, norm)
+                        if finish is not None:
+                            self._retire(model, seq, finish, free, active)
             if timed and self.step_costs is not None:  # the policy's costs follow the load
                 self.step_costs.observe(rows, time.perf_counter() - started)
         except Exception as e:  # the batch's requests fail; the worker serves on

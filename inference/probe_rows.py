@@ -28,7 +28,9 @@ always finds a cell. When the spare ids are all lent (several requests starting 
 the others wait for the next step; so do they when the batch has no room left.
 
 Values are exactly `token_logprob`'s: logits[t] − log_normalizer(logits), natural log, raw
-softmax over the whole vocabulary (no sampler filters). Scheduler thread only.
+softmax over the whole vocabulary (no sampler filters); the log-sum-exp may be computed by
+the worker's helper thread (inference/normalizer_pool.py: the same value, or within 1e-12
+relative for a row split in parts). Scheduler thread only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import attrs
 
 from inference.llama_lowlevel import LoadedModel
+from inference.normalizer_pool import Normalizer
 from inference.prompt_probes import MAX_PROBES, probe_positions
 from inference.token_logprobs import token_logprob
 
@@ -110,10 +113,13 @@ class PromptProbes:
         self.pending.remove(pos)
         self.rows.append((pos, index))
 
-    def read(self, model: LoadedModel, prompt: list[int]) -> None:
-        """After the decode: the value of each row fed this step."""
+    def read(self, model: LoadedModel, prompt: list[int], norm: Normalizer | None = None) -> None:
+        """After the decode: the value of each row fed this step. `norm` gives a row's
+        log-sum-exp (inference/normalizer_pool.py shares them with a helper thread)."""
         for pos, index in self.rows:
-            entry = token_logprob(model.logits(index), prompt[pos + 1], 0, model.piece)
+            logits = model.logits(index)
+            given = None if norm is None else norm(index)
+            entry = token_logprob(logits, prompt[pos + 1], 0, model.piece, given)
             self.values[pos] = entry.logprob
         self.rows = []
 

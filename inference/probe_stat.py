@@ -64,6 +64,14 @@ class ProbeStat:
     threshold: float = 0.0  # the sum from which the probes are inconsistent
     largest: float = 0.0  # the largest |d| (nats)
 
+    def evidence(self) -> tuple[int, float]:
+        """What these probes give a ledger (p2p/client/check_ledger.py): (probes judged, the sum
+        of their normalized deltas); (0, 0.0) without values, or with a count that differs
+        (the check is inconsistent by itself then)."""
+        if self.status not in ("consistent", "inconsistent") or self.given != self.asked:
+            return 0, 0.0
+        return self.asked, self.total
+
     def clause(self, *, detailed: bool = False) -> str:
         """What the probes showed, as a clause a verdict's reason ends with ("" for none);
         *detailed* adds the sum and its threshold (`gpunet verify`)."""
@@ -148,7 +156,18 @@ def probe_llr(stat: ProbeStat, cheat_scale: float = 5.0) -> float:
     """The log e-value of consistent/inconsistent probes for a ledger: honest Exp(1) against a
     cheat's Exp(mean *cheat_scale*) per normalized delta, sum of x (1 - 1/theta) - ln theta; its
     exp has mean <= 1 under the honest assumption (the ratio grows with x). 0 without values."""
-    if stat.status not in ("consistent", "inconsistent") or stat.given != stat.asked:
+    return sum_llr(*stat.evidence(), cheat_scale)
+
+
+def sum_llr(m: int, total: float, cheat_scale: float) -> float:
+    """`probe_llr` from its counts: m probes whose normalized deltas sum to *total*.
+
+    Per probe the likelihood ratio of Exp(mean theta) to Exp(1) at x is e^(x (1 - 1/theta)) /
+    theta, increasing in x; under Exp(1) its mean is exactly 1, so under any honest delta below
+    Exp(1) (the module's assumption) it is <= 1, and the product over independent probes too.
+    *total* is clamped to [0, m * MAX_DELTA / NOISE_SCALE] (the most a judged request can sum),
+    which only lowers the ratio."""
+    if m <= 0 or not math.isfinite(total) or cheat_scale <= 1.0:
         return 0.0
-    total = min(stat.total, stat.asked * MAX_DELTA / NOISE_SCALE)
-    return total * (1.0 - 1.0 / cheat_scale) - stat.asked * math.log(cheat_scale)
+    total = min(max(total, 0.0), m * MAX_DELTA / NOISE_SCALE)
+    return total * (1.0 - 1.0 / cheat_scale) - m * math.log(cheat_scale)

@@ -95,12 +95,30 @@ def log_normalizer(logits: np.ndarray[Any, Any]) -> float:
     return peak + float(np.log(np.exp(shifted, out=shifted).sum(dtype=np.float64)))
 
 
+def partial_exp_sum(
+    logits: np.ndarray[Any, np.dtype[np.float32]], peak: float, lo: int, hi: int
+) -> float:
+    """sum(exp(logits[lo:hi] - peak)) in float64, for a float32 row split between threads
+    (inference/normalizer_pool.py): each exponential is the same float32 value as in
+    `log_normalizer` given the row's own peak, so only the order of the float64 additions
+    differs (relative ~1e-16). The scratch is this thread's whole-row buffer, sliced, so
+    parts and whole rows in one thread do not reallocate it."""
+    part = _buffer(logits.shape[0])[: hi - lo]
+    shifted = np.subtract(logits[lo:hi], np.float32(peak), out=part)
+    return float(np.exp(shifted, out=shifted).sum(dtype=np.float64))
+
+
 def token_logprob(
-    logits: np.ndarray[Any, Any], token: int, n_top: int, piece: Callable[[int], bytes]
+    logits: np.ndarray[Any, Any],
+    token: int,
+    n_top: int,
+    piece: Callable[[int], bytes],
+    norm: float | None = None,
 ) -> TokenLogprob:
     """The entry of `token` chosen at a step whose logits are `logits`, with `n_top` (0..20)
-    alternatives; `piece` gives a token's text."""
-    norm = log_normalizer(logits)
+    alternatives; `piece` gives a token's text. `norm`, when given, is the row's
+    `log_normalizer`, computed already (by inference/normalizer_pool.py's helper thread)."""
+    norm = log_normalizer(logits) if norm is None else norm
     top = tuple(
         Alternative(int(t), piece(int(t)), _finite(float(logits[t]) - norm))
         for t in top_tokens(logits, n_top)

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from inference.prompt_probes import DEFAULT_PROBES, MAX_PROBES
 from p2p.node_setting_kinds import Hours, Size
 from p2p.setting_kinds import (
     Address,
@@ -126,6 +127,15 @@ SETTINGS: tuple[Setting, ...] = (
         "background (docs/security.md). A check costs about a quarter of generating on a CPU "
         "verifier (docs/benchmarks.md), so 0.13 adds about 3-4 % compute and catches a node "
         "serving another model within 50 requests; 0 checks nothing, 1 every request.",
+        commands=(NODE, GATEWAY, "ask"),
+    ),
+    Setting(
+        "probes", Whole(0, MAX_PROBES), DEFAULT_PROBES,
+        "Prompt probes per request sent (by ask, the gateway, node --api): random prompt "
+        "positions whose log-probability the serving node signs, so a spot check sees whether "
+        "it computed the whole prompt. They cost the node about 2-5 % of a request on a CPU. 0 "
+        "sends none: the node computes no extra rows, and spot checks can no longer catch a "
+        "node that skips part of the prompt (docs/security.md).",
         commands=(NODE, GATEWAY, "ask"),
     ),
     Setting(

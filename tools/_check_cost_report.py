@@ -1,11 +1,17 @@
-"""tools/bench_check_cost.py's records and report: one checked request (`Claim`), the window's
-noise against the whole feed on it (`window_noise`, over every check `noise_summary`), and the
-report as text (`print_report`). A sibling module, to keep the benchmark's file short."""
+"""tools/bench_check_cost.py's records and report: one checked request (`Claim`), a check's
+knobs (`Knobs`: positions, prompt probes judged, window span), the window's noise against the
+whole feed on it (`window_noise`, over every check `noise_summary`), the medians (`ratios`,
+`also_summary`), the --baseline module's loading and comparison of scores, and the report as
+text (`print_report`). A sibling module, to keep the benchmark's file short."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import math
 import statistics
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -13,6 +19,32 @@ import attrs
 from inference.generation import GenerationRequest
 from inference.scoring import ScoreResult
 from inference.verification import CheckStat, judge
+from p2p.client.check_window import WINDOW_SPAN
+
+
+@attrs.frozen
+class Knobs:
+    """What one check scores: answer positions, prompt probes judged (of the request's), the
+    window's span (p2p/client/check_window.py)."""
+
+    positions: int
+    probes: int
+    span: int = WINDOW_SPAN
+
+    @property
+    def name(self) -> str:
+        return f"{self.positions}:{self.probes}:{self.span}"
+
+    @classmethod
+    def parse(cls, text: str) -> Knobs:
+        """From "POSITIONS:PROBES[:SPAN]" (ValueError with the reason otherwise)."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+            raise ValueError(f"{text!r}: expected POSITIONS:PROBES or POSITIONS:PROBES:SPAN")
+        values = [int(p) for p in parts]
+        if values[0] < 1 or (len(values) == 3 and values[2] < 1):
+            raise ValueError(f"{text!r}: at least one position, in a span of at least one")
+        return cls(*values)
 
 
 @attrs.define
@@ -34,12 +66,25 @@ class Claim:
     noise: dict[str, Any] = attrs.Factory(dict)
     full_wall: float = 0.0
     full_cpu: float = 0.0
+    probes: tuple[float | None, ...] = ()  # the node's signed probe values, one per draw
+    pick: tuple[int, ...] = ()  # the draws the main check judges
+    # Per `Knobs.name` of --also: (wall s, CPU s, rows with logits, verdict).
+    also: dict[str, tuple[float, float, int, str]] = attrs.Factory(dict)
 
 
-def judged(claim: Claim, result: ScoreResult) -> CheckStat:
-    """The verdict of spot_check's statistic on `result`, with the node's commitments."""
+def judged(claim: Claim, result: ScoreResult, pick: tuple[int, ...] | None = None) -> CheckStat:
+    """The verdict of spot_check's statistic on `result`, with the node's commitments and its
+    probe values at the draws *pick* names (default: the main check's)."""
     committed = [claim.committed[p.index] for p in result.positions]
-    return judge(result.positions, sampled=claim.request.temperature > 0, committed=committed)
+    chosen = claim.pick if pick is None else pick
+    probes = tuple(claim.probes[i] for i in chosen) if claim.probes else ()
+    return judge(
+        result.positions,
+        sampled=claim.request.temperature > 0,
+        committed=committed,
+        probes=probes,
+        verifier_probes=result.probe_logprobs,
+    )
 
 
 def window_noise(claim: Claim, window: ScoreResult, whole: ScoreResult) -> dict[str, Any]:
@@ -71,7 +116,7 @@ def noise_summary(claims: list[Claim]) -> dict[str, Any]:
     noise = [c.noise for c in claims]
 
     def worst(key: str) -> float:
-        return round(max(n[key] for n in noise), 4)
+        return round(float(max(n[key] for n in noise)), 4)
 
     def not_consistent(feed: str) -> list[str]:
         return [
@@ -99,14 +144,95 @@ def noise_summary(claims: list[Claim]) -> dict[str, Any]:
     }
 
 
+def also_summary(claims: list[Claim]) -> dict[str, Any]:
+    """Per --also knobs: medians of the check's wall and CPU against generating, and of its
+    ratio to the main check's (the same request, measured in alternation), its rows with logits
+    and the verdicts that were not "consistent" (false ones: the node is honest)."""
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
+
+    out: dict[str, Any] = {}
+    for name in claims[0].also if claims else ():
+        wall, cpu, rows, verdict = zip(*(c.also[name] for c in claims), strict=True)
+        out[name] = {
+            "check_vs_generation_wall": median(
+                [w / c.gen_wall for w, c in zip(wall, claims, strict=True)]
+            ),
+            "check_vs_generation_cpu": median(
+                [u / c.gen_cpu for u, c in zip(cpu, claims, strict=True)]
+            ),
+            "vs_main_check_wall": median(
+                [w / c.check_wall for w, c in zip(wall, claims, strict=True)]
+            ),
+            "vs_main_check_cpu": median(
+                [u / c.check_cpu for u, c in zip(cpu, claims, strict=True)]
+            ),
+            "rows_with_logits": median([float(r) for r in rows]),
+            "not_consistent": [
+                f"{c.kind}: {v}" for v, c in zip(verdict, claims, strict=True) if v != "consistent"
+            ],
+        }
+    return out
+
+
+def ratios(claims: list[Claim]) -> dict[str, float]:
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 4)
+
+    return {
+        "check_vs_generation_wall": median([c.check_wall / c.gen_wall for c in claims]),
+        "check_vs_generation_cpu": median([c.check_cpu / c.gen_cpu for c in claims]),
+        "whole_feed_check_vs_generation_wall": median([c.whole_wall / c.gen_wall for c in claims]),
+        "whole_feed_check_vs_generation_cpu": median([c.whole_cpu / c.gen_cpu for c in claims]),
+        "window_vs_whole_feed_wall": median([c.check_wall / c.whole_wall for c in claims]),
+        "fed_fraction": median([c.end / len(c.tokens) for c in claims]),
+        "full_check_vs_generation_wall": median([c.full_wall / c.gen_wall for c in claims]),
+        "full_check_vs_generation_cpu": median([c.full_cpu / c.gen_cpu for c in claims]),
+        "generation_wall_s": median([c.gen_wall for c in claims]),
+        "generation_first_token_s": median([c.first_token_s for c in claims]),
+        "check_wall_s": median([c.check_wall for c in claims]),
+        "full_check_wall_s": median([c.full_wall for c in claims]),
+        "prompt_tokens": median([float(c.prompt_tokens) for c in claims]),
+    }
+
+
+def load_baseline(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("baseline_scoring", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "score_tokens", None)):
+        raise SystemExit(f"{path}: has no score_tokens")
+    return module
+
+
+def same_scores(a: ScoreResult, b: ScoreResult) -> bool:
+    """Bit for bit (by value: the baseline's records are classes of another module)."""
+
+    def values(result: ScoreResult) -> list[tuple[Any, ...]]:
+        return [attrs.astuple(p) for p in result.positions]
+
+    return a.prompt_tokens == b.prompt_tokens and values(a) == values(b)
+
+
+def knobs_arg(text: str) -> Knobs:
+    try:
+        return Knobs.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def print_report(report: dict[str, Any]) -> None:
     print(
         f"{report['model']}, {report['requests']} requests of {report['max_tokens']} tokens, "
         f"prompts ~{report['prompt_tokens']:.0f} tokens, {report['cpus']} CPUs, load "
-        f"{report['load_average']} -> {report['load_average_end']}"
+        f"{report['load_average']} -> {report['load_average_end']}; prompt probes: "
+        f"{report['probes_per_request']} a request, {report['check_probes']} judged per check"
     )
     print(
-        f"check ({report['check_positions']} positions) vs generating: "
+        f"check ({report['check_positions']} positions, span {report['span']}) vs generating: "
         f"{report['check_vs_generation_wall']:.1%} wall, "
         f"{report['check_vs_generation_cpu']:.1%} CPU (medians of per-request ratios)"
     )
@@ -143,6 +269,14 @@ def print_report(report: dict[str, Any]) -> None:
         f"{w['whole_mismatches']}; not consistent: {w['window_not_consistent'] or 'none'} / "
         f"{w['whole_not_consistent'] or 'none'}"
     )
+    for name, a in report.get("also", {}).items():
+        print(
+            f"  knobs {name:10} (positions:probes:span): {a['check_vs_generation_wall']:.1%} wall, "
+            f"{a['check_vs_generation_cpu']:.1%} CPU of generating; {a['vs_main_check_wall']:.2f}x "
+            f"the main check's wall, {a['vs_main_check_cpu']:.2f}x its CPU; "
+            f"{a['rows_with_logits']:.0f} rows with logits; not consistent: "
+            f"{a['not_consistent'] or 'none'}"
+        )
     s = report["split"]
     print("a check's time (cProfile, cumulative, medians):")
     total = s["parts_s"]["total"] or 1.0

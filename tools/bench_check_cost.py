@@ -8,12 +8,17 @@ On the code, prose and chat prompts of tools/bench_real_prompts.py, greedy and a
 1. a node generates --max-tokens tokens as `gpunet node` does: a BatchingWorker with its
    defaults (speculation on), solo, logprobs on (the receipt's commitments), ignore_eos so every
    answer is full length; the prompt-prefix cache is off, or a prompt's later rounds would skip
-   its prefill;
+   its prefill; with the DEFAULT_PROBES prompt-probe draws the client library adds to every
+   request (p2p/client/failover.py `with_probes`): the node computes and signs all of them;
 2. a verifier (another BatchingWorker, defaults) checks it with the Score a spot check sends
    (p2p/client/spot_check.py: logits at CHECK_POSITIONS positions, the first FIRST_POSITIONS
    and a random rest within a random window, the feed cut after the last of them:
-   p2p/client/check_window.py), with the same positions over the whole feed (what a check
-   cost before the window: `feed_all`), and with logits at every position.
+   p2p/client/check_window.py; and CHECK_PROBES of the request's probe draws, at random), with
+   the same positions and probes over the whole feed (what a check cost before the window:
+   `feed_all`), and with logits at every position. `--positions`, `--check-probes` and `--span`
+   set the main check's knobs; `--also P:K[:S]` (repeatable) times more knobs on the same
+   requests, in alternation with the others; `--no-probes` generates without draws (the
+   figures before probes).
 
 Both checks of the same positions are judged with the node's logprob commitments
 (inference/verification.py), and the window's noise against the whole feed is reported: the
@@ -36,13 +41,13 @@ alternation and their scores are compared.
 
     python tools/bench_check_cost.py                       # 9 prompts x 2, 2 rounds, 128 tokens
     python tools/bench_check_cost.py --rounds 3 --baseline /tmp/old_scoring.py --json
+    python tools/bench_check_cost.py --also 32:16 --also 24:8 --also 32:0 --json
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import json
 import os
 import pstats
@@ -63,8 +68,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _check_cost_report import (  # type: ignore[import-not-found]
     Claim,
+    Knobs,
+    also_summary,
+    judged,
+    knobs_arg,
+    load_baseline,
     noise_summary,
     print_report,
+    ratios,
+    same_scores,
     window_noise,
 )
 from bench_real_prompts import PROMPTS  # type: ignore[import-not-found]  # a script's sibling
@@ -74,9 +86,11 @@ from inference.batching import BatchingWorker
 from inference.default_model import ensure_default_model
 from inference.generation import GenerationDone, GenerationRequest, TokenChunk
 from inference.llama_lowlevel import LoadedModel, default_threads
+from inference.prompt_probes import DEFAULT_PROBES, DRAW_SPAN
 from inference.scoring import ScoreRequest, ScoreResult, score_tokens
+from p2p.client.check_window import WINDOW_SPAN, probe_subset
 from p2p.client.check_window import check_positions as window_positions
-from p2p.client.spot_check import CHECK_POSITIONS
+from p2p.client.spot_check import CHECK_POSITIONS, CHECK_PROBES
 
 # The parts of a check's time, by the function cProfile times them in (cumulative).
 PARTS: dict[str, tuple[str, str]] = {
@@ -93,21 +107,29 @@ SAMPLER_CLOSE = ("llama_lowlevel.py", "close")
 MODES = ("greedy", "T0.8")  # the ends of Claim.kind
 
 
-def check_positions(n: int, rng: random.Random) -> tuple[tuple[int, ...], int]:
+def check_positions(
+    n: int, rng: random.Random, positions: int = CHECK_POSITIONS, span: int = WINDOW_SPAN
+) -> tuple[tuple[int, ...], int]:
     """What spot_check.score_request asks for on an answer of n tokens with no replayed part:
     (the positions, () for every one; the feed's end)."""
-    if n <= CHECK_POSITIONS:
+    if n <= positions:
         return (), n
-    return window_positions(0, n, CHECK_POSITIONS, rng)
+    return window_positions(0, n, positions, rng, span)
 
 
-def requests(max_tokens: int, prompts: int) -> list[tuple[str, GenerationRequest]]:
+def requests(
+    max_tokens: int, prompts: int, probes: int = DEFAULT_PROBES, seed: int = 0
+) -> list[tuple[str, GenerationRequest]]:
     # Round-robin over the kinds, so that --prompts 3 is one code, one prose, one chat prompt.
     longest = max(len(texts) for texts in PROMPTS.values())
     chosen = [(k, t[i]) for i in range(longest) for k, t in PROMPTS.items() if i < len(t)]
+    rng = random.Random(seed)  # the draws (a client's are the OS's: any fixed ones do here)
     out = []
     for i, (kind, prompt) in enumerate(chosen[:prompts] if prompts else chosen):
-        base = GenerationRequest(prompt, max_tokens=max_tokens, ignore_eos=True, logprobs=0)
+        draws = tuple(rng.randrange(DRAW_SPAN) for _ in range(probes))
+        base = GenerationRequest(
+            prompt, max_tokens=max_tokens, ignore_eos=True, logprobs=0, probes=draws
+        )
         out.append((f"{kind} {MODES[0]}", base))
         out.append((f"{kind} {MODES[1]}", attrs.evolve(base, temperature=0.8, seed=7000 + i)))
     return out
@@ -133,21 +155,38 @@ async def generate(node: BatchingWorker, kind: str, request: GenerationRequest) 
         tokens=tuple(ids),
         prompt_tokens=done.prompt_tokens,
         committed=unpack_logprobs(pack_logprobs(entries)),
+        probes=unpack_logprobs(pack_logprobs(list(done.probe_logprobs))),
         gen_wall=time.perf_counter() - wall,
         gen_cpu=time.process_time() - cpu,
         first_token_s=done.time_to_first_token_s,
     )
 
 
+def probed(claim: Claim, pick: tuple[int, ...]) -> GenerationRequest:
+    """The claim's request with the draws *pick* names only (as spot_check sends it)."""
+    return attrs.evolve(claim.request, probes=tuple(claim.request.probes[i] for i in pick))
+
+
 def score_request(
     claim: Claim, only: tuple[int, ...] | None = None, *, feed_all: bool = False
 ) -> ScoreRequest:
     """The check a spot check sends (only=None: its sample, fed up to its last position; with
-    `feed_all` the whole answer), or with logits at `only` over the whole answer."""
+    `feed_all` the whole answer), or with logits at `only` over the whole answer; with the
+    main check's probe draws."""
+    request = probed(claim, claim.pick)
     if only is not None:
-        return ScoreRequest(claim.request, claim.tokens, 0, only)
+        return ScoreRequest(request, claim.tokens, 0, only)
     tokens = claim.tokens if feed_all else claim.tokens[: claim.end]
-    return ScoreRequest(claim.request, tokens, 0, claim.only)
+    return ScoreRequest(request, tokens, 0, claim.only)
+
+
+def knob_score(
+    claim: Claim, knobs: Knobs, rng: random.Random
+) -> tuple[ScoreRequest, tuple[int, ...]]:
+    """The Score of a check with *knobs* on *claim* (fresh positions and probes), and its pick."""
+    only, end = check_positions(len(claim.tokens), rng, knobs.positions, knobs.span)
+    pick = probe_subset(len(claim.request.probes), knobs.probes, rng) if knobs.probes else ()
+    return ScoreRequest(probed(claim, pick), claim.tokens[:end], 0, only), pick
 
 
 async def timed_score(
@@ -169,23 +208,37 @@ async def measure(args: argparse.Namespace, model: Path, say: Callable[[str], No
         warm = GenerationRequest("warm up", max_tokens=4)
         await generate(node, "warm", warm)
         await verifier.score(ScoreRequest(warm, (1, 2, 3)))
+        main = Knobs(args.positions, args.check_probes, args.span)
+        probes = 0 if args.no_probes else DEFAULT_PROBES
         for r in range(args.rounds):
-            for kind, request in requests(args.max_tokens, args.prompts):
+            for kind, request in requests(args.max_tokens, args.prompts, probes, args.seed):
                 claim = await generate(node, kind, request)
-                claim.only, claim.end = check_positions(len(claim.tokens), rng)
-                # The window and the whole feed in alternating order: load drift hits both.
-                first, second = (True, False) if len(claims) % 2 else (False, True)
+                n = len(claim.tokens)
+                claim.only, claim.end = check_positions(n, rng, main.positions, main.span)
+                claim.pick = probe_subset(probes, main.probes, rng) if main.probes else ()
+                jobs: dict[str, tuple[ScoreRequest, tuple[int, ...]]] = {
+                    "window": (score_request(claim), claim.pick),
+                    "whole": (score_request(claim, feed_all=True), claim.pick),
+                    "full": (score_request(claim, ()), claim.pick),
+                }
+                for knobs in args.also:
+                    jobs[knobs.name] = knob_score(claim, knobs, rng)
+                # Every check in a rotating order: load drift hits each alike.
+                order = list(jobs)
+                turn = len(claims) % len(order)
                 timed = {}
-                for feed_all in (first, second):
-                    timed[feed_all] = await timed_score(
-                        verifier, score_request(claim, feed_all=feed_all)
-                    )
-                claim.check_wall, claim.check_cpu, window = timed[False]
-                claim.whole_wall, claim.whole_cpu, whole = timed[True]
+                for name in order[turn:] + order[:turn]:
+                    timed[name] = await timed_score(verifier, jobs[name][0])
+                claim.check_wall, claim.check_cpu, window = timed["window"]
+                claim.whole_wall, claim.whole_cpu, whole = timed["whole"]
+                claim.full_wall, claim.full_cpu, _ = timed["full"]
                 claim.noise = window_noise(claim, window, whole)
-                claim.full_wall, claim.full_cpu, _ = await timed_score(
-                    verifier, score_request(claim, ())
-                )
+                for knobs in args.also:
+                    wall, cpu, result = timed[knobs.name]
+                    pick = jobs[knobs.name][1]
+                    rows = len(result.positions) + len(result.probe_logprobs)
+                    verdict = judged(claim, result, pick).verdict
+                    claim.also[knobs.name] = (wall, cpu, rows, verdict)
                 claims.append(claim)
                 say(
                     f"round {r + 1} {kind:13} prompt {claim.prompt_tokens:3} + "
@@ -196,27 +249,6 @@ async def measure(args: argparse.Namespace, model: Path, say: Callable[[str], No
                     f"{claim.noise['window_verdict']} / {claim.noise['whole_verdict']}"
                 )
     return claims
-
-
-def ratios(claims: list[Claim]) -> dict[str, float]:
-    def median(values: list[float]) -> float:
-        return round(statistics.median(values), 4)
-
-    return {
-        "check_vs_generation_wall": median([c.check_wall / c.gen_wall for c in claims]),
-        "check_vs_generation_cpu": median([c.check_cpu / c.gen_cpu for c in claims]),
-        "whole_feed_check_vs_generation_wall": median([c.whole_wall / c.gen_wall for c in claims]),
-        "whole_feed_check_vs_generation_cpu": median([c.whole_cpu / c.gen_cpu for c in claims]),
-        "window_vs_whole_feed_wall": median([c.check_wall / c.whole_wall for c in claims]),
-        "fed_fraction": median([c.end / len(c.tokens) for c in claims]),
-        "full_check_vs_generation_wall": median([c.full_wall / c.gen_wall for c in claims]),
-        "full_check_vs_generation_cpu": median([c.full_cpu / c.gen_cpu for c in claims]),
-        "generation_wall_s": median([c.gen_wall for c in claims]),
-        "generation_first_token_s": median([c.first_token_s for c in claims]),
-        "check_wall_s": median([c.check_wall for c in claims]),
-        "full_check_wall_s": median([c.full_wall for c in claims]),
-        "prompt_tokens": median([float(c.prompt_tokens) for c in claims]),
-    }
 
 
 def decode_feed(model: LoadedModel, claim: Claim, with_logits: bool) -> tuple[float, float]:
@@ -265,26 +297,6 @@ def profile_check(model: LoadedModel, claim: Claim) -> dict[str, float]:
     out["python (loop, records)"] = max(0.0, total - sum(out.values()))
     out["total"] = total
     return out
-
-
-def load_baseline(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("baseline_scoring", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{path}: not a Python module")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "score_tokens", None)):
-        raise SystemExit(f"{path}: has no score_tokens")
-    return module
-
-
-def same_scores(a: ScoreResult, b: ScoreResult) -> bool:
-    """Bit for bit (by value: the baseline's records are classes of another module)."""
-
-    def values(result: ScoreResult) -> list[tuple[Any, ...]]:
-        return [attrs.astuple(p) for p in result.positions]
-
-    return a.prompt_tokens == b.prompt_tokens and values(a) == values(b)
 
 
 def compare(model: LoadedModel, claims: list[Claim], baseline: ModuleType) -> dict[str, Any]:
@@ -355,13 +367,17 @@ def bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any
     report: dict[str, Any] = {
         "model": path.name,
         "max_tokens": args.max_tokens,
-        "check_positions": CHECK_POSITIONS,
+        "check_positions": args.positions,
+        "check_probes": 0 if args.no_probes else min(args.check_probes, DEFAULT_PROBES),
+        "span": args.span,
+        "probes_per_request": 0 if args.no_probes else DEFAULT_PROBES,
         "requests": len(claims),
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **ratios(claims),
         "by_mode": {mode: ratios([c for c in claims if c.kind.endswith(mode)]) for mode in MODES},
         "window_noise": noise_summary(claims),
+        "also": also_summary(claims),
     }
     say("profiling the checks ...")
     model = LoadedModel.load(path, n_ctx=2048, n_seq=1, n_threads=None, n_gpu_layers=0)
@@ -390,11 +406,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", type=int, default=6, help="checks to profile (0: every one)")
     parser.add_argument("--baseline", help="a scoring.py to compare with (before / after)")
-    parser.add_argument("--seed", type=int, default=0, help="for the checked positions")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="for the checked positions and the probe draws"
+    )
+    parser.add_argument(
+        "--positions",
+        type=int,
+        default=CHECK_POSITIONS,
+        help=f"answer positions a check scores (default {CHECK_POSITIONS}, as spot_check)",
+    )
+    parser.add_argument(
+        "--check-probes",
+        type=int,
+        default=CHECK_PROBES,
+        metavar="K",
+        help=f"prompt probes a check judges, of the request's {DEFAULT_PROBES} (default "
+        f"{CHECK_PROBES}, as spot_check; 0: none)",
+    )
+    parser.add_argument(
+        "--span",
+        type=int,
+        default=WINDOW_SPAN,
+        help=f"the window the later positions are drawn in (default {WINDOW_SPAN})",
+    )
+    parser.add_argument(
+        "--also",
+        type=knobs_arg,
+        action="append",
+        default=[],
+        metavar="P:K[:S]",
+        help="also time a check of P positions and K probes (window span S) on every request, "
+        "in alternation with the others (repeatable)",
+    )
+    parser.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="generate without prompt-probe draws and check none (the figures before probes)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if args.max_tokens < 2 or args.rounds < 1 or args.prompts < 0 or args.profile < 0:
         parser.error("--max-tokens >= 2, --rounds >= 1, --prompts and --profile >= 0")
+    if args.positions < 1 or args.span < 1 or args.check_probes < 0:
+        parser.error("--positions and --span >= 1, --check-probes >= 0")
+    if args.no_probes:
+        args.check_probes = 0
+        args.also = [attrs.evolve(k, probes=0) for k in args.also]
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

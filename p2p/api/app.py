@@ -50,6 +50,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from inference.prompt_probes import DEFAULT_PROBES
 from p2p import metrics as metrics_mod
 from p2p.api.choices import generation_response
 from p2p.api.dashboard import render_page
@@ -66,6 +67,7 @@ from p2p.api.openai_errors import ApiError, internal_error
 from p2p.api.request_parsing import parse_generation
 from p2p.api.tool_params import refuse_without_tools
 from p2p.client.background_checks import BackgroundChecks
+from p2p.client.failover import check_probe_count
 from p2p.client.network import Client
 from p2p.errors import ErrorCode
 from p2p.host_port import format_host_port
@@ -106,13 +108,16 @@ class Gateway:
         queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
         generation_deadline_s: float = GENERATION_DEADLINE_S,
         checks: BackgroundChecks | None = None,
+        probes: int = DEFAULT_PROBES,
     ) -> None:
         self.client = client
         self.api_key = api_key or None
         self.metrics = metrics or metrics_mod.DEFAULT
         self.network = NetworkView(client)
         # A request's overall deadline: the queue's wait plus the generation's (gateway_queue.py)
-        self.queue = GatewayQueue(client, queue_timeout_s, generation_deadline_s, checks)
+        self.queue = GatewayQueue(
+            client, queue_timeout_s, generation_deadline_s, checks, probes=check_probe_count(probes)
+        )
         self.metrics.routing_table_size.set_function(lambda: float(client.dht.routing_table_size()))
 
     def authorize(self, request: Request) -> None:
@@ -261,6 +266,7 @@ async def serve_gateway(
     generation_deadline_s: float = GENERATION_DEADLINE_S,
     checks: BackgroundChecks | None = None,
     cors_origins: Sequence[str] = (),
+    probes: int = DEFAULT_PROBES,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway on host:port until cancelled; `nursery.start` returns its base URL
@@ -268,7 +274,8 @@ async def serve_gateway(
     after *queue_timeout_s* + *generation_deadline_s*.
     *checks*, when given, spot-checks a fraction of the finished requests in the background
     (p2p/client/background_checks.py); its reputation then ranks the providers.
-    *cors_origins* turns CORS on for those origins (p2p/api/health_cors.py)."""
+    *cors_origins* turns CORS on for those origins (p2p/api/health_cors.py).
+    *probes*: prompt probes per request (p2p/client/failover.py; 0: none)."""
     if checks is not None:
         client.ranker.standing = checks.reputation.standing
     gateway = Gateway(
@@ -278,6 +285,7 @@ async def serve_gateway(
         queue_timeout_s=queue_timeout_s,
         generation_deadline_s=generation_deadline_s,
         checks=checks,
+        probes=probes,
     )
     app = build_app(gateway, cors_origins)
 

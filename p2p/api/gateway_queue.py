@@ -26,6 +26,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from inference.prompt_probes import DEFAULT_PROBES
 from p2p.api.recent_history import RecentHistory
 from p2p.client.background_checks import BackgroundChecks
 from p2p.client.failover import generate
@@ -61,6 +62,8 @@ class GatewayQueue:
     generation_deadline_s: float = GENERATION_DEADLINE_S
     # Spot checks of a fraction of the finished requests (None: none).
     checks: BackgroundChecks | None = None
+    # Prompt probes per request (p2p/client/failover.py `with_probes`; 0: none).
+    probes: int = DEFAULT_PROBES
     # What the dashboard charts: each request as it ended (p2p/api/generation_response.py).
     history: RecentHistory = attrs.field(factory=RecentHistory)
     _finished: trio.Event = attrs.field(factory=trio.Event)
@@ -125,6 +128,7 @@ class GatewayQueue:
                     on_provider,
                     deadline_s=max(0.0, overall - trio.current_time()),
                     on_segment=segments.append,
+                    probes=self.probes,
                 )
                 if self.checks is not None:
                     self.checks.offer(segments)

@@ -178,6 +178,7 @@ async def ask_network(settings: Settings, question: Question, as_json: bool) -> 
             prefer=question.prefer,
             deadline_s=question.timeout_s,
             on_segment=segments.append,
+            probes=settings["probes"],
         )
         paths = [
             {

@@ -65,6 +65,7 @@ async def serve(settings: Settings, psk: bytes | None, as_json: bool) -> None:
                 api_key=settings["api_key"],
                 queue_timeout_s=settings["queue_timeout"],
                 cors_origins=settings["cors"],
+                probes=settings["probes"],
                 checks=BackgroundChecks.of_settings(
                     client, settings["verify_fraction"], settings.data_dir
                 ),

@@ -177,6 +177,7 @@ def api_starter(settings: Settings) -> ApiStarter | None:
             port,
             api_key=key,
             cors_origins=settings["cors"],
+            probes=settings["probes"],
             checks=BackgroundChecks.of_settings(
                 client, settings["verify_fraction"], settings.data_dir
             ),

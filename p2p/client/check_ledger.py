@@ -59,6 +59,28 @@ statistic carries the evidence. Measured (32-position checks re-judged from the 
 docs/benchmarks.md, requests resampled): Q3_K_M flagged after ~2 checked requests greedy and
 sampled (was ~9 / ~4), a dropped prefix after ~5 / ~4.
 
+Prompt probes (inference/probe_stat.py): a check whose node signed its prompt probes gives their
+count m and the sum of their normalized deltas |d| / `NOISE_SCALE`; their log e-value is
+`probe_stat.sum_llr` with the cheat's mean delta `CHEAT_PROBE_SCALE` (2, in units of the
+noise scale): the probes' likelihood ratio of Exp(mean 2) over Exp(1), whose exp has mean <= 1
+whenever each honest |d| / 0.3 is below an Exp(1) variable, independently per probe and of
+earlier checks (fresh draws each request) -- the assumption probe_stat's per-check test rests
+on. With them the step is the log of the mean of the e-values present (two or three), so
+Ville's bound and h stand as above. Why 2: the per-check test already calls a request with a
+sum of |d| from 9.2 nats (8 probes; 13.3 for 16) inconsistent; what it cannot see is a node a
+little off at every probe (a context cut to a window, values from a near model), and for
+probes steadily c noise scales off the best theta is c, the growth per probe c - 1 - ln c.
+theta = 2 adds up from a mean |d| of 0.42 nats (2 ln 2 scales) and is tuned for 0.6: each
+probe at 0.6 adds 0.31, so a check judging m probes steps by 0.31 m less ln 3 beside
+honest-looking counts and commitments (ln 2 beside counts alone). Simulated (|d| uniform in
+[0.4, 0.8], every check consistent alone, 300 runs; tests/p2p/client/
+test_check_ledger_probes.py): 16 probes a check flagged after 4.8 checks on average (4.3
+beside counts alone), 8 probes after 12 (9.5). Honest probes as measured (median |d|
+0.0003-0.07) step by about -0.6 a probe. The cost: a third e-value in the mean costs
+whichever one carries the evidence at most ln(3/2) a step against two. A receipt
+without its probe values ("missing") adds no probe term; neither does one with a different
+count (the check is inconsistent by itself then).
+
 The reset at zero makes a node that turns to cheating after a long honest record as easy to
 catch as a new one: its past does not bank credit.
 """
@@ -70,7 +92,9 @@ from typing import Any
 
 import attrs
 
-from inference import commitment_stat
+from inference import commitment_stat, probe_stat
+from inference.probe_stat import MAX_DELTA, NOISE_SCALE
+from inference.prompt_probes import MAX_PROBES
 from inference.verification import HONEST_RATE_GREEDY, HONEST_RATE_SAMPLED
 
 CHEAT_RATE_GREEDY = 0.03
@@ -85,6 +109,8 @@ THRESHOLD = math.log(LOOKS / ALPHA_TOTAL)
 MAX_VERIFIERS = 4  # verifiers remembered per ledger (two are what an exclusion needs)
 VERIFIER_ID_CHARS = 16  # of a peer id: distinct prefixes are distinct verifiers
 MAX_COUNT = 1 << 40  # bounds for counts read back from a file
+# The mean normalized probe delta the probes' e-value is tuned for (see the module docstring).
+CHEAT_PROBE_SCALE = 2.0
 
 
 def _weights(p0: float, p1: float) -> tuple[float, float]:
@@ -109,18 +135,25 @@ def request_step(
     sampled: bool,
     committed_n: int = 0,
     committed_score: float = 0.0,
+    probe_n: int = 0,
+    probe_total: float = 0.0,
 ) -> float:
-    """One checked request's step: its counts' LLR, or with commitment scores the log of the
-    mean of both e-values (see the module docstring)."""
-    counts = request_llr(n, mismatches, sampled=sampled)
-    if committed_n <= 0:
-        return counts
-    committed_score = min(max(committed_score, 0.0), float(committed_n))
-    scores = commitment_stat.llr(
-        committed_n, committed_score, commitment_stat.HONEST_MEAN, CHEAT_MEAN_COMMITTED
-    )
-    top = max(counts, scores)
-    return top + math.log1p(math.exp(-abs(counts - scores))) - math.log(2.0)
+    """One checked request's step: its counts' LLR, or with commitment scores and / or prompt
+    probes the log of the mean of the e-values present (see the module docstring)."""
+    llrs = [request_llr(n, mismatches, sampled=sampled)]
+    if committed_n > 0:
+        committed_score = min(max(committed_score, 0.0), float(committed_n))
+        llrs.append(
+            commitment_stat.llr(
+                committed_n, committed_score, commitment_stat.HONEST_MEAN, CHEAT_MEAN_COMMITTED
+            )
+        )
+    if probe_n > 0:
+        llrs.append(probe_stat.sum_llr(probe_n, probe_total, CHEAT_PROBE_SCALE))
+    if len(llrs) == 1:
+        return llrs[0]
+    top = max(llrs)
+    return top + math.log(math.fsum(math.exp(v - top) for v in llrs) / len(llrs))
 
 
 @attrs.define
@@ -132,6 +165,8 @@ class CheckLedger:
     positions: int = 0
     mismatches: int = 0
     flagged: int = 0  # times the statistic reached THRESHOLD (it restarts at 0 each time)
+    probes: int = 0  # prompt probes judged (checks whose node signed them)
+    probe_total: float = 0.0  # the sum of their normalized deltas |d| / NOISE_SCALE
     # Verifiers (peer id prefixes) whose scores moved the statistic up since it was last at 0.
     verifiers: list[str] = attrs.field(factory=list)
 
@@ -144,15 +179,25 @@ class CheckLedger:
         verifier: str,
         committed_n: int = 0,
         committed_score: float = 0.0,
+        probe_n: int = 0,
+        probe_total: float = 0.0,
     ) -> bool:
         """Add one checked request's counts (and its commitment scores: how many positions, their
-        sum); True when the statistic reaches `THRESHOLD` (it is then reset, and `verifiers`
-        says whose scores it rested on)."""
+        sum; its prompt probes: how many, the sum of their normalized deltas, as
+        `ProbeStat.evidence` gives them); True when the statistic reaches `THRESHOLD` (it is then
+        reset, and `verifiers` says whose scores it rested on)."""
         if n <= 0:
             return False
         mismatches = min(max(mismatches, 0), n)
         if not math.isfinite(committed_score):
             committed_n = 0
+        probe_n = min(max(probe_n, 0), MAX_PROBES)
+        if not math.isfinite(probe_total):
+            probe_n = 0
+        probe_total = min(max(probe_total, 0.0), probe_n * MAX_DELTA / NOISE_SCALE)
+        if probe_n:
+            self.probes += probe_n
+            self.probe_total += probe_total
         self.checks += 1
         self.positions += n
         self.mismatches += mismatches
@@ -162,6 +207,8 @@ class CheckLedger:
             sampled=sampled,
             committed_n=min(max(committed_n, 0), n),
             committed_score=committed_score,
+            probe_n=probe_n,
+            probe_total=probe_total,
         )
         self.cusum = max(0.0, self.cusum + step)
         if self.cusum == 0.0:
@@ -183,6 +230,11 @@ class CheckLedger:
     def rate(self) -> float:
         return self.mismatches / self.positions if self.positions else 0.0
 
+    @property
+    def probe_mean(self) -> float:
+        """The mean probe delta in nats (0.0 before any)."""
+        return self.probe_total * NOISE_SCALE / self.probes if self.probes else 0.0
+
 
 def ledger_from_json(raw: Any) -> CheckLedger:
     """A ledger as read back from the reputation file (ValueError on anything off)."""
@@ -193,6 +245,8 @@ def ledger_from_json(raw: Any) -> CheckLedger:
     cusum = raw.get("cusum", 0.0)
     counts = [raw.get(k, 0) for k in ("checks", "positions", "mismatches", "flagged")]
     verifiers = raw.get("verifiers", [])
+    # Absent in files written before probes were added up: none then.
+    probes, probe_total = raw.get("probes", 0), raw.get("probe_total", 0.0)
     if not (
         isinstance(cusum, int | float)
         and not isinstance(cusum, bool)
@@ -203,9 +257,23 @@ def ledger_from_json(raw: Any) -> CheckLedger:
         and counts[2] <= counts[1]
         and isinstance(verifiers, list)
         and all(isinstance(v, str) and len(v) <= VERIFIER_ID_CHARS for v in verifiers)
+        and isinstance(probes, int)
+        and not isinstance(probes, bool)
+        and 0 <= probes < MAX_COUNT
+        and isinstance(probe_total, int | float)
+        and not isinstance(probe_total, bool)
+        and 0.0 <= probe_total <= probes * MAX_DELTA / NOISE_SCALE * (1 + 1e-9)
     ):
         raise ValueError("a ledger's fields have the wrong types or ranges")
     checks, positions, mismatches, flagged = counts
     return CheckLedger(
-        float(cusum), checks, positions, mismatches, flagged, verifiers[-MAX_VERIFIERS:]
+        cusum=float(cusum),
+        checks=checks,
+        positions=positions,
+        mismatches=mismatches,
+        flagged=flagged,
+        probes=probes,
+        # (the room above, and this bound, for a sum that rounding took past its exact bound)
+        probe_total=min(float(probe_total), probes * MAX_DELTA / NOISE_SCALE),
+        verifiers=verifiers[-MAX_VERIFIERS:],
     )

@@ -1,5 +1,5 @@
-"""Which positions a spot check scores, and where its feed may stop (issue #16: a check costs
-at most 15 % of generating the request).
+"""Which positions and prompt probes a spot check scores, and where its feed may stop (issue #16:
+a check costs at most 15 % of generating the request).
 
 A check is one prefill of prompt + output on the verifier, and that prefill is most of its cost
 (tools/bench_check_cost.py), so a check that stops feeding after its last scored position costs
@@ -13,11 +13,16 @@ late tokens. The window's start s is uniform over [lo - span + 1, hi - 1] (lo th
 after the first ones, hi the answer's end) and clamped into [lo, hi - span]: every position lies
 in the window with probability at least span / (hi - lo + span - 1), the ones near either end
 more (the clamped starts pile up there), and the window always holds `span` positions, so every
-check judges `sample` of them. On 128 tokens with the default 24 + 8 positions the feed stops
-after ~92 of them on average instead of 128; the window's noise (a prefill's length picks the
+check judges `sample` of them. On 128 tokens with the default 8 + 10 positions the feed stops
+after ~77 of them on average instead of 128; the window's noise (a prefill's length picks the
 CPU's kernels) is measured in tools/bench_verification.py --window.
 
-The draw uses the OS's randomness (the node must not know which positions are checked).
+Which of the request's prompt probes the verifier recomputes (`probe_subset`): a uniform
+subset, drawn after the node answered, so the node must compute and sign every probe (it cannot
+know which will be judged) while the verifier computes only the subset's rows, each an
+output-layer row as dear as a scored position.
+
+The draws use the OS's randomness (the node must not know which positions are checked).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import random
 FIRST_POSITIONS = 8  # a dropped prefix's commitments are furthest off in the first 16 or so
 # The window the other positions are drawn in: twice their number, so they are not one run of
 # neighbours (each position's noise is assumed independent of the others' by the statistic).
-WINDOW_SPAN = 48
+WINDOW_SPAN = 20  # spot_check.py's CHECK_POSITIONS - FIRST_POSITIONS = 10, twice
 
 
 def check_positions(
@@ -50,3 +55,13 @@ def check_positions(
     chosen = sorted(rng.sample(range(window, window + span), rest)) if rest else []
     positions = (*range(start, lo), *chosen)
     return positions, positions[-1] + 1
+
+
+def probe_subset(n: int, k: int | None, rng: random.Random | None = None) -> tuple[int, ...]:
+    """The indices, increasing, of *k* of a request's *n* probe draws, uniformly at random (each
+    k-subset alike); all of them when *k* is None or at least *n*."""
+    if k is not None and k < 1:
+        raise ValueError("a check judges at least one prompt probe")
+    if k is None or k >= n:
+        return tuple(range(n))
+    return tuple(sorted((rng or random.SystemRandom()).sample(range(n), k)))

@@ -19,7 +19,16 @@ broke after text was delivered and nobody could continue it: the serving side fa
 
 Every request carries prompt probes (inference/prompt_probes.py): `DEFAULT_PROBES` fresh draws
 from the OS's randomness unless the caller gave its own, drawn once here, so a failover replay
-(the same request) carries the same ones and each segment's receipt commits to them.
+(the same request) carries the same ones and each segment's receipt commits to them. The count
+is the caller's setting (`probes`, 0 to MAX_PROBES; the CLI's `--probes`): 0 sends none, so the
+node computes no probe rows (~2-5 % of a request on a CPU node) and a spot check of the request
+cannot see a node that skipped part of the prompt (its probe status is "none"). A consistent
+check of such a request still earns the node its credit (p2p/client/spot_check.py withholds it
+only for "missing"): the credit is for output shown to be the model's, which the check did
+show, and "none" is this client's own choice, not something a node can bring about (the draws
+are the client's, kept in its copy of the request), whereas "missing" means the node was asked
+and did not answer. A client that wants credit to mean "computed the whole prompt" too keeps
+probes on.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from inference.prompt_probes import DEFAULT_PROBES
+from inference.prompt_probes import DEFAULT_PROBES, MAX_PROBES
 from p2p.client.network import AskError, Client, describe_offer, lookup_key
 from p2p.client.provider_race import connect_first
 from p2p.client.ranking import (
@@ -79,6 +88,7 @@ async def generate(
     prefer: str | None = None,
     deadline_s: float | None = ASK_DEADLINE_S,
     on_segment: Callable[[Segment], None] = lambda _s: None,
+    probes: int = DEFAULT_PROBES,
 ) -> wire.Done:
     """Stream *request* to `on_text` as one uninterrupted stream, failing over between nodes.
 
@@ -89,8 +99,9 @@ async def generate(
     request is cancelled wherever it is and `AskError` with `ErrorCode.TIMEOUT` is raised.
     *on_segment* gets each provider's finished part with its receipt checked (p2p/client/
     segments.py): what a spot check re-checks (p2p/client/spot_check.py).
+    *probes*: how many prompt probes to draw when *request* has none (`with_probes`).
     """
-    attempt = _Attempt(client, with_probes(request), on_text, on_provider, on_segment)
+    attempt = _Attempt(client, with_probes(request, probes), on_text, on_provider, on_segment)
     with trio.move_on_after(math.inf if deadline_s is None else deadline_s):
         return await _generate(attempt, model, prefer)
     delivered = attempt.progress.chunks
@@ -102,12 +113,19 @@ async def generate(
     )
 
 
-def with_probes(request: wire.Generate) -> wire.Generate:
-    """*request* with fresh probe draws, unless it has some: the node cannot know them before
-    it is asked, so it cannot compute only the positions they name."""
-    if request.probes:
+def check_probe_count(count: int) -> int:
+    """*count* if it is a probe count a request may carry, else ValueError."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_PROBES:
+        raise ValueError(f"probes: a whole number from 0 to {MAX_PROBES}, got {count!r}")
+    return count
+
+
+def with_probes(request: wire.Generate, count: int = DEFAULT_PROBES) -> wire.Generate:
+    """*request* with *count* fresh probe draws, unless it has some (or *count* is 0): the node
+    cannot know them before it is asked, so it cannot compute only the positions they name."""
+    if check_probe_count(count) == 0 or request.probes:
         return request
-    return attrs.evolve(request, probes=tuple(secrets.randbits(32) for _ in range(DEFAULT_PROBES)))
+    return attrs.evolve(request, probes=tuple(secrets.randbits(32) for _ in range(count)))
 
 
 async def _generate(attempt: _Attempt, model: str, prefer: str | None) -> wire.Done:

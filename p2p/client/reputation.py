@@ -7,9 +7,10 @@ a caught node is excluded for that model (`standing` 0: the ranking drops it), a
 model, since the claim that was false is "I serve this file". One failed check without a second
 opinion lowers its standing but does not exclude it (the verifier may be the liar).
 
-Checks also add up: every checked request's judged positions and mismatches go into the pair's
-`CheckLedger` (p2p/client/check_ledger.py), a sequential test that catches a node whose output
-is a little off at many positions (a close quantization) where no single check can. When it
+Checks also add up: every checked request's judged positions and mismatches (and its commitment
+scores and prompt probes) go into the pair's `CheckLedger` (p2p/client/check_ledger.py), a
+sequential test that catches a node whose output or prompt probes are a little off at many
+positions (a close quantization, a context cut short) where no single check can. When it
 flags the node, the node is excluded if the mismatches came from two verifiers or more, and
 otherwise its standing drops as for one failed check.
 
@@ -119,18 +120,21 @@ class Reputation:
         sampled: bool,
         verifier: str,
         committed: tuple[int, float] = (0, 0.0),
+        probes: tuple[int, float] = (0, 0.0),
     ) -> str:
         """Add one checked request's judged positions (and *committed*: its commitment scores'
-        count and sum) to the pair's ledger. "excluded" or "lowered" when the ledger flagged
-        the node now (see the module docstring), else ""."""
+        count and sum; *probes*: its prompt probes' count and sum of normalized deltas, as
+        `ProbeStat.evidence` gives them) to the pair's ledger. "excluded" or "lowered"
+        when the ledger flagged the node now (see the module docstring), else ""."""
         if n <= 0:
             return ""
         entry = self._entry(peer_id, sha256)
         outcome = ""
         count, total = committed
+        probe_n, probe_total = probes
         added = entry.ledger.add(
             n, mismatches, sampled=sampled, verifier=verifier, committed_n=count,
-            committed_score=total,
+            committed_score=total, probe_n=probe_n, probe_total=probe_total,
         )  # fmt: skip
         if added:
             if len(set(entry.ledger.verifiers)) >= 2:

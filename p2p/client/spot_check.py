@@ -34,7 +34,12 @@ name: inference/prompt_probes.py) are judged against the verifier's (`Scores.pro
 inconsistent probes make the check inconsistent whatever the output; a receipt without them
 (an older node, or one omitting them) is judged on its output, but a "consistent" check then
 does not count as verified work. (The ledger does not sum probe evidence yet: a caught
-probe check goes to a second verifier like any inconsistent one.)
+probe check goes to a second verifier like any inconsistent one.) The verifier recomputes
+`CHECK_PROBES` of the request's probes (all of them by default), fewer as a uniform subset drawn
+after the node answered (check_window.py `probe_subset`): the Score it is sent carries those
+draws only, and the node's signed values at the same draws are judged. Evidence keeps one
+verifier value per draw of the request (NaN, null in the file, where it computed none);
+`gpunet verify` recomputes them all.
 
 Whatever the verdict, the judged positions and mismatches also go into the (node, model) ledger
 (p2p/client/check_ledger.py via the reputation), which sums them over every checked request;
@@ -54,10 +59,11 @@ import attrs
 import trio
 
 from crypto.receipts import encode
+from inference.prompt_probes import DEFAULT_PROBES
 from inference.verification import CheckStat, judge
 from p2p.client.check_ledger import request_step
 from p2p.client.check_window import FIRST_POSITIONS as FIRST_POSITIONS  # read here by tools
-from p2p.client.check_window import check_positions
+from p2p.client.check_window import check_positions, probe_subset
 from p2p.client.evidence import Evidence, VerifierScore, write_evidence
 from p2p.client.network import Client, lookup_key
 from p2p.client.ranking import Provider, rank_providers
@@ -77,7 +83,17 @@ MAX_VERIFIER_TRIES = 3
 CHECK_DEADLINE_S = 120.0
 # Positions judged per check (the rest are fed without logits), the first few always among them:
 # a dropped prefix shows most where the answer begins (measured: tools/bench_verification.py).
-CHECK_POSITIONS = 32
+# Each is an output-layer row (~10 ms on 2 CPU cores), the floor of a check's cost, so this and
+# CHECK_PROBES set it (docs/benchmarks.md "A check's cost with prompt probes"; re-judged from raw
+# data, tools/rejudge_check_knobs.py): 18 positions and all 16 probes are ~15.0 % of generating
+# (32 and 16: ~19 %); a Q3_K_M node is then flagged within 50 requests at the 2 % budget's
+# fraction 95 % of times (24 positions 96.6 %, 16 positions 94.5 %, each at its own cost).
+CHECK_POSITIONS = 18
+# Prompt probes the verifier recomputes per check, a random subset of the request's (each one an
+# output-layer row, as dear as a scored position). All of them: a subset loses first-check
+# catches of a dropped prefix (re-judged, 72 requests: 16 of 16 probes 100 %, 12 ~99 %, 8 ~95 %),
+# which no later check makes up for, while 2 positions fewer cost as much as 2 probes.
+CHECK_PROBES = DEFAULT_PROBES
 
 
 @attrs.frozen
@@ -112,14 +128,21 @@ def independent(
 
 
 def score_request(
-    segment: Segment, sample: int | None = None, rng: random.Random | None = None
+    segment: Segment,
+    sample: int | None = None,
+    rng: random.Random | None = None,
+    probe_pick: Sequence[int] | None = None,
 ) -> wire.Score:
     """The Score that re-checks *segment*: its request with the effective seed, and its output
     tokens (the replayed ones give the context its own tokens were made in). With *sample*,
     logits at only that many of its own positions, its first `FIRST_POSITIONS` and a random
     rest within a random window, and the tokens up to the last of them only
-    (p2p/client/check_window.py: the prefill is most of a check's cost)."""
+    (p2p/client/check_window.py: the prefill is most of a check's cost). With *probe_pick*
+    (indices into the request's probe draws) only those draws, in that order."""
     request = attrs.evolve(segment.request, id=0, replay_tokens=(), seed=segment.seed)
+    if probe_pick is not None:
+        draws = segment.request.probes
+        request = attrs.evolve(request, probes=tuple(draws[i] for i in probe_pick))
     tokens = segment.output[:MAX_SCORE_TOKENS]
     start = len(segment.request.replay_tokens)
     only: tuple[int, ...] = ()
@@ -146,6 +169,18 @@ def probe_values(segment: Segment) -> tuple[float | None, ...]:
     return segment.receipt.receipt.probes()
 
 
+def probe_pick(
+    segment: Segment, k: int | None = CHECK_PROBES, rng: random.Random | None = None
+) -> tuple[int, ...]:
+    """Which of *segment*'s probe draws a check judges: *k* of them at random when its receipt
+    has one value per draw; every one otherwise, so that a receipt with none, or with another
+    count, is judged (and named in the reason) against all the draws it was asked for."""
+    n = len(segment.request.probes)
+    if len(probe_values(segment)) != n:
+        return tuple(range(n))
+    return probe_subset(n, k, rng)
+
+
 async def score_on(client: Client, provider: Provider, score: wire.Score) -> Scores | str:
     """*provider*'s scores, or why it gave none."""
     peer = provider.record.peer_id
@@ -170,18 +205,22 @@ async def score_on(client: Client, provider: Provider, score: wire.Score) -> Sco
         return f"{peer[:12]}: {exc}"
 
 
-def _judge(scores: Scores, segment: Segment) -> CheckStat:
-    """The statistic over the node's own positions; and a node that said it processed a prompt
-    of another length than the verifier's (the same file tokenises alike) did not process the
-    prompt it was sent, whatever its tokens look like."""
+def _judge(scores: Scores, segment: Segment, pick: Sequence[int]) -> CheckStat:
+    """The statistic over the node's own positions and the probes *pick* names (the draws the
+    verifier was sent); and a node that said it processed a prompt of another length than the
+    verifier's (the same file tokenises alike) did not process the prompt it was sent, whatever
+    its tokens look like."""
     replayed = len(segment.request.replay_tokens)
     own = [p for p in scores.positions() if p.index >= replayed]
     committed = commitments(segment)
+    probes = probe_values(segment)
+    if len(probes) == len(segment.request.probes):  # else all were asked (`probe_pick`)
+        probes = tuple(probes[i] for i in pick)
     stat = judge(
         own,
         sampled=segment.request.temperature > 0,
         committed=[committed[p.index - replayed] for p in own] if committed else None,
-        probes=probe_values(segment),
+        probes=probes,
         verifier_probes=scores.probe_logprobs,
     )
     if segment.prompt_tokens and scores.prompt_tokens != segment.prompt_tokens:
@@ -190,19 +229,36 @@ def _judge(scores: Scores, segment: Segment) -> CheckStat:
 
 
 async def _opinion(
-    client: Client, candidates: list[Provider], score: wire.Score, segment: Segment
+    client: Client,
+    candidates: list[Provider],
+    score: wire.Score,
+    segment: Segment,
+    pick: Sequence[int],
 ) -> tuple[Provider, Scores, CheckStat] | list[str]:
     """The first verifier among *candidates* that answers, or why none did."""
     problems = []
     for provider in candidates[:MAX_VERIFIER_TRIES]:
         scores = await score_on(client, provider, score)
         if isinstance(scores, Scores):
-            return provider, scores, _judge(scores, segment)
+            return provider, scores, _judge(scores, segment, pick)
         problems.append(scores)
     return problems
 
 
-def _told(provider: Provider, scores: Scores, stat: CheckStat) -> VerifierScore:
+def per_draw(values: Sequence[float], pick: Sequence[int], n: int) -> tuple[float, ...]:
+    """A verifier's probe *values* for the draws *pick* names, spread over all *n* draws of the
+    request (NaN where it computed none): evidence files keep one value per draw."""
+    if len(values) != len(pick):
+        return tuple(values)
+    out = [math.nan] * n
+    for i, v in zip(pick, values, strict=True):
+        out[i] = v
+    return tuple(out)
+
+
+def _told(
+    provider: Provider, scores: Scores, stat: CheckStat, pick: Sequence[int], n: int
+) -> VerifierScore:
     return VerifierScore(
         provider.record.peer_id,
         stat.verdict,
@@ -211,7 +267,7 @@ def _told(provider: Provider, scores: Scores, stat: CheckStat) -> VerifierScore:
         stat.score,
         scores.choice_margins,
         scores.logprobs,
-        scores.probe_logprobs,
+        per_draw(scores.probe_logprobs, pick, n),
     )
 
 
@@ -233,12 +289,14 @@ async def spot_check(
     data_dir: Path | None = None,
     deadline_s: float = CHECK_DEADLINE_S,
     sample: int | None = CHECK_POSITIONS,
+    probes: int | None = CHECK_PROBES,
 ) -> CheckResult:
     """Check *segment* on independent providers; record the outcome in *reputation* and write
     evidence of a failure into *data_dir* (when given). Inconclusive past *deadline_s*.
-    *sample*: judge that many of its positions (see `score_request`); None: all of them."""
+    *sample*: judge that many of its positions (see `score_request`); None: all of them.
+    *probes*: judge that many of its prompt probes (see `probe_pick`); None: all of them."""
     with trio.move_on_after(deadline_s):
-        return await _spot_check(client, segment, reputation, data_dir, sample)
+        return await _spot_check(client, segment, reputation, data_dir, (sample, probes))
     reason = f"no verdict within {deadline_s:g} s"
     return CheckResult("inconclusive", segment.peer_id, segment.model_sha256, reason)
 
@@ -248,7 +306,7 @@ async def _spot_check(
     segment: Segment,
     reputation: Reputation | None,
     data_dir: Path | None,
-    sample: int | None,
+    knobs: tuple[int | None, int | None],
 ) -> CheckResult:
     peer, sha = segment.peer_id, segment.model_sha256
 
@@ -269,12 +327,15 @@ async def _spot_check(
     candidates = independent(ranked, {peer} | excluded, avoid_nets)
     if not candidates:
         return result("inconclusive", "no other provider of the same model file to check on")
-    score = score_request(segment, sample)
-    first = await _opinion(client, candidates, score, segment)
+    sample, k = knobs
+    pick = probe_pick(segment, k)
+    score = score_request(segment, sample, probe_pick=pick)
+    draws = len(segment.request.probes)
+    first = await _opinion(client, candidates, score, segment, pick)
     if isinstance(first, list):
         return result("inconclusive", "no verifier answered: " + "; ".join(first))
     provider, scores, stat = first
-    told: tuple[VerifierScore, ...] = (_told(provider, scores, stat),)
+    told: tuple[VerifierScore, ...] = (_told(provider, scores, stat, pick, draws),)
     if stat.verdict != "inconsistent":
         summary = _summary(provider, stat, scores, segment)
         flagged = _add_up(reputation, segment, [(provider, stat)])
@@ -286,11 +347,11 @@ async def _spot_check(
         return result(stat.verdict, reason, verifiers=told, caught=caught)
     first_peer = provider.record.peer_id
     again = independent(candidates, {first_peer}, avoid_nets | networks(provider.record.addresses))
-    second = await _opinion(client, again, score, segment) if again else ["no third provider"]
+    second = await _opinion(client, again, score, segment, pick) if again else ["no third provider"]
     caught, verdict, reason = False, "inconsistent", _summary(provider, stat, scores, segment)
     if isinstance(second, tuple):
         provider2, scores2, stat2 = second
-        told = (*told, _told(provider2, scores2, stat2))
+        told = (*told, _told(provider2, scores2, stat2, pick, draws))
         if stat2.verdict == "inconsistent":
             caught, reason = (
                 True,
@@ -326,12 +387,15 @@ def _add_up(
     sampled = segment.request.temperature > 0
 
     def step(stat: CheckStat) -> float:
+        probe_n, probe_total = stat.probes.evidence()
         return request_step(
             stat.n,
             stat.mismatches,
             sampled=sampled,
             committed_n=stat.committed_n,
             committed_score=stat.committed_score,
+            probe_n=probe_n,
+            probe_total=probe_total,
         )
 
     provider, stat = min(opinions, key=lambda o: step(o[1]))
@@ -343,13 +407,19 @@ def _add_up(
         sampled=sampled,
         verifier=provider.record.peer_id,
         committed=(stat.committed_n, stat.committed_score),
+        probes=stat.probes.evidence(),
     )
     if not outcome:
         return ""
     ledger = reputation.get(segment.peer_id, segment.model_sha256).ledger
+    probes = (
+        f", prompt probes {ledger.probe_mean:.2f} nats off on average over {ledger.probes}"
+        if ledger.probes
+        else ""
+    )
     return (
         f"; over {ledger.checks} checked requests {ledger.mismatches}/{ledger.positions} "
-        f"tokens off, more than honest noise: {outcome}"
+        f"tokens off{probes}, more than honest noise: {outcome}"
     )
 
 

@@ -199,8 +199,8 @@ def test_a_file_without_ledgers_loads_and_a_bad_ledger_sets_the_file_aside(tmp_p
 
 
 async def test_spot_checks_feed_the_ledger(tmp_path: Path, tiny_gguf: Path) -> None:
-    """On a live network: each check's judged positions land in the checked node's ledger
-    (and only there: the verifier's own ledger stays empty)."""
+    """On a live network: each check's judged positions and prompt probes land in the checked
+    node's ledger (and only there: the verifier's own ledger stays empty)."""
     with trio.fail_after(240):
         async with live_network(tmp_path, tiny_gguf, [("honest", ""), ("verifier", "")]) as net:
             rep = Reputation(None)
@@ -215,4 +215,7 @@ async def test_spot_checks_feed_the_ledger(tmp_path: Path, tiny_gguf: Path) -> N
             ledger = rep.get(net.peer("honest"), segment.model_sha256).ledger
             assert ledger.checks == 2 and ledger.positions == judged > 0
             assert ledger.mismatches == 0 and ledger.flagged == 0
+            # the prompt probes too (those the checks judged), honest values near 0 off
+            assert 0 < ledger.probes <= 2 * len(segment.request.probes)
+            assert ledger.probe_mean < 0.1
             assert rep.get(net.peer("verifier"), segment.model_sha256).ledger.checks == 0
