@@ -124,8 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "verify_fraction", Number(0, 1), DEFAULT_VERIFY_FRACTION,
         "Fraction of requests spot-checked on another provider of the same model file, in the "
-        "background (docs/security.md). A check costs about a quarter of generating on a CPU "
-        "verifier (docs/benchmarks.md), so 0.13 adds about 3-4 % compute and catches a node "
+        "background (docs/security.md). A check costs about 14 % of generating on a CPU "
+        "verifier (docs/benchmarks.md), so 0.13 adds about 2 % compute and catches a node "
         "serving another model within 50 requests; 0 checks nothing, 1 every request.",
         commands=(NODE, GATEWAY, "ask"),
     ),

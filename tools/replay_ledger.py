@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.probe_stat import NOISE_SCALE, delta
-from p2p.client.check_ledger import THRESHOLD, request_step
+from p2p.client.check_ledger import LEAN_BOOST, LEAN_LEVEL, THRESHOLD, request_step
 
 # (judged positions, mismatches, sampled, committed positions, committed sum, (probes, sum))
 Check = tuple[int, int, bool, int, float, tuple[int, float]]
@@ -72,6 +72,22 @@ def checks_until_flagged(steps: list[float], rng: random.Random, most: int) -> i
     return most + 1
 
 
+def within(
+    steps: list[float], rng: random.Random, requests: int, fraction: float, boost: float
+) -> tuple[bool, int]:
+    """(flagged within *requests*, checks made) when each request is checked with *fraction*,
+    or *boost* times it (at most 1) while the statistic leans (background_checks.py)."""
+    cusum, checks = 0.0, 0
+    for _ in range(requests):
+        f = min(1.0, fraction * boost) if cusum >= LEAN_LEVEL else fraction
+        if rng.random() < f:
+            checks += 1
+            cusum = max(0.0, cusum + rng.choice(steps))
+            if cusum >= THRESHOLD:
+                return True, checks
+    return False, checks
+
+
 def summary(path: Path, runs: int, most: int, seed: int, with_probes: bool) -> dict[str, Any]:
     checks = read_checks(path)
     steps = [step(c, probes=with_probes) for c in checks]
@@ -87,7 +103,20 @@ def summary(path: Path, runs: int, most: int, seed: int, with_probes: bool) -> d
         "checks_mean": statistics.fmean(until),
         "checks_p95": until[int(0.95 * (runs - 1))],
         "checks_max": until[-1],
+        "steps": steps,
     }
+
+
+def requests_summary(row: dict[str, Any], runs: int, seed: int, requests: int, fraction: float):
+    """P(flagged within *requests*) at *fraction*, fixed and with the leaning boost, and the
+    checks made per request with the boost (an honest node's extra cost)."""
+    out: dict[str, Any] = {"requests_window": requests, "fraction": fraction}
+    for name, boost in (("fixed", 1.0), ("leaning", LEAN_BOOST)):
+        rng = random.Random(seed)
+        results = [within(row["steps"], rng, requests, fraction, boost) for _ in range(runs)]
+        out[f"flagged_{name}"] = sum(f for f, _ in results) / runs
+        out[f"checked_share_{name}"] = sum(c for _, c in results) / (runs * requests)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--most", type=int, default=500, help="checks per run at most")
     parser.add_argument("--seed", type=int, default=1, help="for the resampling")
     parser.add_argument("--no-probes", action="store_true", help="only without the probes' term")
+    parser.add_argument(
+        "--requests", type=int, default=0,
+        help="also: P(flagged within this many requests) at --fraction, fixed and leaning",
+    )  # fmt: skip
+    parser.add_argument("--fraction", type=float, default=0.13, help="checked share of requests")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.most < 1:
@@ -110,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"replay_ledger: {exc}", file=sys.stderr)
         return 1
+    if not 0 < args.fraction <= 1 or args.requests < 0:
+        parser.error("--fraction must be in (0, 1] and --requests at least 0")
+    for r in rows:
+        if args.requests:
+            r.update(requests_summary(r, args.runs, args.seed, args.requests, args.fraction))
+        del r["steps"]
     if args.json:
         print(json.dumps({"threshold": THRESHOLD, "rows": rows}))
         return 0
@@ -120,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['flagged_share']:.0%} of runs, after {r['checks_mean']:.2f} checks on average "
             f"(p95 {r['checks_p95']}, largest {r['checks_max']})"
         )
+        if args.requests:
+            print(
+                f"    within {args.requests} requests at f = {args.fraction:g}: flagged "
+                f"{r['flagged_fixed']:.1%} fixed, {r['flagged_leaning']:.1%} leaning "
+                f"(checked {r['checked_share_fixed']:.3f} / {r['checked_share_leaning']:.3f} of "
+                "requests)"
+            )
     return 0
 
 

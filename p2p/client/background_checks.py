@@ -2,7 +2,8 @@
 
 The gateway hands every finished request's segments to `offer`; a `fraction` of them is checked
 (p2p/client/spot_check.py) in a task of its own, after the answer went out, so a check never
-delays a user. At most `max_running` checks run at once: an offer beyond that is skipped, not
+delays a user. A node whose summed evidence leans towards cheating is checked more often
+(`fraction_for`). At most `max_running` checks run at once: an offer beyond that is skipped, not
 queued (a check is a sample; a burst of requests must not pile up work or memory). Outcomes go
 into the reputation (which the ranking reads) and, for failures, evidence files in the data dir.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from p2p.client.check_ledger import LEAN_BOOST
 from p2p.client.network import Client
 from p2p.client.reputation import Reputation
 from p2p.client.segments import Segment
@@ -74,7 +76,9 @@ class BackgroundChecks:
     def offer(self, segments: Sequence[Segment]) -> bool:
         """Maybe check *segments* (one finished request); whether a check was started."""
         self.offered += 1
-        if not segments or self._nursery is None or self.rng.random() >= self.fraction:
+        if not segments or self._nursery is None:
+            return False
+        if self.rng.random() >= self.fraction_for(segments):
             return False
         if self.running >= self.max_running:
             self.skipped += 1
@@ -84,6 +88,15 @@ class BackgroundChecks:
         self.idle = trio.Event()
         self._nursery.start_soon(self._check, tuple(segments))
         return True
+
+    def fraction_for(self, segments: Sequence[Segment]) -> float:
+        """The chance a request with these segments is checked: `fraction`, or LEAN_BOOST times
+        it (at most 1) when the ledger of a node that served a part leans towards cheating
+        (check_ledger.py `leaning`), so that evidence adding up is completed sooner."""
+        for s in segments:
+            if self.reputation.get(s.peer_id, s.model_sha256).ledger.leaning():
+                return min(1.0, self.fraction * LEAN_BOOST)
+        return self.fraction
 
     async def _check(self, segments: tuple[Segment, ...]) -> None:
         try:

@@ -106,6 +106,14 @@ CHEAT_MEAN_COMMITTED = 0.25
 ALPHA_TOTAL = 1e-4
 LOOKS = 1000
 THRESHOLD = math.log(LOOKS / ALPHA_TOTAL)
+# Past LEAN_LEVEL the evidence leans towards cheating and a long-lived client checks the node
+# LEAN_BOOST times as often (p2p/client/background_checks.py): a close quantization, whose
+# single checks mostly pass, is then flagged within tens of its requests, not hundreds. An
+# honest node's statistic sits at 0 (its steps are negative: median -1.9 a check as shipped),
+# and since each step is a log e-value, one excursion from 0 ever reaches LEAN_LEVEL with
+# probability at most exp(-LEAN_LEVEL) (Ville) = 1.8 %: a small share of its checks boosted.
+LEAN_LEVEL = THRESHOLD / 4
+LEAN_BOOST = 4.0
 MAX_VERIFIERS = 4  # verifiers remembered per ledger (two are what an exclusion needs)
 VERIFIER_ID_CHARS = 16  # of a peer id: distinct prefixes are distinct verifiers
 MAX_COUNT = 1 << 40  # bounds for counts read back from a file
@@ -221,6 +229,10 @@ class CheckLedger:
             return False
         self.flagged += 1
         return True
+
+    def leaning(self) -> bool:
+        """Whether the statistic is past LEAN_LEVEL (the client then checks more often)."""
+        return self.cusum >= LEAN_LEVEL
 
     def restart(self) -> None:
         self.cusum = 0.0

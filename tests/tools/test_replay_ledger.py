@@ -52,3 +52,18 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.jsonl:1: not a campaign line" in err[0]
     assert replay_ledger.main([str(tmp_path / "missing.jsonl")]) == 1
+
+
+def test_leaning_checks_more_only_where_evidence_adds_up() -> None:
+    from p2p.client.check_ledger import LEAN_LEVEL, THRESHOLD
+
+    # Each check adds a little under LEAN_LEVEL: 5 checks flag the node at a fixed fraction,
+    # fewer requests when the boost kicks in after the first two.
+    steps = [LEAN_LEVEL * 0.6]
+    assert THRESHOLD / steps[0] < 7
+    fixed = [replay_ledger.within(steps, random.Random(i), 50, 0.1, 1.0) for i in range(400)]
+    leaning = [replay_ledger.within(steps, random.Random(i), 50, 0.1, 4.0) for i in range(400)]
+    assert sum(f for f, _ in leaning) > sum(f for f, _ in fixed) + 100
+    honest = [replay_ledger.within([-1.9], random.Random(i), 200, 0.1, 4.0) for i in range(50)]
+    assert not any(f for f, _ in honest)
+    assert 0.05 < sum(c for _, c in honest) / (50 * 200) < 0.15  # no boost: never leans

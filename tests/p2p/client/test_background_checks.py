@@ -8,10 +8,12 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from p2p.api.app import serve_gateway
 from p2p.client.background_checks import BackgroundChecks
+from p2p.client.check_ledger import LEAN_BOOST, LEAN_LEVEL
 from p2p.client.reputation import Reputation
 from tests.p2p.client.live_checks import live_network
 
@@ -40,6 +42,13 @@ async def test_checks_run_after_the_answer_within_their_bound(
             assert reputation.get(net.peer("honest"), segments[0].model_sha256).verified == 1
             never = BackgroundChecks(net.client, 0.0, reputation, None)
             assert not never.offer(segments)
+            # A node whose ledger leans towards cheating is checked LEAN_BOOST times as often.
+            some = BackgroundChecks(net.client, 0.1, reputation, None)
+            assert some.fraction_for(segments) == 0.1
+            ledger = reputation.get(net.peer("honest"), segments[0].model_sha256).ledger
+            ledger.cusum = LEAN_LEVEL
+            assert some.fraction_for(segments) == pytest.approx(0.1 * LEAN_BOOST)
+            assert BackgroundChecks(net.client, 0.5, reputation, None).fraction_for(segments) == 1
 
 
 async def test_the_gateway_checks_its_fraction_and_keeps_the_reputation(
