@@ -33,7 +33,9 @@ async def _evidence(base: Path, model: Path) -> tuple[Path, Path]:
     with trio.fail_after(TIMEOUT_S):
         async with live_network(base, model, roles) as net:
             (cheated,) = await net.ask("cheater")
-            result = await spot_check(net.client, cheated, data_dir=base / "client")
+            # Every position: the tiny model's logits are nearly flat, and 18 of them can miss
+            # random tokens (tests/p2p/client/test_spot_check.py says how often).
+            result = await spot_check(net.client, cheated, data_dir=base / "client", sample=None)
             assert result.verdict == "inconsistent" and result.evidence is not None
             (honest,) = await net.ask("honest")
     assert honest.receipt is not None
